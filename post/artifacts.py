@@ -1,0 +1,123 @@
+"""Where stages write, how they write (atomically, with a manifest) and how they find their inputs.
+
+``artifacts/<profile>/`` holds models, prompts and caches (git-ignored); ``results/<profile>/`` holds the
+JSON/CSV numbers and ``figures/<profile>/`` the plots. A stage asking for a predecessor's artifact that
+does not exist gets an error naming the notebook and make target that produce it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import ROOT, Config
+
+ARTIFACTS = ROOT / "artifacts"
+RESULTS = ROOT / "results"
+FIGURES = ROOT / "figures"
+CACHE = ARTIFACTS / "cache"  # shared across profiles: converted models
+
+STAGES = {  # artifact name -> (notebook, make target) that makes it
+    "source_model": ("01_distill.ipynb", "make distill"),
+    "prompts": ("02_tune.ipynb", "make tune"),
+    "transferred": ("03_transfer.ipynb", "make transfer"),
+}
+PACKAGES = ("torch", "transformers", "datasets", "opacus", "numpy", "post")
+
+
+class MissingArtifact(FileNotFoundError):
+    """A stage's input has not been produced yet."""
+
+
+def artifact_dir(profile: str, name: str = "") -> Path:
+    return ARTIFACTS / profile / name
+
+
+def results_dir(profile: str) -> Path:
+    path = RESULTS / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(profile: str) -> Path:
+    path = FIGURES / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require(path: Path, stage: str, profile: str) -> Path:
+    """Return ``path`` if it exists, else raise naming the notebook/target that creates ``stage``."""
+    if not Path(path).exists():
+        notebook, target = STAGES[stage]
+        raise MissingArtifact(
+            f"{path} is missing: run notebooks/{notebook} first (`{target} PROFILE={profile}` or `make reproduce`)"
+        )
+    return Path(path)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    return Path(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    found["python"] = platform.python_version()
+    return found
+
+
+def write_manifest(directory: Path, config: Config, **extra: Any) -> Path:
+    """Record how an artifact directory was made: config, seed, package versions, git commit."""
+    manifest = {"config": config.to_dict(), "seed": config.seed, "versions": versions(),
+                "git_commit": git_commit(), "machine": platform.machine(), **extra}
+    return write_json(Path(directory) / "manifest.json", manifest)

@@ -1,0 +1,140 @@
+"""The prompted LM core: a soft prompt, the verbalizer, and one forward pass that returns class scores.
+
+Layout under left padding: ``[prompt (P) | pads | text tokens]``. The attention mask is 1 on the prompt and
+the text and 0 on the pads; position ids count only attended tokens, so an example gets the same positions
+(prompt 0..P-1, text from P) whether it is alone or padded in a batch. The prediction position is the last
+one, so the model computes logits there only (``logits_to_keep=1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .artifacts import atomic_path
+from .models import model_name
+from .tasks import Task
+
+
+class PromptMismatch(ValueError):
+    """A saved prompt used with a model it was not made for."""
+
+
+class SoftPrompt(nn.Module):
+    """P trainable input embeddings (P x D) prepended to every example, plus metadata that travels with them."""
+
+    def __init__(self, weight: torch.Tensor, **meta: Any):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.meta = {"length": weight.shape[0], "hidden_size": weight.shape[1], **meta}
+
+    @classmethod
+    def from_text(cls, model, tokenizer, text: str, length: int, **meta: Any) -> "SoftPrompt":
+        """Initialise from the embeddings of ``text``'s tokens, cycled or cut to ``length`` (Lester et al.)."""
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if not ids:
+            raise ValueError("cannot initialise a prompt from empty text")
+        ids = torch.tensor([ids[i % len(ids)] for i in range(length)])
+        weight = model.get_input_embeddings().weight[ids]
+        return cls(weight, model=model_name(model), init="text", init_text=text, **meta)
+
+    @classmethod
+    def from_vocab(cls, model, length: int, seed: int = 0, top: int = 5000, **meta: Any) -> "SoftPrompt":
+        """Initialise from random rows among the first ``top`` vocabulary embeddings."""
+        gen = torch.Generator().manual_seed(seed)
+        table = model.get_input_embeddings().weight
+        ids = torch.randint(0, min(top, table.shape[0]), (length,), generator=gen)
+        return cls(table[ids], model=model_name(model), init="vocab", **meta)
+
+    def check(self, model, same_model: bool = True) -> None:
+        """Refuse a model whose width differs or (if ``same_model``) whose name differs from the prompt's."""
+        width = model.get_input_embeddings().weight.shape[1]
+        if self.meta["hidden_size"] != width:
+            raise PromptMismatch(f"prompt has hidden size {self.meta['hidden_size']} but model "
+                                 f"{model_name(model)!r} has {width}")
+        if same_model and self.meta.get("model") != model_name(model):
+            raise PromptMismatch(f"prompt was made for {self.meta.get('model')!r}, not {model_name(model)!r} "
+                                 "(pass same_model=False to paste it across models on purpose)")
+
+    def save(self, path: Path) -> Path:
+        with atomic_path(Path(path)) as tmp:
+            torch.save({"weight": self.weight.detach().cpu(), "meta": self.meta}, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path, model=None, same_model: bool = True) -> "SoftPrompt":
+        """Load a prompt; with ``model`` given, check that it fits that model."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        prompt = cls(state["weight"], **state["meta"])
+        if model is not None:
+            prompt.check(model, same_model)
+        return prompt
+
+
+@dataclass(frozen=True)
+class Verbalizer:
+    """Label-word token ids per class, padded to the same width; ``mask`` marks the real entries."""
+
+    token_ids: torch.Tensor  # (C, W) long
+    mask: torch.Tensor  # (C, W) float
+
+    @classmethod
+    def for_task(cls, task: Task, tokenizer) -> "Verbalizer":
+        ids = []
+        for words in task.label_words:
+            row = []
+            for word in words:
+                tokens = tokenizer(word, add_special_tokens=False).input_ids
+                if len(tokens) != 1:
+                    raise ValueError(f"label word {word!r} of task {task.name!r} is {len(tokens)} tokens for "
+                                     "this tokenizer; label words must be single tokens")
+                row.append(tokens[0])
+            ids.append(row)
+        width = max(map(len, ids))
+        token_ids = torch.tensor([row + [row[0]] * (width - len(row)) for row in ids])
+        mask = torch.tensor([[1.0] * len(row) + [0.0] * (width - len(row)) for row in ids])
+        return cls(token_ids, mask)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) next-token logits -> (B, C) class scores: the mean logit of each class's label words."""
+        picked = logits[:, self.token_ids]  # (B, C, W)
+        return (picked * self.mask).sum(-1) / self.mask.sum(-1)
+
+
+def shorten(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
+    """Cut each text to at most ``max_tokens`` tokens, so the template's cue is never truncated away."""
+    if max_tokens <= 0:
+        return list(texts)
+    ids = tokenizer(list(texts), add_special_tokens=False).input_ids
+    return [t if len(i) <= max_tokens else tokenizer.decode(i[:max_tokens]) for t, i in zip(texts, ids)]
+
+
+def encode(task: Task, tokenizer, texts: list[str], max_text_tokens: int = 64) -> dict[str, torch.Tensor]:
+    """Template and tokenize a batch of texts, left-padded."""
+    formatted = [task.format(t) for t in shorten(texts, tokenizer, max_text_tokens)]
+    batch = tokenizer(formatted, padding=True, return_tensors="pt")
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      prompt: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, V) logits at the prediction position, with an optional soft prompt.
+
+    ``prompt`` is (P, D), shared by the batch, or (B, P, D), one copy per example: with a per-example copy
+    that requires grad, one backward pass gives each example's own gradient (exact per-sample gradients).
+    """
+    embeds = model.get_input_embeddings()(input_ids)
+    mask = attention_mask
+    if prompt is not None:
+        if prompt.dim() == 2:
+            prompt = prompt.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+        embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
+        mask = torch.cat([mask.new_ones(prompt.shape[:2]), mask], dim=1)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, logits_to_keep=1,
+                use_cache=False)
+    return out.logits[:, -1].float()
