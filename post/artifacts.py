@@ -8,6 +8,7 @@ does not exist gets an error naming the notebook and make target that produce it
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -29,6 +30,7 @@ STAGES = {  # artifact name -> (notebook, make target) that makes it
     "prompts": ("02_tune.ipynb", "make tune"),
     "transferred": ("03_transfer.ipynb", "make transfer"),
 }
+METHOD_STAGE = {"compt": "prompts", "fullpt": "prompts", "post": "transferred", "ptfer": "transferred"}
 PACKAGES = ("torch", "transformers", "datasets", "opacus", "numpy", "post")
 
 
@@ -50,6 +52,27 @@ def figures_dir(profile: str) -> Path:
     path = FIGURES / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def source_model_dir(profile: str) -> Path:
+    """The distilled source model (a Hugging Face checkpoint directory) of a profile."""
+    return artifact_dir(profile, "source_model")
+
+
+def eps_tag(epsilon: float) -> str:
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def prompt_path(profile: str, task: str, method: str, epsilon: float, seed: int = 0) -> Path:
+    """Where a prompt lives: ``artifacts/<profile>/prompts/<task>/<method>_eps<eps>_seed<seed>.pt``.
+
+    Methods: ``compt`` (tuned on the source), ``fullpt`` (tuned on the target), ``post`` and ``ptfer``
+    (transferred to the target). Task names may contain "/" (hub tasks); it becomes "__" on disk.
+    """
+    if method not in METHOD_STAGE:
+        raise KeyError(f"unknown prompt method {method!r}; methods: {sorted(METHOD_STAGE)}")
+    name = f"{method}_eps{eps_tag(epsilon)}_seed{seed}.pt"
+    return artifact_dir(profile, "prompts") / task.replace("/", "__") / name
 
 
 def require(path: Path, stage: str, profile: str) -> Path:
