@@ -68,11 +68,11 @@ def _rotten_tomatoes_frame():
 
 
 def load_rotten_tomatoes() -> tuple[list[str], list[int]]:
-    """Rotten Tomatoes snippets: rotten=0 (negative), fresh=1 (positive); duplicated texts are dropped."""
+    """Rotten Tomatoes snippets: rotten=0 (negative), fresh=1 (positive)."""
     frame = _rotten_tomatoes_frame()
     frame = frame[frame.category.isin(["rotten", "fresh"])].copy()
     frame["text"] = frame.text.astype(str).str.strip()
-    frame = frame[frame.text != ""].drop_duplicates("text", keep=False)  # also drops conflicting labels
+    frame = frame[frame.text != ""]
     return frame.text.tolist(), (frame.category == "fresh").astype(int).tolist()
 
 
@@ -224,9 +224,19 @@ def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.argsort(keys, kind="stable")
 
 
+def _deduplicate(texts: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
+    """Keep one copy of each repeated text; drop texts that occur with different labels."""
+    seen: dict[str, set[int]] = {}
+    for text, label in zip(texts, labels):
+        seen.setdefault(text, set()).add(label)
+    unique = [(t, next(iter(ls))) for t, ls in seen.items() if len(ls) == 1]
+    return [t for t, _ in unique], [l for _, l in unique]
+
+
 @lru_cache(maxsize=None)
 def _splits(name: str) -> dict[str, Split]:
-    texts, labels = get_task(name).load()
+    """Split a task once: a text lands in exactly one split (repeats would leak train into test)."""
+    texts, labels = _deduplicate(*get_task(name).load())
     y = np.asarray(labels)
     rng = np.random.default_rng(SPLIT_SEED)
     parts: dict[str, list[int]] = {s: [] for s in FRACTIONS}
@@ -239,7 +249,7 @@ def _splits(name: str) -> dict[str, Split]:
         parts["train"] += idx[n_test + n_val:].tolist()
     out = {}
     for split, idx in parts.items():
-        idx = np.asarray(idx)
+        idx = np.asarray(idx, dtype=int)
         idx = idx[_stratified_order(y[idx], rng)]
         out[split] = Split([texts[i] for i in idx], [int(y[i]) for i in idx])
     return out

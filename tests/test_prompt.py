@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from post.prompt import PromptMismatch, SoftPrompt, Verbalizer, encode, next_token_logits
+from post.tasks import get_task
+
+TASK = get_task("rotten_tomatoes")
+SHORT = "Fine."
+LONGER = ["A long, winding and ultimately rewarding film about memory, family and the sea, told with patience.",
+          "Terrible.", "It is neither as clever nor as funny as it thinks it is, but the cast is game."]
+
+
+def scores(model, tok, texts, prompt=None):
+    batch = encode(TASK, tok, texts)
+    with torch.no_grad():
+        logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
+    return Verbalizer.for_task(TASK, tok).scores(logits)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny", "smol"])
+@pytest.mark.parametrize("with_prompt", [False, True])
+def test_batch_invariance(request, model_fixture, with_prompt):
+    """An example's class scores do not depend on what it is batched (and left-padded) with."""
+    model, tok = request.getfixturevalue(model_fixture)
+    prompt = SoftPrompt.from_text(model, tok, TASK.instruction, 6).weight if with_prompt else None
+    alone = scores(model, tok, [SHORT], prompt)[0]
+    batch = encode(TASK, tok, [SHORT] + LONGER)
+    assert (batch["attention_mask"][0] == 0).any(), "the short example must actually be padded"
+    batched = scores(model, tok, [SHORT] + LONGER, prompt)[0]
+    assert (alone - batched).abs().max() < 1e-4
+
+
+def test_prompt_changes_the_scores(tiny):
+    model, tok = tiny
+    prompt = SoftPrompt.from_vocab(model, 4, seed=1).weight
+    assert (scores(model, tok, [SHORT], prompt) - scores(model, tok, [SHORT])).abs().max() > 1e-4
+
+
+def test_per_example_prompt_copy_matches_shared_prompt(tiny):
+    model, tok = tiny
+    prompt = SoftPrompt.from_text(model, tok, TASK.instruction, 5).weight
+    shared = scores(model, tok, LONGER, prompt)
+    copied = scores(model, tok, LONGER, prompt.unsqueeze(0).repeat(len(LONGER), 1, 1))
+    assert torch.allclose(shared, copied)
+
+
+def test_init_from_text_uses_the_instruction_embeddings(tiny):
+    model, tok = tiny
+    ids = tok(TASK.instruction, add_special_tokens=False).input_ids
+    prompt = SoftPrompt.from_text(model, tok, TASK.instruction, len(ids) + 2)
+    table = model.get_input_embeddings().weight
+    assert torch.equal(prompt.weight[: len(ids)], table[ids])
+    assert torch.equal(prompt.weight[len(ids):], table[ids[:2]])  # cycled to fill the length
+    assert prompt.meta["length"] == len(ids) + 2 and prompt.meta["hidden_size"] == table.shape[1]
+
+
+def test_save_load_roundtrip_and_mismatch_refused(tiny, smol, tmp_path):
+    model, tok = tiny
+    prompt = SoftPrompt.from_text(model, tok, TASK.instruction, 4, task=TASK.name, template=TASK.template)
+    path = prompt.save(tmp_path / "p.pt")
+    loaded = SoftPrompt.load(path, model)
+    assert torch.equal(loaded.weight, prompt.weight)
+    assert loaded.meta == prompt.meta and loaded.meta["template"] == TASK.template
+    with pytest.raises(PromptMismatch, match="hidden size 64"):
+        SoftPrompt.load(path, smol[0])
+    renamed = SoftPrompt(prompt.weight, **{**prompt.meta, "model": "another-model"})
+    with pytest.raises(PromptMismatch, match="another-model"):
+        renamed.check(model)
+    renamed.check(model, same_model=False)  # pasting across models of the same width is allowed on purpose
+
+
+def test_label_words_must_be_single_tokens(tiny):
+    _, tok = tiny
+    bad = TASK.__class__(**{**TASK.__dict__, "label_words": ((" negative",), (" mediocrely",))})
+    with pytest.raises(ValueError, match="mediocrely"):
+        Verbalizer.for_task(bad, tok)
+
+
+def test_class_score_is_the_mean_of_label_word_logits(tiny):
+    _, tok = tiny
+    verbalizer = Verbalizer.for_task(TASK, tok)
+    logits = torch.randn(2, len(tok))
+    for c, words in enumerate(TASK.label_words):
+        ids = [tok(w, add_special_tokens=False).input_ids[0] for w in words]
+        assert torch.allclose(verbalizer.scores(logits)[:, c], logits[:, ids].mean(-1))
+
+
+def test_long_texts_are_shortened_before_the_template(tiny):
+    _, tok = tiny
+    batch = encode(TASK, tok, ["word " * 500], max_text_tokens=16)
+    text = tok.decode(batch["input_ids"][0])
+    assert text.endswith("Sentiment:") and batch["input_ids"].shape[1] < 40
