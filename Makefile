@@ -16,7 +16,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install $(TORCH_SPEC)
 	$(PIP) install -e .
 	$(MAKE) --no-print-directory assets
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (post)" >/dev/null
