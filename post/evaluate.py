@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import results_dir, write_json
+from .artifacts import read_json, results_dir, write_json
 from .models import load
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from .tasks import Split, Task, get_task, load_split
@@ -54,7 +54,14 @@ def majority_accuracy(split: Split) -> float:
 
 
 def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
-    """Zero-shot test accuracy of the target on every task of the profile; writes ``zero_shot.json``."""
+    """Zero-shot test accuracy of the target on every task of the profile; writes ``zero_shot.json``.
+
+    A rerun with the same model, data and eval settings returns the recorded rows instead of recomputing.
+    """
+    path = results_dir(cfg.profile) / "zero_shot.json"
+    key = cfg.section_hash("data", "eval")
+    if path.exists() and read_json(path).get("key") == key:
+        return read_json(path)["rows"]
     if model is None:
         model, tokenizer = load(cfg.model)
     rows = []
@@ -64,5 +71,5 @@ def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
                           cfg.data.max_text_tokens)
         rows.append({"task": name, "method": "ZS", "model": cfg.model, "majority": majority_accuracy(test),
                      **result})
-    write_json(results_dir(cfg.profile) / "zero_shot.json", rows)
+    write_json(path, {"key": key, "rows": rows})
     return rows

@@ -28,9 +28,10 @@ def save_figure(fig, data: pd.DataFrame, name: str, profile: str) -> Path:
 def bar_chart(data: pd.DataFrame, x: str, y: str, hue: str | None = None, ylabel: str = "", title: str = "",
               reference: float | None = None):
     """Grouped bars of ``y`` per ``x`` (and ``hue``); returns the figure."""
-    table = data.pivot_table(index=x, columns=hue, values=y, sort=False) if hue else data.set_index(x)[[y]]
+    grouped = hue is not None
+    table = data.pivot_table(index=x, columns=hue, values=y, sort=False) if grouped else data.set_index(x)[[y]]
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(table) * max(1, table.shape[1]) ** 0.5, 3.2))
-    table.plot.bar(ax=ax, rot=0, width=0.8, legend=bool(hue))
+    table.plot.bar(ax=ax, rot=0, width=0.8, legend=grouped)
     for container in ax.containers:
         ax.bar_label(container, fmt="%.2f", fontsize=8)
     if reference is not None:
@@ -38,6 +39,6 @@ def bar_chart(data: pd.DataFrame, x: str, y: str, hue: str | None = None, ylabel
     ax.set_xlabel("")
     ax.set_ylabel(ylabel or y)
     ax.set_title(title)
-    if hue:
-        ax.legend(title=hue, fontsize=8, frameon=False)
+    if grouped:
+        ax.legend(title=hue or None, fontsize=8, frameon=False)
     return fig

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from post import evaluate
+from post.config import load_config
+from post.tasks import Split, get_task
+
+
+def test_accuracy_counts_correct_predictions(tiny):
+    model, tok = tiny
+    task = get_task("rotten_tomatoes")
+    texts = ["good", "bad", "fine", "awful film", "a joy"]
+    scores = evaluate.class_scores(model, tok, task, texts, progress=False)
+    predicted = scores.argmax(1)
+    result = evaluate.accuracy(model, tok, task, Split(texts, predicted.tolist()), progress=False)
+    assert result["accuracy"] == 1.0 and result["n"] == 5
+    flipped = evaluate.accuracy(model, tok, task, Split(texts, (1 - predicted).tolist()), progress=False)
+    assert flipped["accuracy"] == 0.0
+    assert sum(result["predicted_share"]) == 5
+
+
+def test_scores_do_not_depend_on_batch_size(tiny):
+    model, tok = tiny
+    task = get_task("trec")
+    texts = ["Who wrote Hamlet ?", "What is the capital of Peru and why was it founded there ?", "Why ?"]
+    a = evaluate.class_scores(model, tok, task, texts, batch_size=1, progress=False)
+    b = evaluate.class_scores(model, tok, task, texts, batch_size=3, progress=False)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_zero_shot_reuses_results_for_unchanged_settings(monkeypatch):
+    cfg = load_config("smoke", {"data": {"tasks": ["trec"], "max_test": 12}})
+    first = evaluate.zero_shot(cfg)
+    monkeypatch.setattr(evaluate, "load", lambda name: pytest.fail("recomputed unchanged zero-shot results"))
+    assert evaluate.zero_shot(cfg) == first
