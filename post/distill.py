@@ -1,0 +1,585 @@
+"""Distil the source model: a few of the target's layers, trained on public text to imitate the target.
+
+This is the provider's first stage and it reads public text only. The student keeps the target's embeddings,
+final norm and LM head (frozen by default), so it shares the tokenizer and the embedding space: a soft prompt
+tuned on the student lives in the target's input space.
+
+Loss (DistilBERT-style, as in the paper), per token and averaged over every position of packed public text:
+``a_ce * KL_T(teacher || student) * T^2 + a_lm * next-token cross-entropy + a_cos * (1 - cos(h_s, h_t))``.
+The KL runs from the teacher's distribution to the student's (standard knowledge distillation: the student
+is pushed to cover what the teacher predicts); ``h`` is the final hidden state (after the final norm).
+
+The teacher's outputs on the fixed corpus are computed once and cached on disk, so epochs, reruns and resumed
+runs never run the 30-layer teacher again. Because the student keeps the teacher's LM head, the cache can
+store the teacher's final hidden states (D numbers per token) and recompute its exact logits (V numbers) with
+one matmul; a top-k cache (k largest logits + log-normaliser, the rest of the vocabulary as one bucket) and
+no cache at all (the teacher runs live) are the alternatives, compared in ``bench/distill_cache.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .artifacts import artifact_dir, atomic_path, read_json, results_dir, source_model_dir, write_json, write_manifest
+from .config import Config, DistillConfig
+from .cost import Cost, n_params
+from .models import load_model, load_tokenizer
+from .tasks import public_texts
+
+CACHE_MODES = ("hidden", "topk", "none")
+PRECISIONS = ("bf16", "fp32")
+MAX_GRAD_NORM = 1.0
+WARMUP = 0.05  # share of steps with a linear learning-rate warm-up; cosine decay to 10% after it
+
+
+class UnsupportedModel(ValueError):
+    """A model whose decoder layers cannot be located and sliced into a student."""
+
+
+# --- the student: a subset of the teacher's layers -----------------------------------------------------------
+
+
+def layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder's list of layers, found generically: the one ModuleList with ``num_hidden_layers`` blocks.
+
+    That covers Llama (``model.layers``), Qwen, Mistral, GPT-2 (``transformer.h``), GPT-NeoX and most other
+    decoder-only causal LMs without a per-architecture table.
+    """
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModel(f"{type(model).__name__} is an encoder-decoder model; only decoder-only causal "
+                               "LMs can be cut into a student")
+    n = getattr(config, "num_hidden_layers", None)
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and n and len(m) == n and len({type(b) for b in m}) == 1]
+    if len(found) != 1 or model.get_output_embeddings() is None:
+        raise UnsupportedModel(
+            f"cannot locate a single decoder layer list in {type(model).__name__} (config.num_hidden_layers="
+            f"{n}, candidates: {[name for name, _ in found]}); supported: decoder-only causal LMs such as "
+            "Llama/SmolLM2, Qwen, Mistral and GPT-2")
+    return found[0]
+
+
+def default_layers(n_layers: int, k: int) -> tuple[int, ...]:
+    """First and last layer plus evenly spaced ones in between: ``k`` indices out of ``n_layers``."""
+    if not 1 <= k <= n_layers:
+        raise ValueError(f"num_student_layers must be between 1 and {n_layers}, got {k}")
+    return tuple(int(i) for i in np.unique(np.linspace(0, n_layers - 1, k).round().astype(int)))
+
+
+def check_layers(layers, n_layers: int) -> tuple[int, ...]:
+    """Refuse an empty, out-of-range, repeated or unordered ``student_layers``."""
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("student_layers is empty: a student needs at least one of the teacher's layers")
+    bad = [i for i in layers if not (isinstance(i, (int, np.integer)) and 0 <= i < n_layers)]
+    if bad:
+        raise ValueError(f"student_layers {list(layers)}: {bad} out of range; the teacher has layers 0..{n_layers - 1}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"student_layers {list(layers)} repeats a layer; each teacher layer can be used once")
+    if list(layers) != sorted(layers):
+        raise ValueError(f"student_layers {list(layers)} must be increasing (the layers keep their order)")
+    return tuple(int(i) for i in layers)
+
+
+def student_layers(dc: DistillConfig, n_layers: int) -> tuple[int, ...]:
+    """The layers a config asks for: explicit ``student_layers`` or the default spread of ``num_student_layers``."""
+    if dc.student_layers:
+        return check_layers(dc.student_layers, n_layers)
+    return default_layers(n_layers, dc.num_student_layers)
+
+
+def forward(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, final hidden state) of a causal LM on unpadded ``input_ids``, both (B, S, .)."""
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+    return model.get_output_embeddings()(hidden), hidden
+
+
+def autocast(dc: DistillConfig, device: torch.device):
+    """bf16 autocast for the teacher's training targets and the student's training steps (``precision``).
+
+    Held-out evaluation always runs in fp32, so agreement is measured against the exact target.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dc.precision == "bf16")
+
+
+def make_student(teacher, layers) -> nn.Module:
+    """A model of the teacher's class with only ``layers`` (teacher indices), everything else copied.
+
+    The student is built from a config with fewer layers (so per-layer indices such as the KV-cache slot are
+    right) and loaded with the teacher's weights, renaming layer ``layers[i]`` to ``i``.
+    """
+    prefix, blocks = layer_list(teacher)
+    layers = check_layers(layers, len(blocks))
+    ids = torch.arange(3, dtype=torch.long, device=teacher.device).unsqueeze(0)
+    with torch.no_grad():  # refuse heads that post-process logits (e.g. soft-capping): forward() would differ
+        if not torch.allclose(forward(teacher, ids)[0], teacher(input_ids=ids, use_cache=False).logits):
+            raise UnsupportedModel(f"{type(teacher).__name__} computes its logits with more than the output "
+                                   "embedding; it cannot be distilled by this code")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = [config.layer_types[i] for i in layers]
+    student = type(teacher)(config).to(device=teacher.device, dtype=teacher.dtype)
+    source = teacher.state_dict()
+    state = {}
+    for key in student.state_dict():
+        if key.startswith(prefix + "."):
+            index, rest = key[len(prefix) + 1:].split(".", 1)
+            key_t = f"{prefix}.{layers[int(index)]}.{rest}"
+        else:
+            key_t = key
+        state[key] = source[key_t]
+    student.load_state_dict(state, strict=True)
+    student.post_name = f"{getattr(teacher, 'post_name', teacher.config.name_or_path)}[layers {list(layers)}]"
+    return student.eval().requires_grad_(False)
+
+
+def trainable(student, train_embeddings: bool) -> list[nn.Parameter]:
+    """Turn on gradients for what distillation trains; embeddings and LM head stay frozen unless asked."""
+    student.requires_grad_(True)
+    if not train_embeddings:
+        student.get_input_embeddings().requires_grad_(False)
+        student.get_output_embeddings().requires_grad_(False)
+    return [p for p in student.parameters() if p.requires_grad]
+
+
+# --- the public corpus ---------------------------------------------------------------------------------------
+
+
+def corpus_texts(pool: str, text_column: str = "text") -> list[str]:
+    """Public documents: an offline pool of ``post.tasks`` (``news``) or ``hf:<dataset>[:<config>]``.
+
+    A hub dataset is read from its ``train`` split; with ``POST_HUB_MIRROR=<dir>`` from ``<dir>/<dataset>``
+    (config as data_dir), the same local-mirror convention as the hub tasks.
+    """
+    if not pool.startswith("hf:"):
+        return public_texts(pool)
+    import datasets
+
+    path, _, name = pool[3:].partition(":")
+    mirror = os.environ.get("POST_HUB_MIRROR")
+    if mirror:
+        data = datasets.load_dataset(str(Path(mirror) / path), data_dir=name or None, split="train")
+    else:
+        data = datasets.load_dataset(path, name or None, split="train")
+    if text_column not in data.column_names:
+        raise KeyError(f"{pool}: no column {text_column!r} (columns: {data.column_names}); set distill.text_column")
+    return [t.strip() for t in data[text_column] if t and t.strip()]
+
+
+def public_sequences(dc: DistillConfig, tokenizer, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) packed token sequences of length ``seq_len`` from disjoint public documents.
+
+    Documents are shuffled with the seed, joined with the EOS token and cut into fixed-length rows; the first
+    documents fill the held-out rows, the following ones the training rows, so no document is in both.
+    """
+    texts = corpus_texts(dc.public_pool, dc.text_column)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    need = {"eval": dc.eval_sequences * dc.seq_len, "train": dc.train_sequences * dc.seq_len}
+    out, stream, part = {}, [], "eval"
+    for i in order:
+        stream += tokenizer(texts[i], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        if len(stream) >= need[part]:
+            out[part] = torch.tensor(stream[:need[part]], dtype=torch.long).view(-1, dc.seq_len)
+            if part == "train":
+                return out["train"], out["eval"]
+            stream, part = [], "train"
+    raise ValueError(f"public pool {dc.public_pool!r} has too little text for {dc.eval_sequences} held-out and "
+                     f"{dc.train_sequences} training sequences of {dc.seq_len} tokens")
+
+
+# --- teacher outputs, computed once -------------------------------------------------------------------------
+
+
+def teacher_key(cfg: Config) -> str:
+    """Digest of what the teacher's cached outputs depend on (not the student settings)."""
+    dc = cfg.distill
+    fields = ("public_pool", "text_column", "seq_len", "train_sequences", "eval_sequences", "teacher_cache",
+              "top_k", "temperature", "precision")
+    teacher_side = DistillConfig(**{f: getattr(dc, f) for f in fields})
+    return dataclasses.replace(cfg, distill=teacher_side).section_hash("distill")
+
+
+def targets_from_logits(logits: torch.Tensor, hidden: torch.Tensor, dc: DistillConfig) -> dict:
+    """The teacher targets the loss needs, in the cache's representation (full, or top-k + log-normaliser)."""
+    if dc.teacher_cache != "topk":
+        return {"logits": logits, "hidden": hidden}
+    top = logits.topk(dc.top_k, dim=-1)
+    return {"topk_logits": top.values, "topk_idx": top.indices,
+            "lse": torch.logsumexp(logits.float() / dc.temperature, -1), "hidden": hidden}
+
+
+class TeacherCache:
+    """The teacher's outputs on the fixed sequences, in memory-mapped ``.npy`` files under ``directory``.
+
+    Logits are the LM head applied to the final hidden state, so that hidden state (D numbers per token) is
+    the teacher's whole output (V logits) in compact form: the cache keeps it in fp32 and recomputes the
+    teacher's exact logits with a frozen copy of the teacher's head when they are needed (one matmul). Modes:
+    ``hidden`` does that for the training rows; ``topk`` keeps the k largest logits and the log-normaliser
+    instead (no matmul per step, but the KL sees the rest of the vocabulary as one bucket); ``none`` keeps
+    only the held-out rows, and the teacher runs live at every training step. The cache is filled batch by
+    batch with a progress record, so an interrupted fill resumes where it stopped.
+    """
+
+    def __init__(self, directory: Path, dc: DistillConfig, train_ids: torch.Tensor, eval_ids: torch.Tensor,
+                 teacher):
+        self.directory, self.dc = Path(directory), dc
+        self.train_ids, self.eval_ids = train_ids, eval_ids
+        self.head = copy.deepcopy(teacher.get_output_embeddings()).requires_grad_(False)
+        n, s = train_ids.shape
+        width = self.head.weight.shape[1]
+        self.fields = {"eval_hidden": ((len(eval_ids), s, width), np.float32)}
+        if dc.teacher_cache != "none":
+            self.fields["hidden"] = ((n, s, width), np.float32)
+        if dc.teacher_cache == "topk":
+            self.fields.update(topk_logits=((n, s, dc.top_k), np.float32), topk_idx=((n, s, dc.top_k), np.int32),
+                               lse=((n, s), np.float32))
+        self.progress_path = self.directory / "progress.json"
+
+    @property
+    def progress(self) -> dict:
+        if self.progress_path.exists():
+            return read_json(self.progress_path)
+        return {"train": 0, "eval": 0, "cost": Cost().to_dict()}
+
+    @property
+    def complete(self) -> bool:
+        p = self.progress
+        done_train = p["train"] == len(self.train_ids) or self.dc.teacher_cache == "none"
+        return done_train and p["eval"] == len(self.eval_ids)
+
+    def _arrays(self, mode: str) -> dict[str, np.ndarray]:
+        return {name: np.lib.format.open_memmap(self.directory / f"{name}.npy", mode=mode,
+                                                dtype=dtype, shape=shape if mode == "w+" else None)
+                for name, (shape, dtype) in self.fields.items()}
+
+    @torch.inference_mode()
+    def fill(self, teacher, batch_size: int, progress: bool = True) -> Cost:
+        """Run the teacher over the rows not cached yet; returns the cost of the whole fill (all sessions)."""
+        p = self.progress
+        fresh = not self.progress_path.exists()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        arrays = self._arrays("w+" if fresh else "r+")
+        cost = Cost(**p["cost"])
+        parts = [("eval", self.eval_ids)]
+        if self.dc.teacher_cache != "none":
+            parts.append(("train", self.train_ids))
+        todo = sum(len(ids) - p[part] for part, ids in parts)
+        bar = tqdm(total=todo, desc="teacher outputs", unit="seq", disable=not progress or todo == 0)
+        for part, ids in parts:
+            for start in range(p[part], len(ids), batch_size):
+                begin = time.perf_counter()
+                batch = ids[start:start + batch_size]
+                with autocast(self.dc, teacher.device) if part == "train" else nullcontext():
+                    logits, hidden = forward(teacher, batch.to(teacher.device))
+                values = {"eval_hidden": hidden} if part == "eval" else {"hidden": hidden}
+                if part == "train" and self.dc.teacher_cache == "topk":
+                    values = targets_from_logits(logits, hidden, self.dc)
+                rows = slice(start, start + len(batch))
+                for name, value in values.items():
+                    value = value.float() if value.is_floating_point() else value  # numpy has no bf16
+                    arrays[name][rows] = value.cpu().numpy().astype(self.fields[name][1])
+                    arrays[name].flush()
+                cost.add(teacher, batch.numel(), len(batch), "forward")
+                cost.wall_seconds += time.perf_counter() - begin
+                p = {**p, part: start + len(batch), "cost": cost.to_dict()}
+                write_json(self.progress_path, p)
+                bar.update(len(batch))
+        bar.close()
+        return cost
+
+    def load(self) -> None:
+        """Map the filled arrays read-only (rows are copied into memory one batch at a time)."""
+        if not self.complete:
+            raise RuntimeError(f"teacher cache {self.directory} is incomplete: call fill() first")
+        self.arrays = self._arrays("r")
+
+    def _rows(self, name: str, rows) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.arrays[name][rows])).to(self.head.weight.device)
+
+    @torch.no_grad()
+    def eval_logits(self, rows) -> torch.Tensor:
+        """The teacher's exact logits on held-out rows ``rows``."""
+        return self.head(self._rows("eval_hidden", rows))
+
+    @torch.no_grad()
+    def targets(self, rows: np.ndarray) -> dict:
+        """Teacher targets for training rows ``rows``: hidden states plus full logits (or the top-k cache)."""
+        hidden = self._rows("hidden", rows)
+        if self.dc.teacher_cache != "topk":
+            return {"hidden": hidden, "logits": self.head(hidden)}
+        return {"hidden": hidden, "topk_logits": self._rows("topk_logits", rows),
+                "topk_idx": self._rows("topk_idx", rows).long(), "lse": self._rows("lse", rows)}
+
+
+# --- the loss ----------------------------------------------------------------------------------------------
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable at both ends."""
+    x = x.clamp(max=-1e-7)
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def kd_kl(student_logits: torch.Tensor, target: dict, temperature: float) -> torch.Tensor:
+    """Mean per-token KL(teacher_T || student_T) * T^2, from full teacher logits or its top-k cache."""
+    t = temperature
+    log_q = F.log_softmax(student_logits.float() / t, -1)
+    if "logits" in target:
+        log_p = F.log_softmax(target["logits"].float() / t, -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    else:
+        log_p = target["topk_logits"] / t - target["lse"].unsqueeze(-1)
+        log_qk = log_q.gather(-1, target["topk_idx"])
+        p = log_p.exp()
+        p_rest = (1 - p.sum(-1)).clamp(min=0)
+        kl = (p * (log_p - log_qk)).sum(-1)
+        kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * _log1mexp(torch.logsumexp(log_qk, -1))
+    return kl.mean() * t * t
+
+
+def distill_loss(student_logits: torch.Tensor, student_hidden: torch.Tensor, input_ids: torch.Tensor,
+                 target: dict, dc: DistillConfig) -> dict[str, torch.Tensor]:
+    """The three terms and their weighted total (``total``) for one batch of packed sequences."""
+    kl = kd_kl(student_logits, target, dc.temperature)
+    lm = F.cross_entropy(student_logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
+    cos = 1 - F.cosine_similarity(student_hidden.float(), target["hidden"].float(), dim=-1).mean()
+    return {"total": dc.a_ce * kl + dc.a_lm * lm + dc.a_cos * cos, "kl": kl, "lm": lm, "cos": cos}
+
+
+# --- held-out agreement ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def agreement(model, cache: TeacherCache, batch_size: int) -> dict[str, float]:
+    """On held-out public text: top-1 next-token agreement with the teacher, KL(teacher || model) at T=1,
+    and both models' next-token cross-entropy (nats per token)."""
+    was_training = model.training
+    model.eval()
+    ids_all = cache.eval_ids
+    sums = {"top1": 0.0, "kl": 0.0, "nll": 0.0, "teacher_nll": 0.0}
+    for start in range(0, len(ids_all), batch_size):
+        ids = ids_all[start:start + batch_size]
+        logits = forward(model, ids.to(model.device))[0].float().cpu()
+        teacher = cache.eval_logits(slice(start, start + len(ids))).float().cpu()
+        log_q, log_p = F.log_softmax(logits, -1), F.log_softmax(teacher, -1)
+        sums["top1"] += (logits.argmax(-1) == teacher.argmax(-1)).sum().item()
+        sums["kl"] += (log_p.exp() * (log_p - log_q)).sum().item()
+        for name, lp in (("nll", log_q), ("teacher_nll", log_p)):
+            sums[name] -= lp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).sum().item()
+    model.train(was_training)
+    n = ids_all.numel()
+    return {"top1": sums["top1"] / n, "kl": sums["kl"] / n, "nll": sums["nll"] / (n - len(ids_all)),
+            "teacher_nll": sums["teacher_nll"] / (n - len(ids_all))}
+
+
+# --- training with checkpoints ----------------------------------------------------------------------------
+
+
+def learning_rate(step: int, total: int, lr: float) -> float:
+    warm = max(1, round(WARMUP * total))
+    if step < warm:
+        return lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def batch_rows(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Rows of training step ``step``: a fresh seeded permutation each epoch (a pure function of the step)."""
+    per_epoch = n // batch_size
+    epoch, i = divmod(step, per_epoch)
+    return np.random.default_rng([seed, epoch]).permutation(n)[i * batch_size:(i + 1) * batch_size]
+
+
+def batch_targets(cache: TeacherCache, rows: np.ndarray, ids: torch.Tensor, dc: DistillConfig,
+                  teacher=None) -> dict:
+    """The teacher's targets for training rows ``rows`` (token ids ``ids``): cached, or live (``none``)."""
+    with torch.no_grad(), autocast(dc, ids.device):
+        if dc.teacher_cache == "none":
+            return dict(zip(("logits", "hidden"), forward(teacher, ids)))
+        return cache.targets(rows)
+
+
+def train_step(student, optimizer, params: list, ids: torch.Tensor, target: dict, dc: DistillConfig) -> dict:
+    """One optimisation step on a batch; returns the loss terms."""
+    with autocast(dc, ids.device):
+        logits, hidden = forward(student, ids)
+    losses = distill_loss(logits, hidden, ids, target, dc)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+    optimizer.step()
+    return losses
+
+
+def train(student, cache: TeacherCache, dc: DistillConfig, seed: int, checkpoint: Path, run_key: str,
+          teacher=None, progress: bool = True) -> dict:
+    """Distil ``student`` in place; resumes from ``checkpoint`` if it belongs to the same run (``run_key``).
+
+    Returns the history (per-step losses, held-out agreement every ``eval_every`` steps from step 0, the
+    undistilled cut) and the costs of training and evaluation. ``teacher`` is needed only when
+    ``teacher_cache == "none"`` (its forward passes then count in the training cost).
+    """
+    n = len(cache.train_ids)
+    if n < dc.batch_size:
+        raise ValueError(f"train_sequences ({n}) must be at least batch_size ({dc.batch_size})")
+    total = (n // dc.batch_size) * dc.epochs
+    params = trainable(student, dc.train_embeddings)
+    optimizer = torch.optim.AdamW(params, lr=dc.lr)
+    state = {"step": 0, "losses": [], "evals": [], "train_cost": Cost(), "eval_cost": Cost()}
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved["run_key"] == run_key:
+            student.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng"])
+            state = saved["state"]
+    student.train()
+
+    def evaluate(step: int) -> dict:
+        begin = time.perf_counter()
+        row = {"step": step, **agreement(student, cache, dc.batch_size)}
+        state["evals"].append(row)
+        state["eval_cost"].add(student, cache.eval_ids.numel(), len(cache.eval_ids), "forward")
+        state["eval_cost"].wall_seconds += time.perf_counter() - begin
+        return row
+
+    if state["step"] == 0 and not state["evals"]:
+        evaluate(0)
+    bar = tqdm(total=total, initial=state["step"], desc="distil", unit="step", disable=not progress)
+    for step in range(state["step"], total):
+        begin = time.perf_counter()
+        rows = batch_rows(step, n, dc.batch_size, seed)
+        ids = cache.train_ids[torch.from_numpy(rows)].to(student.device)
+        target = batch_targets(cache, rows, ids, dc, teacher)
+        if dc.teacher_cache == "none":
+            state["train_cost"].add(teacher, ids.numel(), 0, "forward")
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, total, dc.lr)
+        losses = train_step(student, optimizer, params, ids, target, dc)
+        state["train_cost"].add(student, ids.numel(), len(ids), "full")
+        state["train_cost"].wall_seconds += time.perf_counter() - begin
+        state["losses"].append({"step": step + 1, "lr": optimizer.param_groups[0]["lr"],
+                                **{k: v.item() for k, v in losses.items()}})
+        state["step"] = step + 1
+        postfix = {"loss": f"{losses['total'].item():.3f}", "kl": f"{losses['kl'].item():.3f}"}
+        if state["step"] % dc.eval_every == 0 or state["step"] == total:
+            postfix["top1"] = f"{evaluate(state['step'])['top1']:.3f}"
+        bar.set_postfix(postfix)
+        bar.update(1)
+        if state["step"] % dc.checkpoint_every == 0 and state["step"] < total:
+            save_checkpoint(checkpoint, run_key, student, optimizer, state)
+    bar.close()
+    student.eval().requires_grad_(False)
+    return {"steps": total, "trainable_params": sum(p.numel() for p in params), "losses": state["losses"],
+            "evals": state["evals"], "train_cost": state["train_cost"].to_dict(),
+            "eval_cost": state["eval_cost"].to_dict()}
+
+
+def save_checkpoint(path: Path, run_key: str, student, optimizer, state: dict) -> None:
+    """Everything a resumed run needs to continue bit for bit: weights, optimizer, RNG, step, history."""
+    with atomic_path(path) as tmp:
+        torch.save({"run_key": run_key, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": torch.get_rng_state(), "state": state}, tmp)
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+
+def work_dir(profile: str) -> Path:
+    """Teacher caches and the training checkpoint (``artifacts/<profile>/distill_work/``)."""
+    return artifact_dir(profile, "distill_work")
+
+
+def existing(cfg: Config) -> dict | None:
+    """The record of a source model already distilled with these exact settings, else None."""
+    directory = source_model_dir(cfg.profile)
+    manifest = directory / "manifest.json"
+    if manifest.exists() and read_json(manifest).get("distill_hash") == cfg.section_hash("distill"):
+        return read_json(directory / "distill.json")
+    return None
+
+
+def run_distill(cfg: Config, progress: bool = True) -> dict:
+    """Distil the source model of ``cfg.profile`` into ``artifacts/<profile>/source_model/``.
+
+    Skips all work when that directory was made with the same distillation settings; otherwise resumes an
+    interrupted run. Writes the model, tokenizer, ``distill.json`` (history, before/after agreement, costs),
+    ``cost.json`` and ``manifest.json`` there, copies the record to ``results/<profile>/distill.json`` and
+    returns it.
+    """
+    dc = cfg.distill
+    if dc.teacher_cache not in CACHE_MODES:
+        raise ValueError(f"distill.teacher_cache must be one of {CACHE_MODES}, got {dc.teacher_cache!r}")
+    if dc.precision not in PRECISIONS:
+        raise ValueError(f"distill.precision must be one of {PRECISIONS}, got {dc.precision!r}")
+    record = existing(cfg)
+    if record is not None:
+        write_json(results_dir(cfg.profile) / "distill.json", record)
+        return record
+    start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(cfg.model)
+    teacher = load_model(cfg.model, seed=cfg.seed).to(device)
+    n_layers = len(layer_list(teacher)[1])
+    layers = student_layers(dc, n_layers)
+    student = make_student(teacher, layers)
+    train_ids, eval_ids = public_sequences(dc, tokenizer, cfg.seed)
+    cache = TeacherCache(work_dir(cfg.profile) / f"teacher-{teacher_key(cfg)}", dc, train_ids, eval_ids, teacher)
+    teacher_cost = cache.fill(teacher, dc.batch_size, progress)
+    cache.load()
+    if dc.teacher_cache != "none":
+        del teacher  # training reads the cache (and the copy of the head it keeps); free the target's memory
+        teacher = None
+    torch.manual_seed(cfg.seed)
+    checkpoint = work_dir(cfg.profile) / "checkpoint.pt"
+    history = train(student, cache, dc, cfg.seed, checkpoint, cfg.section_hash("distill"), teacher, progress)
+    costs = {"teacher_outputs": teacher_cost.to_dict(), "train": history.pop("train_cost"),
+             "eval": history.pop("eval_cost")}
+    costs["total"] = sum((Cost(**c) for c in costs.values()), Cost()).to_dict()
+    record = {
+        "teacher": cfg.model, "teacher_layers": n_layers, "student_layers": list(layers),
+        "student_params": n_params(student), "device": device, "teacher_cache": dc.teacher_cache,
+        "train_tokens": train_ids.numel(), "eval_tokens": eval_ids.numel(), **history,
+        "before": history["evals"][0], "after": history["evals"][-1], "cost": costs,
+        "session_wall_seconds": time.perf_counter() - start, "distill_hash": cfg.section_hash("distill"),
+    }
+    save_source_model(cfg, student, tokenizer, record)
+    checkpoint.unlink(missing_ok=True)
+    write_json(results_dir(cfg.profile) / "distill.json", record)
+    return record
+
+
+def save_source_model(cfg: Config, student, tokenizer, record: dict) -> Path:
+    """Write the student as a Hugging Face checkpoint with its records; it appears complete or not at all."""
+    target = source_model_dir(cfg.profile)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".source_model."))
+    tmp.chmod(0o755)
+    try:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "distill.json", record)
+        write_json(tmp / "cost.json", record["cost"])
+        write_manifest(tmp, cfg, distill_hash=record["distill_hash"], student_layers=record["student_layers"],
+                       cost=record["cost"]["total"])
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

