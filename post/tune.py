@@ -1,0 +1,362 @@
+"""Soft-prompt tuning, with and without differential privacy: the data owner's stage, plus the FullPT baseline.
+
+The prompt starts from the embeddings of the task's instruction text and is trained with Adam on the
+cross-entropy of the verbalizer's class scores, for a fixed number of steps. With a finite epsilon the steps
+are DP-SGD steps (``post.dp``): Poisson batches, exact per-sample gradients, clipping, Gaussian noise.
+
+CompPT is the owner's prompt, tuned on the small source model: this code path loads the source model only,
+never the target's weights. FullPT is the same code on the target (the expensive reference, which needs the
+private data at the provider). Nothing here reads a test split except the final scoring in ``run_tune``;
+the optional checkpoint selection uses the validation split carved from the owner's own data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import dp
+from .artifacts import eps_tag, prompt_path, read_json, require, results_dir, source_model_dir, write_json
+from .config import Config, TuneConfig
+from .cost import Cost, Timer
+from .evaluate import accuracy
+from .models import load, model_name
+from .plots import save_figure
+from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
+from .tasks import Split, Task, get_task, load_split
+
+METHODS = {"compt": "CompPT", "fullpt": "FullPT"}  # prompt file name -> label in tables and figures
+SELECT = ("last", "validation")
+
+
+def example_losses(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
+                   prompt: torch.Tensor) -> torch.Tensor:
+    """(B,) cross-entropy of the class scores; ``prompt`` is (P, D) shared or (B, P, D) per example."""
+    logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
+    return F.cross_entropy(verbalizer.scores(logits), labels, reduction="none")
+
+
+def per_sample_grads(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
+                     weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact per-example gradients (B, P, D) of each example's loss, and the losses, from one backward pass.
+
+    Each example gets its own copy of the prompt; example i's loss depends on copy i only, so the gradient
+    of the summed loss with respect to copy i is example i's gradient.
+    """
+    copies = weight.detach().unsqueeze(0).repeat(len(labels), 1, 1).requires_grad_()
+    losses = example_losses(model, verbalizer, batch, labels, copies)
+    (grads,) = torch.autograd.grad(losses.sum(), copies)
+    return grads, losses.detach()
+
+
+def per_sample_check(model, tokenizer, task: Task, split: Split, weight: torch.Tensor,
+                     max_text_tokens: int = 64) -> float:
+    """Max abs difference between the batched per-sample gradients and one-example-at-a-time ones."""
+    verbalizer, labels = Verbalizer.for_task(task, tokenizer), torch.tensor(split.labels)
+    grads, _ = per_sample_grads(model, verbalizer, encode(task, tokenizer, split.texts, max_text_tokens), labels,
+                                weight)
+    worst = 0.0
+    for i, text in enumerate(split.texts):  # reference: the ordinary gradient of one example, unpadded
+        alone = weight.detach().clone().requires_grad_()
+        loss = example_losses(model, verbalizer, encode(task, tokenizer, [text], max_text_tokens),
+                              labels[i:i + 1], alone).sum()
+        worst = max(worst, float((grads[i] - torch.autograd.grad(loss, alone)[0]).abs().max()))
+    return worst
+
+
+def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless fixed-size batches, each epoch a fresh permutation (the non-private sampler)."""
+    queue = torch.empty(0, dtype=torch.long)
+    while True:
+        while len(queue) < batch_size:
+            queue = torch.cat([queue, torch.randperm(n, generator=generator)])
+        yield queue[:batch_size]
+        queue = queue[batch_size:]
+
+
+def _prompted_tokens(tokenizer, task: Task, texts: list[str], prompt_length: int, max_text_tokens: int) -> int:
+    """Tokens an evaluation processes (prompt + templated text per example), for the cost record."""
+    ids = encode(task, tokenizer, texts, max_text_tokens)["attention_mask"]
+    return int(ids.sum()) + prompt_length * len(texts)
+
+
+def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig, epsilon: float, steps: int,
+                validation: Split | None = None, seed: int = 0, max_text_tokens: int = 64,
+                eval_batch_size: int = 32, progress: bool = True) -> SoftPrompt:
+    """Tune a soft prompt on ``train``; ``epsilon`` < inf makes every step a DP-SGD step.
+
+    The returned prompt's ``meta`` records the settings, the privacy parameters (target and spent epsilon,
+    delta, sigma, C, q, steps), the training curve (loss per step, validation accuracy every ``eval_every``
+    steps) and the cost (wall time, examples, tokens, FLOPs) of everything done here.
+    """
+    if settings.select not in SELECT:
+        raise ValueError(f"tune.select must be one of {SELECT}, got {settings.select!r}")
+    if epsilon <= 0:
+        raise ValueError(f"epsilon must be positive (math.inf for no DP), got {epsilon}")
+    private = not math.isinf(epsilon)
+    n, batch_size = len(train), min(settings.batch_size, len(train))
+    sampler = torch.Generator().manual_seed(seed)
+    verbalizer = Verbalizer.for_task(task, tokenizer)
+    labels = torch.tensor(train.labels)
+    prompt = SoftPrompt.from_text(model, tokenizer, task.instruction, settings.prompt_length, task=task.name,
+                                  epsilon=epsilon, seed=seed)
+    weight = prompt.weight
+    optimizer = torch.optim.Adam([weight], lr=settings.lr)
+    if private:
+        plan = dp.plan(epsilon, n, batch_size, steps, settings.max_grad_norm)
+        optimizer, accountant = dp.optimizer(weight, optimizer, plan, torch.Generator().manual_seed(seed + 1))
+    else:
+        batches = _shuffled_batches(n, batch_size, sampler)
+    # the owner may select a checkpoint on its own validation data; a DP prompt always keeps its last step,
+    # so that the guarantee covers every private example that influenced it
+    select = settings.select if validation is not None and not private else "last"
+    curve = {"step": [], "loss": [], "batch_size": []}
+    evals = {"step": [], "accuracy": []}
+    best = (-1.0, 0, None)  # (validation accuracy, step, weight)
+    cost = Cost()
+
+    def evaluate(step: int) -> None:
+        nonlocal best
+        result = accuracy(model, tokenizer, task, validation, prompt, eval_batch_size, max_text_tokens, False)
+        cost.add(model, _prompted_tokens(tokenizer, task, validation.texts, settings.prompt_length,
+                                         max_text_tokens), 0, "forward")  # examples counts training only
+        evals["step"].append(step)
+        evals["accuracy"].append(result["accuracy"])
+        if select == "validation" and result["accuracy"] > best[0]:
+            best = (result["accuracy"], step, weight.detach().clone())
+
+    eval_every = settings.eval_every if validation is not None else 0
+    with Timer() as timer:
+        if eval_every:
+            evaluate(0)
+        bar = tqdm(range(1, steps + 1), desc=f"{task.name} {model_name(model)} eps={eps_tag(epsilon)}",
+                   disable=not progress, leave=False)
+        for step in bar:
+            idx = dp.poisson_batch(n, plan.sample_rate, sampler) if private else next(batches)
+            optimizer.zero_grad()
+            loss = math.nan
+            if len(idx):
+                batch = encode(task, tokenizer, [train.texts[i] for i in idx], max_text_tokens)
+                if private:
+                    grads, losses = per_sample_grads(model, verbalizer, batch, labels[idx], weight)
+                    loss = float(losses.mean())
+                else:
+                    mean_loss = example_losses(model, verbalizer, batch, labels[idx], weight).mean()
+                    mean_loss.backward()
+                    loss = float(mean_loss.detach())
+                cost.add(model, batch["input_ids"].numel() + settings.prompt_length * len(idx), len(idx),
+                         "input_grad")
+            if private:
+                # an empty Poisson batch is a real step: zero clipped sum + noise, and it is accounted
+                dp.set_grad_sample(weight, grads if len(idx) else weight.new_zeros((0, *weight.shape)))
+            optimizer.step()
+            curve["step"].append(step)
+            curve["loss"].append(None if math.isnan(loss) else loss)
+            curve["batch_size"].append(len(idx))
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if eval_every and (step % eval_every == 0 or step == steps):
+                evaluate(step)
+    cost.wall_seconds = timer.seconds
+    selected = steps
+    if select == "validation":
+        _, selected, best_weight = best
+        with torch.no_grad():
+            weight.copy_(best_weight)
+    privacy = {"private": private}
+    if private:
+        privacy.update(plan.to_dict(), **dp.spent(accountant, plan.delta))
+    prompt.meta.update(
+        train_examples=n, steps=steps, batch_size=batch_size, lr=settings.lr, optimizer="adam",
+        select=select, selected_step=selected, dp=privacy, curve=curve, validation=evals,
+        validation_examples=0 if validation is None else len(validation), cost=cost.to_dict(),
+    )
+    return prompt
+
+
+# --- the stage: CompPT on the source for every epsilon, FullPT on the target -----------------------------
+
+
+def source_fingerprint(profile: str) -> str:
+    """Digest of the source model directory's JSON files (config, manifest): changes when 01 re-distills."""
+    directory = require(source_model_dir(profile), "source_model", profile)
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.json")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
+    """Digest of everything that determines one prompt (not the grids), so reruns skip finished prompts."""
+    tune = dataclasses.asdict(cfg.tune)
+    for grid in ("epsilons", "full_pt_epsilons", "steps" if method == "fullpt" else "full_pt_steps"):
+        tune.pop(grid)
+    payload = {"task": task, "method": method, "epsilon": eps_tag(epsilon), "seed": cfg.seed, "tune": tune,
+               "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "tasks"},
+               "eval_batch_size": cfg.eval.batch_size,
+               "model": source_fingerprint(cfg.profile) if method == "compt" else cfg.model}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _owner_data(cfg: Config, task: str) -> tuple[Split, Split | None]:
+    """The owner's training data and (if the stage evaluates during training) its carved validation split."""
+    train = load_split(task, "train", cfg.data.max_train)
+    if not cfg.tune.eval_every:
+        return train, None
+    limits = [n for n in (cfg.data.max_validation, cfg.tune.eval_examples) if n]
+    return train, load_split(task, "validation", min(limits, default=0))
+
+
+def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | None = None) -> list[dict]:
+    """Tune (or reuse) every prompt of ``method`` and score it on the test split with the model it was tuned on.
+
+    ``compt`` loads only the distilled source model; ``fullpt`` loads the target. A prompt file with the
+    current run key is not retrained, and if ``cached`` (run key -> row of an earlier run) has its row, not
+    rescored either.
+    """
+    if method == "compt":
+        name, epsilons, steps = str(require(source_model_dir(cfg.profile), "source_model", cfg.profile)), \
+            cfg.tune.epsilons, cfg.tune.steps
+    elif method == "fullpt":
+        name, epsilons, steps = cfg.model, cfg.tune.full_pt_epsilons, cfg.tune.full_pt_steps
+    else:
+        raise KeyError(f"tune methods are {sorted(METHODS)}, not {method!r}")
+    cached = cached or {}
+    model = tokenizer = None
+    rows = []
+    for task_name in cfg.data.tasks:
+        task = get_task(task_name)
+        for epsilon in epsilons:
+            key = run_key(cfg, task_name, method, epsilon)
+            path = prompt_path(cfg.profile, task_name, method, epsilon, cfg.seed)
+            prompt = SoftPrompt.load(path) if path.exists() else None
+            if prompt is not None and prompt.meta.get("run_key") != key:
+                prompt = None  # made with other settings: retrain
+            if prompt is not None and key in cached:
+                rows.append(cached[key])
+                continue
+            if model is None:
+                model, tokenizer = load(name)
+            if prompt is None:
+                train, validation = _owner_data(cfg, task_name)
+                prompt = tune_prompt(model, tokenizer, task, train, cfg.tune, epsilon, steps, validation, cfg.seed,
+                                     cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
+                prompt.meta.update(method=method, run_key=key)
+                prompt.save(path)
+            test = accuracy(model, tokenizer, task, load_split(task_name, "test", cfg.data.max_test), prompt,
+                            cfg.eval.batch_size, cfg.data.max_text_tokens, progress)
+            rows.append(_row(prompt, test, key, path))
+    return rows
+
+
+def _row(prompt: SoftPrompt, test: dict, key: str, path: Path) -> dict:
+    meta, privacy = prompt.meta, prompt.meta["dp"]
+    return {
+        "task": meta["task"], "method": METHODS[meta["method"]], "model": meta["model"],
+        "epsilon": eps_tag(meta["epsilon"]), "seed": meta["seed"], "accuracy": test["accuracy"], "n": test["n"],
+        "predicted_share": test["predicted_share"], "eval_seconds": test["seconds"],
+        "train_seconds": meta["cost"]["wall_seconds"], "train_flops": meta["cost"]["flops"],
+        "train_size": meta["train_examples"], "examples_seen": meta["cost"]["examples"], "steps": meta["steps"],
+        "batch_size": meta["batch_size"],
+        "prompt_length": meta["length"], "selected_step": meta["selected_step"],
+        "prv_epsilon": privacy.get("prv_epsilon"), "rdp_epsilon": privacy.get("rdp_epsilon"),
+        "delta": privacy.get("delta"), "noise_multiplier": privacy.get("noise_multiplier"),
+        "max_grad_norm": privacy.get("max_grad_norm"), "sample_rate": privacy.get("sample_rate"),
+        "run_key": key, "prompt": str(path),
+    }
+
+
+def run_tune(cfg: Config, progress: bool = True) -> list[dict]:
+    """The whole stage: CompPT for every epsilon (source only), then FullPT; writes ``tune.json``.
+
+    A prompt already tuned with the same settings (run key) is reused; its row too, if ``tune.json`` has it.
+    """
+    out = results_dir(cfg.profile) / "tune.json"
+    cached = {row["run_key"]: row for row in read_json(out)} if out.exists() else {}
+    rows = tune_method(cfg, "compt", progress, cached) + tune_method(cfg, "fullpt", progress, cached)
+    write_json(out, rows)
+    return rows
+
+
+# --- figures -------------------------------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_epsilon(rows: list[dict], profile: str):
+    """Test accuracy against epsilon (log axis, no-DP at the right), per task; CompPT and FullPT lines."""
+    data = pd.DataFrame(rows)[["task", "method", "model", "epsilon", "accuracy", "n"]]
+    finite = sorted({float(e) for e in data.epsilon if not math.isinf(float(e))})
+    ticks = finite + [(finite[-1] * 4 if finite else 1.0)]  # where "no DP" is drawn
+    position = {eps_tag(e): x for e, x in zip(finite + [math.inf], ticks)}
+    tasks = list(dict.fromkeys(data.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.3 * len(tasks), 3.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method, part in data[data.task == task].groupby("method", sort=False):
+            part = part.assign(x=part.epsilon.map(position)).sort_values("x")
+            ax.plot(part.x, part.accuracy, marker="o", label=f"{method} ({part.model.iloc[0].split('/')[-1]})")
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{e:g}" for e in finite] + ["no DP"])
+        ax.minorticks_off()
+        ax.set_title(task)
+        ax.set_xlabel("epsilon")
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=8, frameon=False)
+    save_figure(fig, data, "tune_accuracy_vs_epsilon", profile)
+    return fig
+
+
+def training_curves(rows: list[dict]) -> pd.DataFrame:
+    """Long table (task, method, epsilon, step, metric, value) of the curves stored with the prompts."""
+    records = []
+    for row in rows:
+        meta = SoftPrompt.load(row["prompt"]).meta
+        ident = {"task": row["task"], "method": row["method"], "epsilon": row["epsilon"]}
+        records += [{**ident, "step": s, "metric": "train loss", "value": v}
+                    for s, v in zip(meta["curve"]["step"], meta["curve"]["loss"]) if v is not None]
+        records += [{**ident, "step": s, "metric": "validation accuracy", "value": v}
+                    for s, v in zip(meta["validation"]["step"], meta["validation"]["accuracy"])]
+    return pd.DataFrame(records)
+
+
+def plot_training_curves(rows: list[dict], profile: str, smooth: int = 10):
+    """Per task: training loss (moving average over ``smooth`` steps) and validation accuracy, per run."""
+    data = training_curves(rows)
+    tasks = list(dict.fromkeys(data.task))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.3 * len(tasks), 5.2), squeeze=False, sharex="col")
+    for col, task in enumerate(tasks):
+        for (method, epsilon), part in data[data.task == task].groupby(["method", "epsilon"], sort=False):
+            label = f"{method} eps={epsilon}"
+            loss = part[part.metric == "train loss"]
+            line, = axes[0][col].plot(loss.step, loss.value.rolling(smooth, min_periods=1).mean(), label=label)
+            val = part[part.metric == "validation accuracy"]
+            axes[1][col].plot(val.step, val.value, marker=".", color=line.get_color(), label=label)
+        axes[0][col].set_title(task)
+        axes[1][col].set_xlabel("step")
+    axes[0][0].set_ylabel(f"train loss ({smooth}-step mean)")
+    axes[1][0].set_ylabel("validation accuracy")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    save_figure(fig, data, "tune_training_curves", profile)
+    return fig
+
+
+def privacy_table(rows: list[dict]) -> pd.DataFrame:
+    """The DP parameters behind every private prompt: target vs spent epsilon (PRV, RDP), delta, sigma, C, q."""
+    data = pd.DataFrame(rows)
+    data = data[data.epsilon != "inf"]
+    return data[["task", "method", "epsilon", "prv_epsilon", "rdp_epsilon", "delta", "noise_multiplier",
+                 "max_grad_norm", "sample_rate", "steps", "batch_size"]].reset_index(drop=True)
+
+
+def summary(rows: list[dict]) -> pd.DataFrame:
+    """Test accuracy per task (rows) and method/epsilon (columns)."""
+    data = pd.DataFrame(rows)
+    data["run"] = data.method + " eps=" + data.epsilon
+    return data.pivot_table(index="task", columns="run", values="accuracy", sort=False)
+

@@ -1,0 +1,121 @@
+import math
+
+import pytest
+import torch
+from opacus.accountants import PRVAccountant
+
+from post import dp
+from post.prompt import SoftPrompt, Verbalizer, encode
+from post.tasks import get_task, load_split
+from post.tune import example_losses, per_sample_grads
+
+TASK = get_task("trec")  # six classes: a non-trivial verbalizer
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    model, tok = tiny
+    split = load_split("trec", "train", 7)
+    texts = list(split.texts)
+    texts[0] = texts[0] + " and then a much longer tail so that this example pads the others"  # uneven lengths
+    prompt = SoftPrompt.from_text(model, tok, TASK.instruction, 5)
+    return (model, Verbalizer.for_task(TASK, tok), encode(TASK, tok, texts, 32), torch.tensor(split.labels),
+            prompt.weight, texts, tok)
+
+
+def test_per_sample_grads_equal_one_example_at_a_time(batch):
+    model, verbalizer, enc, labels, weight, texts, tok = batch
+    grads, losses = per_sample_grads(model, verbalizer, enc, labels, weight)
+    assert grads.shape == (len(texts), *weight.shape)  # the batch in dimension 0
+    for i, text in enumerate(texts):
+        alone = encode(TASK, tok, [text], 32)  # no padding at all
+        copy = weight.detach().clone().requires_grad_()
+        loss = example_losses(model, verbalizer, alone, labels[i:i + 1], copy).sum()
+        (reference,) = torch.autograd.grad(loss, copy)
+        assert (grads[i] - reference).abs().max() < 1e-5
+        assert abs(losses[i] - loss.detach()) < 1e-5
+    assert len({round(float(g.norm()), 6) for g in grads}) == len(texts)  # genuinely different per example
+
+
+def test_per_sample_grads_sum_to_the_batch_gradient(batch):
+    model, verbalizer, enc, labels, weight, _, _ = batch
+    grads, _ = per_sample_grads(model, verbalizer, enc, labels, weight)
+    shared = weight.detach().clone().requires_grad_()
+    (full,) = torch.autograd.grad(example_losses(model, verbalizer, enc, labels, shared).sum(), shared)
+    assert (grads.sum(0) - full).abs().max() < 1e-5
+
+
+def _dp_step(weight: torch.nn.Parameter, grad_sample: torch.Tensor, sigma: float, clip: float, expected: float,
+             seed: int = 0):
+    plan = dp.DPPlan(8.0, 1e-5, sigma, clip, expected / 100, 1, 100)
+    optimizer, accountant = dp.optimizer(weight, torch.optim.SGD([weight], lr=1.0), plan,
+                                         torch.Generator().manual_seed(seed))
+    optimizer.zero_grad()
+    dp.set_grad_sample(weight, grad_sample)
+    optimizer.step()
+    return weight.grad.clone(), accountant
+
+
+def test_clipping_bounds_each_examples_contribution(batch):
+    model, verbalizer, enc, labels, weight, _, _ = batch
+    grads, _ = per_sample_grads(model, verbalizer, enc, labels, weight)
+    norms = grads.flatten(1).norm(dim=1)
+    clip = float(norms.median())  # about half the examples get clipped
+    assert (norms > clip * 1.01).any() and (norms < clip).any()
+    param = torch.nn.Parameter(weight.detach().clone())
+    grad, _ = _dp_step(param, grads, sigma=0.0, clip=clip, expected=4.0)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    clipped = grads * factors[:, None, None]
+    assert (clipped.flatten(1).norm(dim=1) <= clip * (1 + 1e-5)).all()
+    assert torch.allclose(grad * 4.0, clipped.sum(0), atol=1e-6)  # noise-free: the clipped sum over q*N
+    # one example, however large its gradient, moves the sum by at most C
+    outlier = torch.cat([grads, 1e3 * grads[:1]])
+    param = torch.nn.Parameter(weight.detach().clone())
+    grad_with, _ = _dp_step(param, outlier, sigma=0.0, clip=clip, expected=4.0)
+    assert float(((grad_with - grad) * 4.0).norm()) <= clip * (1 + 1e-5)
+
+
+def test_empty_poisson_batch_is_a_noisy_accounted_step():
+    generator = torch.Generator().manual_seed(0)
+    sizes = [len(dp.poisson_batch(50, 1 / 50, generator)) for _ in range(200)]
+    assert 0 in sizes and max(sizes) > 1  # Poisson: sizes vary and are sometimes zero
+    weight = torch.nn.Parameter(torch.zeros(40, 30))
+    grad, accountant = _dp_step(weight, weight.new_zeros((0, 40, 30)), sigma=2.0, clip=0.5, expected=4.0)
+    assert accountant.history == [(2.0, 4.0 / 100, 1)]
+    assert grad.std().item() == pytest.approx(2.0 * 0.5 / 4.0, rel=0.05)  # pure noise, sigma*C / (q*N)
+
+
+def test_grad_sample_shape_is_checked():
+    with pytest.raises(ValueError, match="batch dimension"):
+        dp.set_grad_sample(torch.nn.Parameter(torch.zeros(3, 4)), torch.zeros(3, 4))
+
+
+def test_delta_is_well_below_one_over_n():
+    assert dp.target_delta(1_000) == 1e-5
+    assert dp.target_delta(1_000_000) == pytest.approx(1e-7)
+    with pytest.raises(ValueError):
+        dp.target_delta(0)
+
+
+@pytest.mark.parametrize("epsilon", [8.0, 1.0])
+def test_calibrated_noise_meets_the_target_and_is_tight(epsilon):
+    plan = dp.plan(epsilon, n=3000, batch_size=32, steps=200, max_grad_norm=1.0)
+    assert plan.delta == 1e-5 and plan.expected_batch_size == pytest.approx(32)
+    accountant = PRVAccountant()
+    for _ in range(plan.steps):
+        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+    spent = dp.spent(accountant, plan.delta)
+    assert spent["steps_taken"] == 200
+    assert epsilon * 0.9 < spent["prv_epsilon"] <= epsilon  # calibrated, not just any large sigma
+    assert spent["rdp_epsilon"] >= spent["prv_epsilon"]  # RDP is the looser cross-check
+    weaker = dp.DPPlan(epsilon, plan.delta, plan.noise_multiplier * 0.8, 1.0, plan.sample_rate, 200, 3000)
+    accountant.history = [(weaker.noise_multiplier, weaker.sample_rate, 200)]
+    assert dp.spent(accountant, plan.delta)["prv_epsilon"] > epsilon
+
+
+def test_plan_rejects_bad_input():
+    for kwargs in [dict(epsilon=math.inf), dict(epsilon=0.0), dict(batch_size=0), dict(batch_size=101),
+                   dict(steps=0), dict(max_grad_norm=0.0)]:
+        args = dict(epsilon=8.0, n=100, batch_size=10, steps=10, max_grad_norm=1.0) | kwargs
+        with pytest.raises(ValueError):
+            dp.plan(**args)

@@ -1,0 +1,145 @@
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+
+import post.models
+from post import artifacts, tune
+from post.config import load_config
+from post.models import load_model
+from post.prompt import SoftPrompt
+from post.tasks import get_task, load_split
+
+TASK = get_task("rotten_tomatoes")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_split(TASK.name, "train", 16), load_split(TASK.name, "validation", 8)
+
+
+def settings(**changes):
+    return dataclasses.replace(load_config("smoke").tune, **changes)
+
+
+def test_tuning_descends_the_training_loss(tiny, data):
+    model, tok = tiny
+    train = load_split(TASK.name, "train", 8)
+    prompt = tune.tune_prompt(model, tok, TASK, train, settings(batch_size=8, lr=0.01), math.inf, 15,
+                              progress=False)
+    loss = prompt.meta["curve"]["loss"]  # full batch: the same 8 examples every step
+    assert len(loss) == 15 and prompt.meta["curve"]["batch_size"] == [8] * 15
+    assert all(b < a for a, b in zip(loss, loss[1:])) and loss[-1] < loss[0] - 0.01
+    assert prompt.meta["dp"] == {"private": False} and prompt.meta["selected_step"] == 15
+    assert prompt.meta["init_text"] == TASK.instruction and prompt.meta["model"] == "tiny-random-llama"
+    cost = prompt.meta["cost"]
+    assert cost["examples"] == 120 and cost["flops"] > 0 and cost["wall_seconds"] > 0
+    assert not any(p.requires_grad for p in model.parameters())  # only the prompt is trained
+
+
+def test_dp_tuning_records_its_guarantee(tiny, data):
+    model, tok = tiny
+    train, validation = data
+    prompt = tune.tune_prompt(model, tok, TASK, train, settings(batch_size=2, select="validation"), 4.0, 12,
+                              validation, seed=3, progress=False)
+    privacy = prompt.meta["dp"]
+    assert privacy["private"] and privacy["accountant"] == "prv"
+    assert privacy["epsilon"] == 4.0 and privacy["delta"] == 1e-5 and privacy["noise_multiplier"] > 0
+    assert privacy["sample_rate"] == 2 / 16 and privacy["steps"] == privacy["steps_taken"] == 12
+    assert privacy["prv_epsilon"] <= 4.0 < privacy["rdp_epsilon"] * 1.5
+    assert 0 in prompt.meta["curve"]["batch_size"]  # an empty Poisson batch occurred and was a normal step
+    assert prompt.meta["curve"]["loss"][prompt.meta["curve"]["batch_size"].index(0)] is None
+    # a DP prompt keeps its last step even when the profile selects on validation
+    assert prompt.meta["select"] == "last" and prompt.meta["selected_step"] == 12
+    assert prompt.meta["validation"]["step"] == [0, 2, 4, 6, 8, 10, 12]
+
+
+def test_selection_uses_validation_only(tiny, data, monkeypatch):
+    model, tok = tiny
+    train, validation = data
+    seen = []
+    real = tune.accuracy
+    monkeypatch.setattr(tune, "accuracy", lambda m, t, task, split, *a: seen.append(split) or real(m, t, task, split, *a))
+    prompt = tune.tune_prompt(model, tok, TASK, train, settings(select="validation", lr=0.05), math.inf, 6,
+                              validation, progress=False)
+    assert seen and all(split is validation for split in seen)
+    evals = prompt.meta["validation"]
+    best = max(evals["accuracy"])
+    assert prompt.meta["selected_step"] == evals["step"][evals["accuracy"].index(best)]
+    again = tune.accuracy(model, tok, TASK, validation, prompt, 32, 64, False)["accuracy"]
+    assert again == best  # the kept weights are the selected step's
+
+
+def test_bad_settings_are_refused(tiny, data):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="select"):
+        tune.tune_prompt(model, tok, TASK, data[0], settings(select="test"), math.inf, 1, progress=False)
+    with pytest.raises(ValueError, match="epsilon"):
+        tune.tune_prompt(model, tok, TASK, data[0], settings(), 0.0, 1, progress=False)
+
+
+@pytest.fixture
+def stage(tmp_path, monkeypatch):
+    """Smoke profile with artifacts/results/figures in a temporary directory and a 'distilled' source model."""
+    for name in ("ARTIFACTS", "RESULTS", "FIGURES"):
+        monkeypatch.setattr(artifacts, name, tmp_path / name.lower())
+    cfg = load_config("smoke", {"data": {"tasks": ["rotten_tomatoes", "trec"], "max_test": 16}})
+    source = artifacts.source_model_dir("smoke")
+    model = load_model("tiny-random-llama", seed=1)
+    model.save_pretrained(source)
+    post.models.load_tokenizer("tiny-random-llama").save_pretrained(source)
+    loaded = []
+    real_model, real_tokenizer = post.models.load_model, post.models.load_tokenizer
+    monkeypatch.setattr(post.models, "load_model", lambda name, *a, **k: loaded.append(name) or real_model(name, *a, **k))
+    monkeypatch.setattr(post.models, "load_tokenizer", lambda name: loaded.append(name) or real_tokenizer(name))
+    return cfg, source, loaded
+
+
+def test_owner_side_never_loads_the_target(stage):
+    cfg, source, loaded = stage
+    rows = tune.tune_method(cfg, "compt", progress=False)
+    assert loaded and set(loaded) == {str(source)}
+    assert cfg.model not in loaded
+    assert len(rows) == len(cfg.data.tasks) * len(cfg.tune.epsilons)
+    assert {r["model"] for r in rows} == {str(source)}
+
+
+def test_stage_writes_prompts_results_and_skips_finished_work(stage):
+    cfg, source, loaded = stage
+    rows = tune.run_tune(cfg, progress=False)
+    assert cfg.model in loaded  # FullPT is tuned on the target
+    assert [(r["method"], r["epsilon"]) for r in rows if r["task"] == "trec"] == \
+        [("CompPT", "inf"), ("CompPT", "8"), ("FullPT", "inf")]
+    for row in rows:
+        prompt = SoftPrompt.load(row["prompt"])
+        assert prompt.meta["run_key"] == row["run_key"] and 0 <= row["accuracy"] <= 1 and row["n"] == 16
+        assert (row["epsilon"] == "inf") != prompt.meta["dp"]["private"]
+    assert artifacts.read_json(artifacts.results_dir("smoke") / "tune.json") == rows
+    loaded.clear()
+    assert tune.run_tune(cfg, progress=False) == rows and loaded == []  # nothing retrained, nothing loaded
+    made = {r["prompt"]: Path(r["prompt"]).stat().st_mtime_ns for r in rows}
+    (artifacts.results_dir("smoke") / "tune.json").unlink()  # results lost: prompts are rescored, not retrained
+    rescored = tune.run_tune(cfg, progress=False)
+    assert [r["accuracy"] for r in rescored] == [r["accuracy"] for r in rows]
+    assert {r["prompt"]: Path(r["prompt"]).stat().st_mtime_ns for r in rescored} == made
+    loaded.clear()
+    more = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, steps=cfg.tune.steps + 1))
+    again = tune.run_tune(more, progress=False)
+    assert loaded == [str(source), str(source)]  # CompPT retrained, FullPT (same settings) reused
+    assert [r["run_key"] for r in again if r["method"] == "FullPT"] == \
+        [r["run_key"] for r in rows if r["method"] == "FullPT"]
+    tune.plot_accuracy_vs_epsilon(again, "smoke")
+    tune.plot_training_curves(again, "smoke")
+    curves = tune.training_curves(again)
+    assert set(curves.metric) == {"train loss", "validation accuracy"}
+    for name in ("tune_accuracy_vs_epsilon", "tune_training_curves"):
+        assert all((artifacts.figures_dir("smoke") / f"{name}.{s}").exists() for s in ("png", "pdf", "csv"))
+    assert set(tune.privacy_table(again).epsilon) == {"8"}
+
+
+def test_compt_needs_the_source_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifacts, "ARTIFACTS", tmp_path)
+    with pytest.raises(artifacts.MissingArtifact, match="01_distill"):
+        tune.tune_method(load_config("smoke"), "compt", progress=False)
+
