@@ -1,0 +1,591 @@
+"""POST transfer (provider side): turn the owner's source prompt into a target prompt with public text only.
+
+The provider holds the source model, the target model, the owner's prompt file and unlabelled public text
+formatted with the private task's template. The target prompt ``p_t`` is trained so that, at the prediction
+position and over the whole vocabulary (temperature ``T``),
+
+    L = (1 - a) * T^2 KL(P_s || P_t)  +  a * T^2 KL(Q_s || Q_t)
+    P_m = softmax(z_m(x; p_m) / T)                  what the prompted model predicts
+    Q_m = softmax((z_m(x; p_m) - z_m(x)) / T)       the shift the prompt causes (logits with - without prompt)
+
+The first term makes the prompted target predict like the prompted source; the second makes the prompt move
+the target the way it moves the source, which keeps what the target knows on its own. The source side is the
+teacher in both terms (the reference code's ``KLDivLoss(log P_t, P_s)``: Hinton-style distillation).
+Everything except ``z_t(x; p_t)`` is constant while ``p_t`` trains, so it is computed once per public example
+(:class:`PublicData`) and only the prompted target runs at each step.
+
+The provider boundary is part of the API: nothing here accepts a :class:`~post.tasks.Split` or labels; a task
+is handed over through :func:`provider_view` (template, label words, instruction; its loader refuses); text
+comes from :func:`~post.tasks.public_texts`; and test accuracy, for figures only, enters as a caller's
+``score`` function whose value is recorded, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .artifacts import (artifact_dir, eps_tag, prompt_path, read_json, require, results_dir, source_model_dir,
+                        write_json, write_manifest)
+from .config import Config, TransferConfig
+from .cost import Cost, Timer
+from .models import load, model_name
+from .plots import save_figure
+from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
+from .tasks import Task, default_pool, get_task, public_texts
+
+
+class ProviderBoundary(PermissionError):
+    """Provider-side code asked for the owner's private data."""
+
+
+def provider_view(task: Task) -> Task:
+    """The task as the provider knows it: name, template, label words and instruction; its loader refuses."""
+
+    def refuse():
+        raise ProviderBoundary(f"the provider may not load the private data of task {task.name!r}")
+
+    return dataclasses.replace(task, load=refuse)
+
+
+def public_sample(pool: str, n: int, holdout: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``n`` training and ``holdout`` held-out texts of a public pool (distinct texts, seeded order).
+
+    The held-out texts come first in the order and the training texts after them, so the held-out set does
+    not depend on ``n`` and a larger ``n`` extends a smaller one.
+    """
+    texts = list(dict.fromkeys(t.strip() for t in public_texts(pool) if t.strip()))
+    if n + holdout > len(texts):
+        raise ValueError(f"public pool {pool!r} has {len(texts)} distinct texts; asked for {n} + {holdout} held out")
+    order = np.random.default_rng(seed).permutation(len(texts))
+    chosen = [texts[i] for i in order[:holdout + n]]
+    return chosen[holdout:], chosen[:holdout]
+
+
+# --- the constant terms -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def all_logits(model, tokenizer, task: Task, texts: list[str], prompt: torch.Tensor | None = None,
+               batch_size: int = 32, max_text_tokens: int = 64, cost: Cost | None = None) -> torch.Tensor:
+    """(N, V) next-token logits at the prediction position, batched over length-sorted texts."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = None
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        batch = encode(task, tokenizer, [texts[i] for i in idx], max_text_tokens)
+        logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
+        if out is None:
+            out = torch.empty(len(texts), logits.shape[1])
+        out[torch.as_tensor(idx)] = logits
+        if cost is not None:
+            prompt_tokens = 0 if prompt is None else prompt.shape[-2] * len(idx)
+            cost.add(model, int(batch["attention_mask"].sum()) + prompt_tokens, len(idx), "forward")
+    return out
+
+
+@dataclass
+class Unprompted:
+    """Both models' logits without a prompt: shared by every source prompt of one task and public sample."""
+
+    texts: list[str]
+    source: torch.Tensor  # (N, V) z_s(x)
+    target: torch.Tensor  # (N, V) z_t(x)
+
+    def subset(self, n: int) -> "Unprompted":
+        """The first ``n`` texts (a smaller public sample: public_sample's samples are nested)."""
+        if n > len(self.texts):
+            raise ValueError(f"asked for {n} public examples, only {len(self.texts)} prepared")
+        return Unprompted(self.texts[:n], self.source[:n], self.target[:n])
+
+
+def unprompted(source, target, tokenizer, task: Task, texts: list[str], batch_size: int = 32,
+               max_text_tokens: int = 64, cost: Cost | None = None) -> Unprompted:
+    return Unprompted(texts, all_logits(source, tokenizer, task, texts, None, batch_size, max_text_tokens, cost),
+                      all_logits(target, tokenizer, task, texts, None, batch_size, max_text_tokens, cost))
+
+
+@dataclass
+class PublicData:
+    """Public texts and, per text, every term of the loss that the target prompt does not change."""
+
+    texts: list[str]
+    teacher: torch.Tensor  # (N, V) log P_s = log_softmax(z_s(x; p_s) / T)
+    teacher_shift: torch.Tensor  # (N, V) log Q_s = log_softmax((z_s(x; p_s) - z_s(x)) / T)
+    target_plain: torch.Tensor  # (N, V) z_t(x)
+    agreement: float  # share of texts where the unprompted target picks the prompted source's class
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain: Unprompted,
+                temperature: float = 2.0, batch_size: int = 32, max_text_tokens: int = 64,
+                cost: Cost | None = None) -> PublicData:
+    """Run the prompted source once over the texts and build the constant terms of the loss."""
+    prompted = all_logits(source, tokenizer, task, plain.texts, source_prompt.weight.detach(), batch_size,
+                          max_text_tokens, cost)
+    verbalizer = Verbalizer.for_task(task, tokenizer)
+    agree = (verbalizer.scores(prompted).argmax(1) == verbalizer.scores(plain.target).argmax(1)).float().mean()
+    return PublicData(plain.texts, F.log_softmax(prompted / temperature, -1),
+                      F.log_softmax((prompted - plain.source) / temperature, -1), plain.target, float(agree))
+
+
+# --- the objective ------------------------------------------------------------------------------------------
+
+
+def kl(teacher_log_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Batch mean of T^2 KL(teacher || softmax(student / T)); the teacher is given as log-probabilities."""
+    student = F.log_softmax(student_logits / temperature, -1)
+    return (teacher_log_probs.exp() * (teacher_log_probs - student)).sum(-1).mean() * temperature ** 2
+
+
+def post_loss(target_prompted: torch.Tensor, teacher: torch.Tensor, teacher_shift: torch.Tensor,
+              target_plain: torch.Tensor, alpha: float, temperature: float = 2.0) -> tuple[torch.Tensor, dict]:
+    """The POST objective on a batch, and its two terms (floats) for the record."""
+    absolute = kl(teacher, target_prompted, temperature)
+    shift = kl(teacher_shift, target_prompted - target_plain, temperature)
+    return (1 - alpha) * absolute + alpha * shift, {"absolute": absolute.item(), "shift": shift.item()}
+
+
+def batch_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: PublicData, idx: list[int],
+               alpha: float, temperature: float = 2.0, max_text_tokens: int = 64,
+               precision: str = "fp32") -> tuple[torch.Tensor, dict, int]:
+    """Loss of target prompt ``weight`` on examples ``idx`` of ``data``, its terms, and the tokens processed."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
+    batch = encode(task, tokenizer, [data.texts[i] for i in idx], max_text_tokens)
+    with torch.autocast("cpu", torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
+        logits = next_token_logits(target, batch["input_ids"], batch["attention_mask"], weight)
+    at = torch.as_tensor(idx)
+    loss, parts = post_loss(logits.float(), data.teacher[at], data.teacher_shift[at], data.target_plain[at], alpha,
+                            temperature)
+    return loss, parts, int(batch["attention_mask"].sum()) + weight.shape[0] * len(idx)
+
+
+@torch.no_grad()
+def public_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: PublicData, alpha: float,
+                settings: TransferConfig, cost: Cost | None = None) -> float:
+    """Mean transfer loss over all of ``data`` (held-out public texts): the provider's selection signal."""
+    total = 0.0
+    for start in range(0, len(data), settings.batch_size):
+        idx = list(range(start, min(start + settings.batch_size, len(data))))
+        loss, _, tokens = batch_loss(target, tokenizer, task, weight, data, idx, alpha, settings.temperature,
+                                     settings.max_text_tokens, settings.precision)
+        total += loss.item() * len(idx)
+        if cost is not None:
+            cost.add(target, tokens, len(idx), "forward")
+    return total / len(data)
+
+
+def alpha_proxy(data: PublicData, num_classes: int) -> float:
+    """A public-data stand-in for the paper's alpha rule: more weight on the shift when the target is good.
+
+    The paper sets alpha from the target's zero-shot accuracy on the private task, which the provider cannot
+    measure. Here the prompted source labels the public texts and alpha is the unprompted target's agreement
+    with those labels above chance, ``(agreement - 1/C) / (1 - 1/C)``, clipped to [0, 1].
+    """
+    chance = 1.0 / num_classes
+    return float(min(1.0, max(0.0, (data.agreement - chance) / (1 - chance))))
+
+
+# --- the transfer -------------------------------------------------------------------------------------------
+
+
+def initial_prompt(target, tokenizer, task: Task, source_prompt: SoftPrompt, init: str) -> torch.Tensor:
+    """``source``: the source prompt itself (same embedding space); ``instruction``: the task instruction's tokens."""
+    if init == "source":
+        return source_prompt.weight.detach().clone()
+    if init == "instruction":
+        return SoftPrompt.from_text(target, tokenizer, task.instruction, source_prompt.weight.shape[0]).weight.detach()
+    raise ValueError(f"unknown init {init!r}; use 'source' or 'instruction'")
+
+
+@dataclass
+class TransferResult:
+    prompt: SoftPrompt
+    history: list[dict]  # per step the loss and its terms; at evaluation steps the held-out public loss
+    snapshots: dict[int, torch.Tensor]  # prompt weights at each evaluation step (0 = the initial prompt)
+    selected_step: int
+    cost: Cost = field(default_factory=Cost)
+
+
+def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: PublicData,
+             holdout: PublicData | None, settings: TransferConfig, alpha: float, seed: int = 0,
+             progress: bool = True) -> TransferResult:
+    """Train a target prompt on public ``data``; keep the last step or the lowest held-out public loss."""
+    if settings.selection not in ("last", "holdout"):
+        raise ValueError(f"unknown selection {settings.selection!r}; use 'last' or 'holdout'")
+    if settings.selection == "holdout" and holdout is None:
+        raise ValueError("selection='holdout' needs held-out public data")
+    if settings.eval_every < 1 or settings.steps < 0:
+        raise ValueError(f"need eval_every >= 1 and steps >= 0, got {settings.eval_every} and {settings.steps}")
+    source_prompt.check(target, same_model=False)
+    weight = torch.nn.Parameter(initial_prompt(target, tokenizer, task, source_prompt, settings.init))
+    optimizer = torch.optim.Adam([weight], lr=settings.lr)
+    generator = torch.Generator().manual_seed(seed)
+    cost, history, snapshots, queue = Cost(), [], {}, []
+    with Timer() as timer:
+        for step in tqdm(range(settings.steps + 1), desc=f"transfer {task.name}", disable=not progress,
+                         leave=False):
+            if step % settings.eval_every == 0 or step == settings.steps:
+                snapshots[step] = weight.detach().clone()
+                if holdout is not None:
+                    value = public_loss(target, tokenizer, task, snapshots[step], holdout, alpha, settings, cost)
+                    history.append({"step": step, "holdout_loss": value})
+            if step == settings.steps:
+                break
+            while len(queue) < settings.batch_size:  # shuffled epochs over the public examples
+                queue += torch.randperm(len(data), generator=generator).tolist()
+            idx, queue = queue[:settings.batch_size], queue[settings.batch_size:]
+            loss, parts, tokens = batch_loss(target, tokenizer, task, weight, data, idx, alpha, settings.temperature,
+                                             settings.max_text_tokens, settings.precision)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            cost.add(target, tokens, len(idx), "input_grad")
+            history.append({"step": step + 1, "loss": loss.item(), **parts})
+    cost.wall_seconds += timer.seconds
+    if settings.selection == "holdout":
+        selected = min((h["holdout_loss"], h["step"]) for h in history if "holdout_loss" in h)[1]
+    else:
+        selected = settings.steps
+    return TransferResult(SoftPrompt(snapshots[selected]), history, snapshots, selected, cost)
+
+
+def ptfer(source_prompt: SoftPrompt, source, target, tokenizer, anchors: int = 8192, steps: int = 300,
+          lr: float = 0.01, seed: int = 0) -> SoftPrompt:
+    """Zero-shot transfer in relative space, in the spirit of PTfer (Wu et al., ICLR 2024): no data at all.
+
+    Each source prompt vector is described by its cosine similarities to anchor tokens' input embeddings in
+    the source model; the target prompt, started from random vocabulary embeddings, is fitted to have the same
+    similarities to the same tokens' embeddings in the target model. Anchors: the first ``anchors`` non-special
+    vocabulary ids (BPE ids roughly follow merge frequency).
+    """
+    special = set(tokenizer.all_special_ids)
+    ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special][:anchors])
+
+    def relative(vectors: torch.Tensor, model) -> torch.Tensor:
+        table = F.normalize(model.get_input_embeddings().weight[ids].detach().float(), dim=-1)
+        return F.normalize(vectors, dim=-1) @ table.T
+
+    goal = relative(source_prompt.weight.detach(), source)
+    weight = torch.nn.Parameter(SoftPrompt.from_vocab(target, source_prompt.weight.shape[0], seed=seed).weight)
+    optimizer = torch.optim.Adam([weight], lr=lr)
+    for _ in range(steps):
+        loss = F.mse_loss(relative(weight, target), goal)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return SoftPrompt(weight.detach())
+
+
+def derived_meta(source_prompt: SoftPrompt, target, method: str, cost: Cost, **record) -> dict:
+    """The source prompt's metadata plus the transfer's record; ``cost`` is the transfer's own cost.
+
+    The privacy record (epsilon, delta, noise, ...) is kept as it is: the transfer never sees private data,
+    so it is post-processing of the DP prompt. The source's model, method, cost and run key move to source_*.
+    """
+    meta = dict(source_prompt.meta)
+    moved = {f"source_{key}": meta.pop(key) for key in ("model", "method", "cost", "run_key") if key in meta}
+    return {**meta, **moved, "model": model_name(target), "method": method, "cost": cost.to_dict(),
+            "transfer": record}
+
+
+# --- the stage: every CompPT prompt of a profile, and the sweeps behind the figures -----------------------
+
+
+def load_models(cfg: Config):
+    """``(source, target, tokenizer)``: the distilled source from 01 and the target; they share the tokenizer."""
+    source_dir = require(source_model_dir(cfg.profile), "source_model", cfg.profile)
+    target, tokenizer = load(cfg.model)
+    source, _ = load(source_dir)
+    return source, target, tokenizer
+
+
+def source_prompt_path(cfg: Config, task: str, epsilon: float) -> Path:
+    return require(prompt_path(cfg.profile, task, "compt", epsilon, cfg.seed), "prompts", cfg.profile)
+
+
+def snapshot_path(prompt_file: Path) -> Path:
+    """Where the evaluation-step snapshots of a POST prompt live (next to the prompt)."""
+    return Path(prompt_file).with_suffix(".snapshots.pt")
+
+
+@dataclass
+class Prepared:
+    """A task's public training and held-out samples with the unprompted logits of both models."""
+
+    task: Task  # the provider's view
+    pool: str
+    train: Unprompted
+    holdout: Unprompted
+    cost: Cost
+
+
+def prepare(cfg: Config, source, target, tokenizer, task: str, pool: str = "", examples: int = 0) -> Prepared:
+    s = cfg.transfer
+    view = provider_view(get_task(task))
+    pool = pool or s.public_pool or default_pool(task)
+    texts, held = public_sample(pool, examples or s.public_examples, s.holdout_examples, cfg.seed)
+    cost = Cost()
+    with Timer() as timer:
+        train, holdout = (unprompted(source, target, tokenizer, view, x, cfg.eval.batch_size, s.max_text_tokens,
+                                     cost) for x in (texts, held))
+    cost.wall_seconds += timer.seconds
+    return Prepared(view, pool, train, holdout, cost)
+
+
+def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, source_prompt: SoftPrompt,
+                  settings: TransferConfig | None = None, progress: bool = True) -> tuple[TransferResult, dict]:
+    """One POST transfer of ``source_prompt`` on ``settings.public_examples`` prepared texts.
+
+    Returns the result, whose prompt carries the source's metadata plus the transfer record, and a result row.
+    The cost counts the unprompted passes of ``prepared`` too: one transfer on its own needs them.
+    """
+    s = settings or cfg.transfer
+    if s.alpha_rule not in ("proxy", "fixed"):
+        raise ValueError(f"unknown alpha_rule {s.alpha_rule!r}; use 'proxy' or 'fixed'")
+    cost = Cost() + prepared.cost
+    with Timer() as timer:
+        data, holdout = (public_data(source, tokenizer, prepared.task, source_prompt, plain, s.temperature,
+                                     cfg.eval.batch_size, s.max_text_tokens, cost)
+                         for plain in (prepared.train.subset(s.public_examples), prepared.holdout))
+    cost.wall_seconds += timer.seconds
+    alpha = alpha_proxy(data, len(prepared.task.classes)) if s.alpha_rule == "proxy" else s.alpha
+    result = transfer(target, tokenizer, prepared.task, source_prompt, data, holdout, s, alpha, cfg.seed, progress)
+    result.cost = cost + result.cost
+    held = {h["step"]: h["holdout_loss"] for h in result.history if "holdout_loss" in h}
+    record = {"public_pool": prepared.pool, "public_examples": len(data), "alpha": alpha, "alpha_rule": s.alpha_rule,
+              "agreement": data.agreement, "init": s.init, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr,
+              "temperature": s.temperature, "selection": s.selection, "selected_step": result.selected_step,
+              "holdout_loss": held.get(result.selected_step)}
+    result.prompt = SoftPrompt(result.prompt.weight, **derived_meta(source_prompt, target, "post", result.cost,
+                                                                    **record))
+    row = {"task": prepared.task.name, "method": "post", "epsilon": eps_tag(source_prompt.meta.get("epsilon", math.inf)),
+           **record, "cost": result.cost.to_dict()}
+    return result, row
+
+
+def ptfer_transfer(cfg: Config, source, target, tokenizer, source_prompt: SoftPrompt) -> tuple[SoftPrompt, dict]:
+    s = cfg.transfer
+    with Timer() as timer:
+        weight = ptfer(source_prompt, source, target, tokenizer, s.ptfer_anchors, s.ptfer_steps, seed=cfg.seed).weight
+    cost, record = Cost(wall_seconds=timer.seconds), {"anchors": s.ptfer_anchors, "steps": s.ptfer_steps}
+    row = {"method": "ptfer", "epsilon": eps_tag(source_prompt.meta.get("epsilon", math.inf)), **record,
+           "cost": cost.to_dict()}
+    return SoftPrompt(weight, **derived_meta(source_prompt, target, "ptfer", cost, **record)), row
+
+
+def run_transfer(cfg: Config, progress: bool = True) -> list[dict]:
+    """Transfer every CompPT prompt of the profile (tasks x ``transfer.epsilons``) with POST and with PTfer.
+
+    Writes the prompts to ``prompt_path(..., "post" | "ptfer", ...)`` (POST's snapshots next to them), the rows
+    to ``results/<profile>/transfer.json`` and the loss curves to ``transfer_history.json``. No private data.
+    """
+    source, target, tokenizer = load_models(cfg)
+    rows, histories = [], {}
+    for name in tqdm(cfg.data.tasks, desc="tasks", disable=not progress):
+        prepared = prepare(cfg, source, target, tokenizer, name)
+        for epsilon in cfg.transfer.epsilons:
+            path = source_prompt_path(cfg, name, epsilon)
+            source_prompt = SoftPrompt.load(path, source)
+            result, row = post_transfer(cfg, source, target, tokenizer, prepared, source_prompt, progress=progress)
+            out = result.prompt.save(prompt_path(cfg.profile, name, "post", epsilon, cfg.seed))
+            torch.save(result.snapshots, snapshot_path(out))
+            rows.append({**row, "source_prompt": str(path), "prompt": str(out), "config_hash": settings_hash(cfg)})
+            histories[f"{name}/{eps_tag(epsilon)}"] = result.history
+            prompt, row = ptfer_transfer(cfg, source, target, tokenizer, source_prompt)
+            out = prompt.save(prompt_path(cfg.profile, name, "ptfer", epsilon, cfg.seed))
+            rows.append({"task": name, **row, "source_prompt": str(path), "prompt": str(out)})
+    write_json(results_dir(cfg.profile) / "transfer.json", rows)
+    write_json(results_dir(cfg.profile) / "transfer_history.json", histories)
+    write_manifest(artifact_dir(cfg.profile, "prompts"), cfg, stage="transfer", transfer_hash=settings_hash(cfg))
+    return rows
+
+
+def settings_hash(cfg: Config) -> str:
+    return cfg.section_hash("transfer", "data", "eval")
+
+
+def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferResult] | None:
+    """run_transfer's POST transfer of the sweep task's non-private prompt, if made from this prompt and config."""
+    path = prompt_path(cfg.profile, cfg.transfer.sweep_task, "post", math.inf, cfg.seed)
+    table = results_dir(cfg.profile) / "transfer.json"
+    if not (path.exists() and snapshot_path(path).exists() and table.exists()):
+        return None
+    row = next((r for r in read_json(table) if r["method"] == "post" and r["prompt"] == str(path)), None)
+    prompt = SoftPrompt.load(path)
+    if (row is None or row.get("config_hash") != settings_hash(cfg)
+            or prompt.meta.get("source_run_key") != source_prompt.meta.get("run_key")):
+        return None
+    return row, TransferResult(prompt, [], torch.load(snapshot_path(path)), row["selected_step"])
+
+
+def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool = True) -> list[dict]:
+    """Figures only: transfer the sweep task's non-private CompPT prompt, changing one setting at a time.
+
+    Rows carry ``kind`` (steps / alpha / public_examples / pool / init), ``value``, the run's record and
+    ``accuracy = score(prompt)``, the caller's measurement (test accuracy in the notebook). The default run
+    (the profile's settings; run_transfer's own run when it matches) also gives the accuracy-vs-steps curve
+    from its snapshots; a variant equal to it is not run twice. Writes ``results/<profile>/transfer_sweeps.json``.
+    """
+    s = cfg.transfer
+    source, target, tokenizer = load_models(cfg)
+    source_prompt = SoftPrompt.load(source_prompt_path(cfg, s.sweep_task, math.inf), source)
+    default_pool_name = s.public_pool or default_pool(s.sweep_task)
+    largest = max(s.public_sizes + (s.public_examples,))
+    prepared = {default_pool_name: prepare(cfg, source, target, tokenizer, s.sweep_task, examples=largest)}
+    variants = ([("alpha", a, dataclasses.replace(s, alpha_rule="fixed", alpha=a), default_pool_name) for a in s.alphas]
+                + [("public_examples", n, dataclasses.replace(s, public_examples=n), default_pool_name)
+                   for n in s.public_sizes]
+                + [("pool", pool, s, pool) for pool in s.pools]
+                + [("init", init, dataclasses.replace(s, init=init), default_pool_name)
+                   for init in ("source", "instruction")])
+    rows, done = [], {}
+    saved = saved_run(cfg, source_prompt)
+    if saved:
+        done[(s, default_pool_name)] = ({**saved[0], "accuracy": score(saved[1].prompt)}, saved[1])
+    for kind, value, settings, pool in [("default", "default", s, default_pool_name)] + variants:
+        key = (settings, pool)
+        if key not in done:
+            if pool not in prepared:
+                prepared[pool] = prepare(cfg, source, target, tokenizer, s.sweep_task, pool)
+            result, row = post_transfer(cfg, source, target, tokenizer, prepared[pool], source_prompt, settings,
+                                        progress)
+            done[key] = ({**row, "accuracy": score(result.prompt)}, result)
+        row, result = done[key]
+        rows.append({**row, "kind": kind, "value": value})
+        if kind == "default":
+            rows += [{**row, "kind": "steps", "value": step, "accuracy": score(SoftPrompt(weight))}
+                     for step, weight in result.snapshots.items()]
+    write_json(results_dir(cfg.profile) / "transfer_sweeps.json", rows)
+    return rows
+
+
+def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) -> list[dict]:
+    """Every prompt of the sweep task on the target, scored by the caller (figures and the recovery check).
+
+    ZS (no prompt), Direct (the CompPT prompt pasted unchanged), PTfer, POST and, when 02 made it, FullPT.
+    ``wall_seconds`` is what the method costs the owner and provider after distillation: the source tuning
+    plus the transfer for Direct / PTfer / POST, the tuning on the target for FullPT.
+    """
+    task, rows = cfg.transfer.sweep_task, [{"method": "ZS", "epsilon": "-", "accuracy": score(None),
+                                             "wall_seconds": 0.0}]
+    for epsilon in cfg.transfer.epsilons:
+        compt = SoftPrompt.load(source_prompt_path(cfg, task, epsilon), target, same_model=False)
+        tuning = compt.meta.get("cost", {}).get("wall_seconds", math.nan)
+        rows.append({"method": "Direct", "epsilon": eps_tag(epsilon), "accuracy": score(compt),
+                     "wall_seconds": tuning})
+        for method in ("ptfer", "post"):
+            prompt = SoftPrompt.load(require(prompt_path(cfg.profile, task, method, epsilon, cfg.seed), "transferred",
+                                             cfg.profile), target)
+            rows.append({"method": {"ptfer": "PTfer", "post": "POST"}[method], "epsilon": eps_tag(epsilon),
+                         "accuracy": score(prompt), "wall_seconds": tuning + prompt.meta["cost"]["wall_seconds"]})
+        full = prompt_path(cfg.profile, task, "fullpt", epsilon, cfg.seed)
+        if full.exists():
+            prompt = SoftPrompt.load(full, target)
+            rows.append({"method": "FullPT", "epsilon": eps_tag(epsilon), "accuracy": score(prompt),
+                         "wall_seconds": prompt.meta.get("cost", {}).get("wall_seconds", math.nan)})
+    return rows
+
+
+def recovery(rows: list[dict]) -> dict[str, float]:
+    """(POST - ZS) / (FullPT - ZS) per epsilon, from ``compare`` rows (FullPT at the same epsilon, else no DP)."""
+    acc = {(r["method"], r["epsilon"]): r["accuracy"] for r in rows}
+    zs, out = acc[("ZS", "-")], {}
+    for (method, epsilon), value in acc.items():
+        full = acc.get(("FullPT", epsilon), acc.get(("FullPT", "inf")))
+        if method == "POST" and full is not None and full != zs:
+            out[epsilon] = (value - zs) / (full - zs)
+    return out
+
+
+# --- figures (each saved with its CSV) -----------------------------------------------------------------------
+
+
+def _references(ax, compared: list[dict]) -> None:
+    """Dashed lines for ZS, Direct and FullPT (no DP) accuracy."""
+    for method, style in (("ZS", ":"), ("Direct", "--"), ("FullPT", "-.")):
+        value = next((r["accuracy"] for r in compared if r["method"] == method and r["epsilon"] in ("-", "inf")), None)
+        if value is not None:
+            ax.axhline(value, color="grey", ls=style, lw=1, label=method)
+
+
+def plot_steps(sweeps: list[dict], compared: list[dict], history: list[dict], profile: str):
+    """Test accuracy of the default run's snapshots (figure only) next to the held-out public loss it selects on."""
+    steps = pd.DataFrame([r for r in sweeps if r["kind"] == "steps"])[["value", "accuracy"]].rename(
+        columns={"value": "step"})
+    held = pd.DataFrame([h for h in history if "holdout_loss" in h])
+    data = steps.merge(held, on="step", how="left") if len(held) else steps.assign(holdout_loss=math.nan)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.1))
+    left.plot(data.step, data.accuracy, marker="o", label="POST (test, figure only)")
+    _references(left, compared)
+    left.set_xlabel("transfer step")
+    left.set_ylabel("test accuracy")
+    left.legend(fontsize=8, frameon=False)
+    right.plot(data.step, data.holdout_loss, marker="o", color="C1")
+    selected = next((r["selected_step"] for r in sweeps if r["kind"] == "steps"), None)
+    if selected is not None:
+        right.axvline(selected, color="grey", ls="--", lw=1, label=f"selected step {selected}")
+        right.legend(fontsize=8, frameon=False)
+    right.set_xlabel("transfer step")
+    right.set_ylabel("held-out public transfer loss")
+    save_figure(fig, data, "transfer_accuracy_vs_steps", profile)
+    return fig
+
+
+def plot_sweep(sweeps: list[dict], compared: list[dict], kind: str, profile: str, xlabel: str, log: bool = False):
+    """Test accuracy against one swept setting (figure only); alpha also marks the public-data proxy's choice."""
+    data = pd.DataFrame([r for r in sweeps if r["kind"] == kind])[
+        ["value", "accuracy", "alpha", "public_examples", "public_pool", "init", "selected_step", "holdout_loss"]]
+    fig, ax = plt.subplots(figsize=(4.2, 3.1))
+    numeric = kind in ("alpha", "public_examples")
+    if numeric:
+        data = data.sort_values("value")
+        ax.plot(data.value, data.accuracy, marker="o", label="POST")
+    else:
+        ax.bar(data.value.astype(str), data.accuracy, color="C0", width=0.6)
+        everything = list(data.accuracy) + [r["accuracy"] for r in compared]
+        ax.set_ylim(min(everything) - 0.05, max(everything) + 0.05)
+        for x, y in zip(data.value.astype(str), data.accuracy):
+            ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", fontsize=8)
+    if kind == "alpha":
+        default = next(r for r in sweeps if r["kind"] == "default")
+        ax.plot([default["alpha"]], [default["accuracy"]], marker="*", ms=12, ls="", color="C3",
+                label=f"{default['alpha_rule']} alpha = {default['alpha']:.2f}")
+    if log:
+        ax.set_xscale("log")
+    _references(ax, compared)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, frameon=False)
+    save_figure(fig, data, f"transfer_accuracy_vs_{kind}", profile)
+    return fig
+
+
+def plot_losses(histories: dict[str, list[dict]], profile: str, smooth: int = 5):
+    """Transfer loss and its two terms per task and epsilon (moving average over ``smooth`` steps)."""
+    data = pd.DataFrame([{"run": run, **h} for run, history in histories.items() for h in history if "loss" in h])
+    terms = ("loss", "absolute", "shift")
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), sharex=True)
+    for ax, term in zip(axes, terms):
+        for run, part in data.groupby("run", sort=False):
+            ax.plot(part.step, part[term].rolling(smooth, min_periods=1).mean(), label=run)
+        ax.set_title({"loss": "POST loss", "absolute": "KL(P_s || P_t)", "shift": "KL(Q_s || Q_t)"}[term])
+        ax.set_xlabel("transfer step")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7, frameon=False)
+    save_figure(fig, data, "transfer_losses", profile)
+    return fig

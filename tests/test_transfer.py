@@ -1,0 +1,270 @@
+"""POST transfer: the objective, the cached constant terms, the gradients, the baselines and the provider boundary."""
+
+import copy
+import dataclasses
+import inspect
+import math
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+import post.artifacts as artifacts
+import post.tasks as tasks
+import post.transfer as transfer
+from post.config import TransferConfig, load_config
+from post.models import load_model, load_tokenizer, model_name
+from post.prompt import SoftPrompt, encode, next_token_logits
+
+TASK = transfer.provider_view(tasks.get_task("rotten_tomatoes"))
+TEXTS = ["Great blender, works every time.", "Broke after two days. Avoid.", "It is fine, I guess.",
+         "The battery life is shorter than promised but the screen is lovely and bright.", "Meh."]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cut(model, layers, name):
+    """A source made like 01's: some of the target's layers, the same embeddings and LM head."""
+    source = copy.deepcopy(model)
+    source.model.layers = torch.nn.ModuleList([source.model.layers[i] for i in layers])
+    for i, layer in enumerate(source.model.layers):
+        layer.self_attn.layer_idx = i
+    source.config.num_hidden_layers = len(layers)
+    source.post_name = name
+    return source
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    target, tok = tiny
+    return cut(target, [0, 3], "tiny-source"), target, tok
+
+
+def source_prompt(model, tok, epsilon=math.inf, seed=3):
+    return SoftPrompt.from_vocab(model, 4, seed=seed, epsilon=epsilon, task=TASK.name, template=TASK.template,
+                                 dp={"private": not math.isinf(epsilon), "delta": 1e-5}, cost={"wall_seconds": 1.0},
+                                 method="compt", run_key="abc")
+
+
+def data_for(source, target, tok, prompt, texts=TEXTS):
+    plain = transfer.unprompted(source, target, tok, TASK, texts, batch_size=2, max_text_tokens=32)
+    return transfer.public_data(source, tok, TASK, prompt, plain, temperature=2.0, batch_size=2, max_text_tokens=32)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_loss_is_zero_when_target_is_source_and_prompts_match(models, alpha):
+    _, target, tok = models
+    prompt = source_prompt(target, tok)
+    data = data_for(target, target, tok, prompt)
+    idx = list(range(len(TEXTS)))
+    same, _, _ = transfer.batch_loss(target, tok, TASK, prompt.weight, data, idx, alpha, max_text_tokens=32)
+    other = SoftPrompt.from_vocab(target, 4, seed=7).weight
+    different, parts, _ = transfer.batch_loss(target, tok, TASK, other, data, idx, alpha, max_text_tokens=32)
+    assert abs(same.item()) < 1e-6
+    assert different.item() > 1e-3 and min(parts.values()) > 1e-3  # both terms see a different prompt
+    assert different.item() == pytest.approx((1 - alpha) * parts["absolute"] + alpha * parts["shift"], rel=1e-5)
+
+
+def test_cached_constant_terms_equal_recomputed(models):
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    data = data_for(source, target, tok, prompt)  # computed in length-sorted batches of 2
+    idx = [4, 0, 3]  # recompute live, in another batch, in another order
+    batch = encode(TASK, tok, [TEXTS[i] for i in idx], 32)
+    with torch.no_grad():
+        with_prompt = next_token_logits(source, batch["input_ids"], batch["attention_mask"], prompt.weight)
+        without = next_token_logits(source, batch["input_ids"], batch["attention_mask"])
+        target_plain = next_token_logits(target, batch["input_ids"], batch["attention_mask"])
+    at = torch.tensor(idx)
+    torch.testing.assert_close(data.teacher[at], torch.log_softmax(with_prompt / 2, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(data.teacher_shift[at], torch.log_softmax((with_prompt - without) / 2, -1),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(data.target_plain[at], target_plain, atol=1e-5, rtol=0)
+    assert not (data.teacher.requires_grad or data.teacher_shift.requires_grad or data.target_plain.requires_grad)
+
+
+def test_gradients_flow_only_to_the_target_prompt(models):
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    data = data_for(source, target, tok, prompt)
+    weight = torch.nn.Parameter(SoftPrompt.from_vocab(target, 4, seed=5).weight)
+    loss, _, _ = transfer.batch_loss(target, tok, TASK, weight, data, [0, 1, 2], 0.5, max_text_tokens=32)
+    loss.backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    assert prompt.weight.grad is None
+    assert all(p.grad is None and not p.requires_grad for m in (source, target) for p in m.parameters())
+
+
+def test_transfer_lowers_the_held_out_loss_and_selects_on_it(models):
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    texts, held = transfer.public_sample("amazon_reviews", 32, 8)
+    data, holdout = (data_for(source, target, tok, prompt, t) for t in (texts, held))
+    settings = TransferConfig(steps=12, batch_size=8, lr=0.05, eval_every=4, max_text_tokens=32, init="instruction",
+                              precision="fp32")
+    result = transfer.transfer(target, tok, TASK, prompt, data, holdout, settings, alpha=0.5, progress=False)
+    held_losses = {h["step"]: h["holdout_loss"] for h in result.history if "holdout_loss" in h}
+    assert sorted(held_losses) == sorted(result.snapshots) == [0, 4, 8, 12]
+    assert held_losses[12] < held_losses[0]
+    assert result.selected_step == min(held_losses, key=held_losses.get)
+    assert torch.equal(result.prompt.weight, result.snapshots[result.selected_step])
+    last = transfer.transfer(target, tok, TASK, prompt, data, None, dataclasses.replace(settings, selection="last"),
+                             alpha=0.5, progress=False)
+    assert last.selected_step == 12 and torch.equal(last.prompt.weight, result.snapshots[12])  # same seed, same run
+    assert result.cost.flops > 0 and result.cost.examples >= 12 * 8
+
+
+def test_public_samples_are_nested_and_held_out_fixed():
+    small_train, small_held = transfer.public_sample("amazon_reviews", 16, 8, seed=1)
+    big_train, big_held = transfer.public_sample("amazon_reviews", 64, 8, seed=1)
+    assert small_held == big_held and big_train[:16] == small_train and not set(big_train) & set(big_held)
+    with pytest.raises(ValueError, match="distinct texts"):
+        transfer.public_sample("amazon_reviews", 10**6, 8)
+
+
+def test_ptfer_recovers_the_prompt_direction_when_the_embeddings_are_shared(models):
+    source, target, tok = models  # the cut shares the target's embeddings, as 01's source does
+    prompt = source_prompt(source, tok)
+    moved = transfer.ptfer(prompt, source, target, tok, anchors=2048, steps=300, lr=0.02)
+    cosine = torch.nn.functional.cosine_similarity(moved.weight, prompt.weight)
+    start = torch.nn.functional.cosine_similarity(SoftPrompt.from_vocab(target, 4, seed=0).weight, prompt.weight)
+    assert cosine.min() > 0.95 > start.abs().max()
+
+
+def test_alpha_proxy_is_chance_corrected_agreement():
+    data = transfer.PublicData([], *(torch.zeros(0),) * 3, agreement=0.75)
+    assert transfer.alpha_proxy(data, 2) == pytest.approx(0.5)
+    assert transfer.alpha_proxy(dataclasses.replace(data, agreement=0.2), 2) == 0.0
+    assert transfer.alpha_proxy(dataclasses.replace(data, agreement=1.0), 6) == 1.0
+
+
+def test_default_public_pools_share_no_text_with_their_tasks():
+    """Exact matches after normalisation; stock phrases ("wow", "don't waste your money") may occur anywhere."""
+    def norm(text):
+        return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+    pools = {pool: {norm(t) for t in tasks.public_texts(pool)} for pool in ("movie_questions", "amazon_reviews")}
+    assert len(pools["movie_questions"]) > 5000
+    for task in ("trec", "rotten_tomatoes", "tweet_sentiment"):
+        private = {norm(t) for t in tasks.get_task(task).load()[0]}
+        shared = {t for t in private & pools[tasks.DEFAULT_POOLS[task]] if len(t.split()) > 5}
+        assert not shared, f"{tasks.DEFAULT_POOLS[task]} shares texts with {task}: {sorted(shared)[:5]}"
+    assert "why did the chicken cross the road" in {norm(t) for t in tasks.get_task("trec").load()[0]}
+
+
+def test_the_transfer_api_takes_no_private_data():
+    for name, func in inspect.getmembers(transfer, inspect.isfunction):
+        if func.__module__ != transfer.__name__:
+            continue
+        for param in inspect.signature(func).parameters.values():
+            assert "Split" not in str(param.annotation), f"{name}({param.name}) accepts a Split"
+            assert param.name not in ("split", "labels", "train", "test", "validation"), f"{name}({param.name})"
+    assert not hasattr(transfer, "load_split") and not hasattr(transfer, "Split")
+    with pytest.raises(transfer.ProviderBoundary):
+        TASK.load()
+
+
+OPENED = None  # paths opened while a test watches, through the audit hook below
+
+
+def _watch(event, args):
+    if event == "open" and OPENED is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        OPENED.append(os.path.realpath(os.fsdecode(args[0])))
+
+
+@pytest.fixture
+def watch():
+    """Record every file Python opens inside ``with watch():`` (audit hooks see io, bz2, pandas, zipfile)."""
+    if _watch not in getattr(sys, "_post_hooks", []):
+        sys.addaudithook(_watch)
+        sys._post_hooks = getattr(sys, "_post_hooks", []) + [_watch]
+
+    class Watch:
+        def __enter__(self):
+            global OPENED
+            OPENED = []
+            return OPENED
+
+        def __exit__(self, *exc):
+            global OPENED
+            OPENED = None
+
+    return Watch
+
+
+def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch, watch):
+    names = ["rotten_tomatoes", "trec"]
+    with watch() as opened:  # the files the private tasks are read from, measured rather than listed
+        for name in names:
+            tasks.get_task(name).load()
+    private_files = set(opened)
+    assert len(private_files) >= 2
+
+    monkeypatch.setattr(artifacts, "ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
+    cfg = load_config("smoke", {"data": {"tasks": names}, "transfer": {
+        "epsilons": [math.inf, 8], "public_examples": 16, "holdout_examples": 8, "steps": 2, "batch_size": 8,
+        "eval_every": 1, "max_text_tokens": 16, "ptfer_anchors": 512, "ptfer_steps": 5,
+        "alphas": [0.0, 1.0], "public_sizes": [8, 16], "pools": ["amazon_reviews", "movie_questions"]}})
+    target = load_model(cfg.model)
+    source = cut(target, [0, 3], "source")
+    source.save_pretrained(artifacts.source_model_dir("smoke"))
+    target_tok = load_tokenizer(cfg.model)
+    target_tok.save_pretrained(artifacts.source_model_dir("smoke"))
+    source_name = model_name(load_model(str(artifacts.source_model_dir("smoke"))))
+    for name in names:
+        for epsilon in cfg.transfer.epsilons:
+            prompt = source_prompt(source, target_tok, epsilon)
+            prompt.meta.update(model=source_name, task=name)
+            prompt.save(artifacts.prompt_path("smoke", name, "compt", epsilon))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the transfer stage asked for private data")
+
+    monkeypatch.setattr(tasks, "_splits", refuse)
+    monkeypatch.setattr(tasks, "load_split", refuse)
+    for name in names:
+        monkeypatch.setitem(tasks.TASKS, name, dataclasses.replace(tasks.TASKS[name], load=refuse))
+    runs = []
+    real_transfer = transfer.transfer
+    monkeypatch.setattr(transfer, "transfer", lambda *a, **k: runs.append(a[7]) or real_transfer(*a, **k))
+    with watch() as opened:
+        rows = transfer.run_transfer(cfg, progress=False)
+        assert len(runs) == 4  # POST for 2 tasks x 2 epsilons
+        noise = torch.Generator().manual_seed(0)
+        sweeps = [transfer.run_sweeps(cfg, score, progress=False)
+                  for score in (lambda p: 0.5, lambda p: torch.rand(1, generator=noise).item())]
+    touched = private_files & set(opened)
+    assert not touched, f"the transfer stage opened private files: {sorted(touched)}"
+    assert any(p.endswith("amazonReviewSnippets_GroundTruth.txt") for p in opened)  # the watch does see files
+
+    assert {(r["task"], r["method"], r["epsilon"]) for r in rows} == {
+        (n, m, e) for n in names for m in ("post", "ptfer") for e in ("inf", "8")}
+    for row in rows:
+        prompt = SoftPrompt.load(row["prompt"], target)  # made for the target
+        assert prompt.meta["dp"]["private"] == (row["epsilon"] != "inf") and prompt.meta["dp"]["delta"] == 1e-5
+        assert prompt.meta["source_model"] == source_name and prompt.meta["source_cost"] == {"wall_seconds": 1.0}
+        assert prompt.meta["method"] == row["method"] and prompt.meta["cost"]["wall_seconds"] > 0
+    post_rows = [r for r in rows if r["method"] == "post"]
+    assert {r["public_pool"] for r in post_rows} == {"amazon_reviews", "movie_questions"}
+    assert all(r["cost"]["flops"] > 0 and 0 <= r["alpha"] <= 1 for r in post_rows)
+    assert (artifacts.RESULTS / "smoke" / "transfer.json").exists()
+
+    # the sweeps: the stage's own run is reused as the default, variants equal to it are not rerun, and the
+    # caller's score (test accuracy in the notebook) changes no choice: rerun with random scores, same runs
+    assert len(runs) == 4 + 2 * 5  # per sweep: alpha 0 and 1, 8 public examples, movie_questions, instruction init
+    kinds = [(r["kind"], r["value"]) for r in sweeps[0]]
+    assert kinds == [("default", "default"), ("steps", 0), ("steps", 1), ("steps", 2), ("alpha", 0.0), ("alpha", 1.0),
+                     ("public_examples", 8), ("public_examples", 16), ("pool", "amazon_reviews"),
+                     ("pool", "movie_questions"), ("init", "source"), ("init", "instruction")]
+    chosen = [[(r["alpha"], r["selected_step"], r["public_examples"], r["public_pool"]) for r in run] for run in sweeps]
+    assert chosen[0] == chosen[1] and {r["accuracy"] for r in sweeps[0]} == {0.5}
