@@ -21,8 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import artifact_dir, atomic_path, read_json, results_dir, source_model_dir, write_json, write_manifest
+from .artifacts import artifact_dir, atomic_dir, atomic_path, read_json, results_dir, source_model_dir, write_json, write_manifest
 from .config import Config, DistillConfig
 from .cost import Cost, n_params
 from .models import load_model, load_tokenizer
@@ -567,19 +565,11 @@ def run_distill(cfg: Config, progress: bool = True) -> dict:
 def save_source_model(cfg: Config, student, tokenizer, record: dict) -> Path:
     """Write the student as a Hugging Face checkpoint with its records; it appears complete or not at all."""
     target = source_model_dir(cfg.profile)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".source_model."))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(target) as tmp:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "distill.json", record)
         write_json(tmp / "cost.json", record["cost"])
         write_manifest(tmp, cfg, distill_hash=record["distill_hash"], student_layers=record["student_layers"],
                        cost=record["cost"]["total"])
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -13,14 +13,12 @@ Models come back in eval mode with every parameter frozen: prompt tuning trains 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
-from .artifacts import CACHE
+from .artifacts import CACHE, atomic_dir
 from .config import ROOT
 from .assets import asset_path
 
@@ -51,16 +49,9 @@ def cached_checkpoint(name: str) -> Path:
     target = CACHE / "models" / name
     if not (target / "config.json").exists():
         model, tokenizer = load_gguf(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
-        try:
+        with atomic_dir(target) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

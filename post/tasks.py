@@ -9,9 +9,6 @@ for final numbers only; the owner selects on ``validation``.
 
 from __future__ import annotations
 
-import bz2
-import csv
-import io
 import os
 import re
 import zipfile

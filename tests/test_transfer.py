@@ -23,13 +23,7 @@ TEXTS = ["Great blender, works every time.", "Broke after two days. Avoid.", "It
          "The battery life is shorter than promised but the screen is lovely and bright.", "Meh."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cut(model, layers, name):
