@@ -127,6 +127,7 @@ def main() -> None:
               "threads": torch.get_num_threads(), "batch": [dc.batch_size, dc.seq_len],
               "student_layers": list(layers), "ms_per_token": ms, "disk_bytes_per_token": disk,
               "bf16_teacher_vs_fp32": bf16_vs_fp32, "teacher_mass_in_top_k": mass,
+              "projected_for": {"train_sequences": dc.train_sequences, "seq_len": dc.seq_len, "tokens": tokens},
               "projected_training_seconds": projected,
               "projected_cache_gb": {name: b * tokens / 1e9 for name, b in disk.items()},
               "load_average_after": os.getloadavg()}
