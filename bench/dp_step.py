@@ -6,8 +6,9 @@ Three steps on the same batch of real task examples (fixed size, so the work is 
   gradients, opacus' DPOptimizer (clip, sum, noise) around Adam;
 - ``opacus_hooks``: for contrast, the prompt as a module inside opacus' hook-based ``GradSampleModule``
   (functorch computes the per-sample gradients of the prompt-prepending layer from captured activations).
-The steps are timed interleaved (the machine is shared) and the medians compared; the per-sample gradients
-of the two DP variants are checked against each other. Writes ``bench/results/dp_step.json``.
+The steps are timed interleaved (the machine is shared), in wall and process CPU time, and the medians
+compared; the per-sample gradients of the two DP variants are checked against each other.
+Writes ``bench/results/dp_step.json``.
 
     python bench/dp_step.py [--model artifacts/cpu/source_model] [--batch B] [--prompt-length P]
 """
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=cpu.tune.batch_size)
     parser.add_argument("--prompt-length", type=int, default=cpu.tune.prompt_length)
     parser.add_argument("--max-text-tokens", type=int, default=cpu.data.max_text_tokens)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default=cpu.tune.precision)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dp_step.json"))
     args = parser.parse_args()
@@ -82,12 +84,15 @@ def main() -> None:
     init = SoftPrompt.from_text(model, tok, task.instruction, args.prompt_length).weight
     plan = dp.DPPlan(8.0, 1e-5, 0.5, 1.0, args.batch / 10_000, 100, 10_000)  # sigma, C as in a typical run
 
+    # as post.tune trains: forward and backward under autocast, the optimizer step in fp32
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16")
     plain_weight = nn.Parameter(init.detach().clone())
     plain_opt = torch.optim.Adam([plain_weight], lr=0.01)
 
     def plain() -> None:
         plain_opt.zero_grad()
-        example_losses(model, verbalizer, batch, labels, plain_weight).mean().backward()
+        with autocast:
+            example_losses(model, verbalizer, batch, labels, plain_weight).mean().backward()
         plain_opt.step()
 
     dp_weight = nn.Parameter(init.detach().clone())
@@ -96,7 +101,8 @@ def main() -> None:
 
     def dp_step() -> None:
         dp_opt.zero_grad()
-        grads, _ = per_sample_grads(model, verbalizer, batch, labels, dp_weight)
+        with autocast:
+            grads, _ = per_sample_grads(model, verbalizer, batch, labels, dp_weight)
         grads_ours.setdefault("first", grads)
         dp.set_grad_sample(dp_weight, grads)
         dp_opt.step()
@@ -106,15 +112,16 @@ def main() -> None:
     try:
         hooked = GradSampleModule(HookedPromptLM(model, init, verbalizer), loss_reduction="sum")
         hooked_weight = hooked._module.prepend.weight
-        hooked_opt = DPOptimizer(torch.optim.Adam([hooked_weight], lr=0.01), noise_multiplier=plan.noise_multiplier,
-                                 max_grad_norm=plan.max_grad_norm, expected_batch_size=args.batch,
-                                 loss_reduction="sum")
+        hooked_opt = DPOptimizer(torch.optim.Adam([hooked_weight], lr=0.01),
+                                 noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                                 expected_batch_size=args.batch, loss_reduction="sum")
         grads_hooked = {}
 
         def hooks_step() -> None:
             hooked_opt.zero_grad()
-            nn.functional.cross_entropy(hooked(batch["input_ids"], batch["attention_mask"]), labels,
-                                        reduction="sum").backward()
+            with autocast:
+                nn.functional.cross_entropy(hooked(batch["input_ids"], batch["attention_mask"]), labels,
+                                            reduction="sum").backward()
             grads_hooked.setdefault("first", hooked_weight.grad_sample.detach().clone())
             hooked_opt.step()
 
@@ -128,19 +135,24 @@ def main() -> None:
     for step in steps.values():
         step()  # warm-up
     times = {key: [] for key in steps}
+    cpu_times = {key: [] for key in steps}  # process CPU time: less sensitive to other jobs on shared cores
     for _ in range(args.repeats):
         for key, step in steps.items():  # interleaved, so load changes hit every variant alike
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             times[key].append(time.perf_counter() - start)
+            cpu_times[key].append(time.process_time() - cpu_start)
     median = {key: statistics.median(values) for key, values in times.items()}
+    cpu_median = {key: statistics.median(values) for key, values in cpu_times.items()}
     result = {
         "model": model_name(model), "layers": model.config.num_hidden_layers, "task": args.task,
-        "batch": args.batch, "prompt_length": args.prompt_length, "sequence_length": batch["input_ids"].shape[1],
+        "batch": args.batch, "prompt_length": args.prompt_length, "precision": args.precision,
+        "sequence_length": batch["input_ids"].shape[1],
         "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
-        "seconds_median": median, "seconds_all": times,
+        "seconds_median": median, "seconds_all": times, "cpu_seconds_median": cpu_median,
         "dp_over_plain": median["dp"] / median["plain"], "goal_dp_over_plain": 1.15,
-        "opacus_hooks_over_plain": median["opacus_hooks"] / median["plain"] if "opacus_hooks" in median else None,
+        "dp_over_plain_cpu_time": cpu_median["dp"] / cpu_median["plain"],
+        "opacus_hooks_over_plain": median["opacus_hooks"] / median["plain"] if hooks_error is None else None,
         "opacus_hooks_error": hooks_error,
     }
     if "opacus_hooks" in steps:

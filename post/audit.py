@@ -3,9 +3,9 @@
 Two audits, both run on prompts tuned exactly as the owner's stage tunes them (``post.tune.tune_prompt``):
 
 **LiRA** (Carlini et al. 2022, the attack of the POST paper's privacy table). K shadow prompts are tuned on the
-small source model, each on a random half of an audit pool of private training examples; every example is in
-exactly half of the prompts, so each prompt's training set is a Bernoulli(1/2) draw. Leave-one-out: each prompt
-in turn is the target and the other K-1 are reference models. The per-example statistic is the logit of the
+small source model, each on a random half of an audit pool of private training examples (every example joins
+every prompt's training set independently with probability 1/2). Leave-one-out: each prompt in turn is the
+target and the other K-1 are reference models. The per-example statistic is the logit of the
 prompted model's probability of the true class, ``log p / (1 - p)``, which is close to Gaussian across
 prompts. For each example the references give its mean statistic with it (in) and without it (out); the
 variance is fixed (one variance for all examples, pooled from the references' deviations around each

@@ -1,4 +1,4 @@
-"""DP-SGD for a soft prompt: Poisson sampling, exact per-sample gradients, opacus for clipping, noise, accounting.
+"""DP-SGD for a soft prompt: Poisson sampling, exact per-sample gradients; opacus clips, adds noise, accounts.
 
 Why not peft's prompt tuning under opacus' hooks: the prompt is one (P, D) parameter shared by every example,
 and a wrapper that computes it once per batch shows opacus a batch of one, so it clips the *batch* gradient

@@ -373,8 +373,8 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
               "holdout_loss": held.get(result.selected_step)}
     result.prompt = SoftPrompt(result.prompt.weight, **derived_meta(source_prompt, target, "post", result.cost,
                                                                     **record))
-    row = {"task": prepared.task.name, "method": "post", "epsilon": eps_tag(source_prompt.meta.get("epsilon", math.inf)),
-           **record, "cost": result.cost.to_dict()}
+    epsilon = eps_tag(source_prompt.meta.get("epsilon", math.inf))
+    row = {"task": prepared.task.name, "method": "post", "epsilon": epsilon, **record, "cost": result.cost.to_dict()}
     return result, row
 
 
@@ -467,8 +467,9 @@ def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool
             done[key] = ({**row, "accuracy": score(result.prompt)}, result)
         row, result = done[key]
         rows.append({**row, "kind": kind, "value": value})
-        if kind == "default":
-            rows += [{**row, "kind": "steps", "value": step, "accuracy": score(SoftPrompt(weight))}
+        if kind == "default":  # the selected snapshot is the prompt just scored
+            rows += [{**row, "kind": "steps", "value": step,
+                      "accuracy": row["accuracy"] if step == result.selected_step else score(SoftPrompt(weight))}
                      for step, weight in result.snapshots.items()]
     write_json(results_dir(cfg.profile) / "transfer_sweeps.json", rows)
     return rows
@@ -502,12 +503,15 @@ def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) ->
 
 
 def recovery(rows: list[dict]) -> dict[str, float]:
-    """(POST - ZS) / (FullPT - ZS) per epsilon, from ``compare`` rows (FullPT at the same epsilon, else no DP)."""
+    """(POST - ZS) / (FullPT - ZS) per epsilon, from ``compare`` rows (FullPT at the same epsilon, else no DP).
+
+    Defined only where FullPT beats zero-shot; otherwise there is no gain to recover.
+    """
     acc = {(r["method"], r["epsilon"]): r["accuracy"] for r in rows}
     zs, out = acc[("ZS", "-")], {}
     for (method, epsilon), value in acc.items():
         full = acc.get(("FullPT", epsilon), acc.get(("FullPT", "inf")))
-        if method == "POST" and full is not None and full != zs:
+        if method == "POST" and full is not None and full > zs:
             out[epsilon] = (value - zs) / (full - zs)
     return out
 

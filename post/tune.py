@@ -36,6 +36,7 @@ from .tasks import Split, Task, get_task, load_split
 
 METHODS = {"compt": "CompPT", "fullpt": "FullPT"}  # prompt file name -> label in tables and figures
 SELECT = ("last", "validation")
+PRECISIONS = ("bf16", "fp32")
 
 
 def example_losses(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
@@ -62,8 +63,8 @@ def per_sample_check(model, tokenizer, task: Task, split: Split, weight: torch.T
                      max_text_tokens: int = 64) -> float:
     """Max abs difference between the batched per-sample gradients and one-example-at-a-time ones."""
     verbalizer, labels = Verbalizer.for_task(task, tokenizer), torch.tensor(split.labels)
-    grads, _ = per_sample_grads(model, verbalizer, encode(task, tokenizer, split.texts, max_text_tokens), labels,
-                                weight)
+    batch = encode(task, tokenizer, split.texts, max_text_tokens)
+    grads, _ = per_sample_grads(model, verbalizer, batch, labels, weight)
     worst = 0.0
     for i, text in enumerate(split.texts):  # reference: the ordinary gradient of one example, unpadded
         alone = weight.detach().clone().requires_grad_()
@@ -100,6 +101,8 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
     """
     if settings.select not in SELECT:
         raise ValueError(f"tune.select must be one of {SELECT}, got {settings.select!r}")
+    if settings.precision not in PRECISIONS:
+        raise ValueError(f"tune.precision must be one of {PRECISIONS}, got {settings.precision!r}")
     if epsilon <= 0:
         raise ValueError(f"epsilon must be positive (math.inf for no DP), got {epsilon}")
     private = not math.isinf(epsilon)
@@ -135,6 +138,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
             best = (result["accuracy"], step, weight.detach().clone())
 
     eval_every = settings.eval_every if validation is not None else 0
+    autocast = torch.autocast(weight.device.type, torch.bfloat16, enabled=settings.precision == "bf16")
     with Timer() as timer:
         if eval_every:
             evaluate(0)
@@ -146,13 +150,14 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
             loss = math.nan
             if len(idx):
                 batch = encode(task, tokenizer, [train.texts[i] for i in idx], max_text_tokens)
-                if private:
-                    grads, losses = per_sample_grads(model, verbalizer, batch, labels[idx], weight)
-                    loss = float(losses.mean())
-                else:
-                    mean_loss = example_losses(model, verbalizer, batch, labels[idx], weight).mean()
-                    mean_loss.backward()
-                    loss = float(mean_loss.detach())
+                with autocast:  # the prompt and its (per-sample) gradients stay fp32
+                    if private:
+                        grads, losses = per_sample_grads(model, verbalizer, batch, labels[idx], weight)
+                        loss = float(losses.mean())
+                    else:
+                        mean_loss = example_losses(model, verbalizer, batch, labels[idx], weight).mean()
+                        mean_loss.backward()
+                        loss = float(mean_loss.detach())
                 cost.add(model, batch["input_ids"].numel() + settings.prompt_length * len(idx), len(idx),
                          "input_grad")
             if private:
@@ -176,6 +181,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
         privacy.update(plan.to_dict(), **dp.spent(accountant, plan.delta))
     prompt.meta.update(
         train_examples=n, steps=steps, batch_size=batch_size, lr=settings.lr, optimizer="adam",
+        precision=settings.precision,
         select=select, selected_step=selected, dp=privacy, curve=curve, validation=evals,
         validation_examples=0 if validation is None else len(validation), cost=cost.to_dict(),
     )
@@ -204,6 +210,19 @@ def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
                "eval_batch_size": cfg.eval.batch_size,
                "model": source_fingerprint(cfg.profile) if method == "compt" else cfg.model}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_settings(tune: TuneConfig, epsilon: float, steps: int) -> tuple[TuneConfig, int]:
+    """Batch and steps of one stage run: a DP run takes ``dp_batch_size`` Poisson batches and proportionally
+    fewer steps, so it sees as many examples (about the same compute) as the non-private run.
+
+    Why: each DP step adds noise of fixed size sigma*C to the sum of at most B clipped gradients, so the
+    signal-to-noise ratio of a step grows with B, while sigma barely changes with the sampling rate here.
+    """
+    if math.isinf(epsilon) or not tune.dp_batch_size:
+        return tune, steps
+    return (dataclasses.replace(tune, batch_size=tune.dp_batch_size),
+            max(1, math.ceil(steps * tune.batch_size / tune.dp_batch_size)))
 
 
 def _owner_data(cfg: Config, task: str) -> tuple[Split, Split | None]:
@@ -247,8 +266,9 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
                 model, tokenizer = load(name)
             if prompt is None:
                 train, validation = _owner_data(cfg, task_name)
-                prompt = tune_prompt(model, tokenizer, task, train, cfg.tune, epsilon, steps, validation, cfg.seed,
-                                     cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
+                settings, run_steps = run_settings(cfg.tune, epsilon, steps)
+                prompt = tune_prompt(model, tokenizer, task, train, settings, epsilon, run_steps, validation,
+                                     cfg.seed, cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
                 prompt.meta.update(method=method, run_key=key)
                 prompt.save(path)
             test = accuracy(model, tokenizer, task, load_split(task_name, "test", cfg.data.max_test), prompt,

@@ -10,6 +10,7 @@ from post.tasks import get_task, load_split
 from post.tune import example_losses, per_sample_grads
 
 TASK = get_task("trec")  # six classes: a non-trivial verbalizer
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,17 @@ def test_per_sample_grads_equal_one_example_at_a_time(batch):
         assert (grads[i] - reference).abs().max() < 1e-5
         assert abs(losses[i] - loss.detach()) < 1e-5
     assert len({round(float(g.norm()), 6) for g in grads}) == len(texts)  # genuinely different per example
+
+
+def test_bf16_per_sample_grads_stay_close_to_fp32(batch):
+    """Training steps run under bf16 autocast: each example's gradient is still its own, at bf16 precision."""
+    model, verbalizer, enc, labels, weight, _, _ = batch
+    exact, _ = per_sample_grads(model, verbalizer, enc, labels, weight)
+    with torch.autocast("cpu", torch.bfloat16):
+        fast, _ = per_sample_grads(model, verbalizer, enc, labels, weight)
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    cosine = torch.nn.functional.cosine_similarity(fast.flatten(1), exact.flatten(1))
+    assert cosine.min() > 0.99
 
 
 def test_per_sample_grads_sum_to_the_batch_gradient(batch):
