@@ -10,7 +10,7 @@ NOTEBOOKS := $(basename $(notdir $(sort $(wildcard notebooks/0*.ipynb))))
 STAMP := $(VENV)/.post-setup
 OUT := results/$(PROFILE)/notebooks
 
-.PHONY: setup assets test reproduce distill tune transfer evaluate audit bench lab clean
+.PHONY: setup assets test reproduce readme distill tune transfer evaluate audit bench lab clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ reproduce: setup
 	@rm -f $(OUT)/wall_seconds.txt
 	@$(foreach nb,$(NOTEBOOKS),$(call notebook,$(nb)) || exit 1;)
 	@echo "stage wall times (s):"; cat $(OUT)/wall_seconds.txt
+	@if [ "$(PROFILE)" = cpu ]; then $(MAKE) --no-print-directory readme; fi
+
+# The README's results section, regenerated from the committed results/cpu/ files.
+readme: setup
+	$(PY) -m post.report cpu
 
 distill: setup ; $(call notebook,01_distill)
 tune: setup ; $(call notebook,02_tune)

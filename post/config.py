@@ -38,6 +38,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 32
+    precision: str = "fp32"  # test-split scoring: "fp32", or "bf16" autocast (~3.5x faster on CPU)
 
 
 @dataclass(frozen=True)

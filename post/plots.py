@@ -42,3 +42,27 @@ def bar_chart(data: pd.DataFrame, x: str, y: str, hue: str | None = None, ylabel
     if grouped:
         ax.legend(title=hue or None, fontsize=8, frameon=False)
     return fig
+
+
+def epsilon_panels(data: pd.DataFrame, label, reference: dict[str, float] | None = None):
+    """One panel per task of ``accuracy`` against ``epsilon`` (tags; log axis, "inf" drawn as "no DP" at the
+    right), one line per method named ``label(method, rows)``; ``reference[task]`` as a dashed ZS line."""
+    finite = sorted({float(e) for e in data.epsilon if e != "inf"})
+    ticks = finite + [finite[-1] * 4 if finite else 1.0]
+    position = dict(zip([f"{e:g}" for e in finite] + ["inf"], ticks))
+    tasks = list(dict.fromkeys(data.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.2), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        if reference:
+            ax.axhline(reference[task], color="grey", ls="--", lw=1, label="ZS")
+        for method, part in data[data.task == task].groupby("method", sort=False):
+            part = part.assign(x=part.epsilon.map(position)).sort_values("x")
+            ax.plot(part.x, part.accuracy, marker="o", label=label(method, part))
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{e:g}" for e in finite] + ["no DP"])
+        ax.minorticks_off()
+        ax.set_title(task)
+        ax.set_xlabel("epsilon")
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return fig

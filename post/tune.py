@@ -30,7 +30,7 @@ from .config import Config, TuneConfig
 from .cost import Cost, Timer
 from .evaluate import accuracy
 from .models import load, model_name
-from .plots import save_figure
+from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from .tasks import Split, Task, get_task, load_split
 
@@ -238,8 +238,8 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
     """Tune (or reuse) every prompt of ``method`` and score it on the test split with the model it was tuned on.
 
     ``compt`` loads only the distilled source model; ``fullpt`` loads the target. A prompt file with the
-    current run key is not retrained, and if ``cached`` (run key -> row of an earlier run) has its row, not
-    rescored either.
+    current run key is not retrained, and if ``cached`` (run key -> row of an earlier run) has its row scored
+    at the current eval precision, not rescored either.
     """
     if method == "compt":
         name, epsilons, steps = str(require(source_model_dir(cfg.profile), "source_model", cfg.profile)), \
@@ -259,7 +259,7 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
             prompt = SoftPrompt.load(path) if path.exists() else None
             if prompt is not None and prompt.meta.get("run_key") != key:
                 prompt = None  # made with other settings: retrain
-            if prompt is not None and key in cached:
+            if prompt is not None and cached.get(key, {}).get("eval_precision") == cfg.eval.precision:
                 rows.append(cached[key])
                 continue
             if model is None:
@@ -272,8 +272,8 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
                 prompt.meta.update(method=method, run_key=key)
                 prompt.save(path)
             test = accuracy(model, tokenizer, task, load_split(task_name, "test", cfg.data.max_test), prompt,
-                            cfg.eval.batch_size, cfg.data.max_text_tokens, progress)
-            rows.append(_row(prompt, test, key, path))
+                            cfg.eval.batch_size, cfg.data.max_text_tokens, progress, cfg.eval.precision)
+            rows.append({**_row(prompt, test, key, path), "eval_precision": cfg.eval.precision})
     return rows
 
 
@@ -312,22 +312,7 @@ def run_tune(cfg: Config, progress: bool = True) -> list[dict]:
 def plot_accuracy_vs_epsilon(rows: list[dict], profile: str):
     """Test accuracy against epsilon (log axis, no-DP at the right), per task; CompPT and FullPT lines."""
     data = pd.DataFrame(rows)[["task", "method", "model", "epsilon", "accuracy", "n"]]
-    finite = sorted({float(e) for e in data.epsilon if not math.isinf(float(e))})
-    ticks = finite + [(finite[-1] * 4 if finite else 1.0)]  # where "no DP" is drawn
-    position = {eps_tag(e): x for e, x in zip(finite + [math.inf], ticks)}
-    tasks = list(dict.fromkeys(data.task))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.3 * len(tasks), 3.0), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for method, part in data[data.task == task].groupby("method", sort=False):
-            part = part.assign(x=part.epsilon.map(position)).sort_values("x")
-            ax.plot(part.x, part.accuracy, marker="o", label=f"{method} ({part.model.iloc[0].split('/')[-1]})")
-        ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{e:g}" for e in finite] + ["no DP"])
-        ax.minorticks_off()
-        ax.set_title(task)
-        ax.set_xlabel("epsilon")
-    axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=8, frameon=False)
+    fig = epsilon_panels(data, lambda method, part: f"{method} ({part.model.iloc[0].split('/')[-1]})")
     save_figure(fig, data, "tune_accuracy_vs_epsilon", profile)
     return fig
 

@@ -33,3 +33,15 @@ def test_zero_shot_reuses_results_for_unchanged_settings(monkeypatch):
     first = evaluate.zero_shot(cfg)
     monkeypatch.setattr(evaluate, "load", lambda name: pytest.fail("recomputed unchanged zero-shot results"))
     assert evaluate.zero_shot(cfg) == first
+
+
+def test_bf16_scoring_mostly_agrees_with_fp32_and_bad_precision_is_refused(smol):
+    model, tok = smol
+    task = get_task("rotten_tomatoes")
+    test = evaluate.load_split(task.name, "test", 64)
+    exact = evaluate.class_scores(model, tok, task, test.texts, progress=False).argmax(1)
+    fast = evaluate.accuracy(model, tok, task, test, progress=False, precision="bf16")
+    assert abs(fast["accuracy"] - np.mean(exact == np.asarray(test.labels))) <= 0.05  # 3 of 64 examples
+    assert np.abs(np.asarray(fast["predicted_share"]) - np.bincount(exact, minlength=2)).max() <= 3
+    with pytest.raises(ValueError, match="precision"):
+        evaluate.accuracy(model, tok, task, test, progress=False, precision="fp16")

@@ -1,0 +1,66 @@
+"""Tables and the README's generated results: computed from the rows, and the README matches the results files."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from post import report
+
+
+def rows(task, zs, full, post, seed=0, epsilon="inf"):
+    base = {"task": task, "n": 100, "seed": seed, "model": "m"}
+    return [{**base, "method": "ZS", "epsilon": "-", "accuracy": zs},
+            {**base, "method": "FullPT", "epsilon": epsilon, "accuracy": full},
+            {**base, "method": "POST", "epsilon": epsilon, "accuracy": post},
+            {**base, "method": "CompPT", "epsilon": "4", "accuracy": 0.1}]  # an epsilon the table leaves out
+
+
+def test_accuracy_table_has_one_row_per_task_and_the_recovery():
+    table = report.accuracy_table(rows("a", 0.6, 0.8, 0.75) + rows("b", 0.5, 0.4, 0.45), ("inf",))
+    assert list(table.columns) == ["task", "test n", "seeds", "ZS", "FullPT", "POST", "recovery"]
+    a, b = table.set_index("task").loc["a"], table.set_index("task").loc["b"]
+    assert a.recovery == pytest.approx(0.75) and a.seeds == 1 and a["test n"] == 100
+    assert math.isnan(b.recovery)  # FullPT below zero-shot: nothing to recover
+
+
+def test_accuracy_table_averages_seeds_and_reports_their_spread():
+    data = rows("a", 0.6, 0.8, 0.7, seed=0) + rows("a", 0.6, 0.8, 0.8, seed=1)
+    data = [r for i, r in enumerate(data) if not (r["method"] == "ZS" and i > 3)]
+    table = report.accuracy_table(data, ("inf",)).set_index("task")
+    assert table.loc["a", "POST"] == pytest.approx(0.75) and table.loc["a", "seeds"] == 2
+    assert table.loc["a", "POST std"] == pytest.approx(pd.Series([0.7, 0.8]).std())
+
+
+def test_dp_columns_are_named_by_epsilon():
+    table = report.accuracy_table(rows("a", 0.6, 0.8, 0.7) + rows("a", 0.6, 0.7, 0.65, epsilon="8")[1:],
+                                  ("inf", "8"))
+    assert {"POST", "POST eps=8", "FullPT eps=8", "recovery eps=8"} <= set(table.columns)
+    assert table.loc[0, "recovery eps=8"] == pytest.approx(0.5)
+    no_dp_full = report.accuracy_table(rows("a", 0.6, 0.8, 0.7) + [rows("a", 0.6, 0.7, 0.65, epsilon="8")[2]],
+                                       ("inf", "8"))
+    assert no_dp_full.loc[0, "recovery eps=8"] == pytest.approx(0.25)  # (0.65 - 0.6) / (0.8 - 0.6)
+
+
+def test_paper_rows_are_labelled_and_their_recovery_matches_the_design():
+    paper = report.paper_comparison(report.accuracy_table(rows("rotten_tomatoes", 0.7, 0.85, 0.8), ("inf",)))
+    assert paper.target.str.contains("paper").sum() == 3 and paper.target.str.contains("ours").sum() == 1
+    # by hand from DESIGN.md: (87.16-72.25)/(91.74-72.25), (85.89-60.78)/(94.84-60.78), (89.33-78.67)/(94.84-78.67)
+    assert paper.recovery[:3].round(3).tolist() == [0.765, 0.737, 0.659]
+    assert paper.recovery.iloc[3] == pytest.approx(2 / 3)
+
+
+def test_update_readme_replaces_only_the_generated_block(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n\n{report.BEGIN}\nold numbers\n{report.END}\n\nafter\n")
+    monkeypatch.setattr(report, "readme_results", lambda profile: "new numbers")
+    assert report.update_readme("cpu", readme) and not report.update_readme("cpu", readme)
+    assert readme.read_text() == f"# title\n\nbefore\n\n{report.BEGIN}\n\nnew numbers\n\n{report.END}\n\nafter\n"
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        report.update_readme("cpu", readme)
+
+
+def test_readme_results_match_the_committed_results_files():
+    """The README's numbers are regenerated from results/cpu/; run `python -m post.report` after a cpu run."""
+    assert report.readme_block() == report.readme_results(report.README_PROFILE).strip()
