@@ -103,6 +103,18 @@ def cost_ratios(costs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cost_summary(costs: pd.DataFrame, ratios: pd.DataFrame) -> pd.DataFrame:
+    """One row per task: wall seconds of each part and the FullPT / POST ratios (the README's short form)."""
+    wall = costs.pivot(index="task", columns="item", values="wall_seconds")
+    ratio = ratios.pivot(index="task", columns="FullPT over", values=["wall time", "FLOPs"])
+    return pd.DataFrame({
+        "FullPT s": wall["FullPT (tune on target)"], "CompPT s": wall["CompPT (tune on source)"],
+        "transfer s": wall["POST transfer"], "distillation s (once)": wall["distillation (once)"],
+        "FullPT/POST wall": ratio[("wall time", "POST")], "FullPT/POST FLOPs": ratio[("FLOPs", "POST")],
+        "FullPT/(POST+distillation) wall": ratio[("wall time", "POST + distillation")],
+    }).reset_index()
+
+
 def write_table(table: pd.DataFrame, name: str, profile: str, digits: int = 3) -> str:
     """``results/<profile>/<name>.csv`` (full precision) and ``.md`` (rounded); returns the markdown."""
     out = results_dir(profile)
@@ -116,6 +128,8 @@ def write_table(table: pd.DataFrame, name: str, profile: str, digits: int = 3) -
 
 def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
     def cell(value) -> str:
+        if value is None:
+            return "-"
         if isinstance(value, (float, np.floating)):
             if math.isnan(value):
                 return "-"
@@ -262,6 +276,24 @@ def _audit(out: Path) -> list[str]:
             f"Audit wall time {result['wall_seconds']['total']:.0f} s."]
 
 
+def _benchmarks(bench: Path) -> list[str]:
+    lines = []
+    if (bench / "forward_throughput.json").exists():
+        f = read_json(bench / "forward_throughput.json")
+        lines += [f"- `python bench/forward_throughput.py`: the target's forward on {r['batch']}x{r['seq']} tokens runs "
+                  f"at {r['gflops_per_s']:.0f} GFLOP/s, {share:.2f} of the fp32 matmul peak measured in the same run."
+                  for r, share in zip(f["forward"], f["fraction_of_matmul_peak"])]
+    if (bench / "dp_step.json").exists():
+        d = read_json(bench / "dp_step.json")
+        hooks = d.get("opacus_hooks_over_plain")
+        lines.append(f"- `python bench/dp_step.py`: a DP-SGD step on the {d['layers']}-layer source (batch {d['batch']}, "
+                     f"{d['precision']}) takes {d['dp_over_plain']:.2f}x the time of a non-private step "
+                     f"({d['dp_over_plain_cpu_time']:.2f}x in CPU time; goal <= {d['goal_dp_over_plain']})"
+                     + (f"; opacus' hook-based GradSampleModule: {hooks:.2f}x" if hooks else "") + ".")
+    return ["### Benchmarks", "Speed targets are checked by benchmarks that write JSON to `bench/results/`:",
+            "\n".join(lines)] if lines else []
+
+
 def readme_results(profile: str = README_PROFILE) -> str:
     """Markdown of the study's results, from ``results/<profile>/`` only (what is committed)."""
     out = results_dir(profile)
@@ -283,18 +315,27 @@ def readme_results(profile: str = README_PROFILE) -> str:
     if costs is not None and ratios is not None:
         parts += ["### Cost (Table 4 analogue, 04)",
                   f"Measured on this machine, no DP (`results/{profile}/table_cost.md`, "
-                  f"`figures/{profile}/accuracy_vs_cost.png`); FLOPs are the 2N-per-token estimate of `post/cost.py`.",
-                  markdown_table(costs), "FullPT / POST:", markdown_table(ratios, 2),
+                  f"`figures/{profile}/accuracy_vs_cost.png`, all items and FLOPs in `table_cost.md`); FLOPs are the "
+                  "2N-per-token estimate of `post/cost.py`.",
+                  markdown_table(cost_summary(costs, ratios), 2),
                   f"The paper (GPT2-XL, one A100): FullPT {PAPER_COST['FullPT']} min vs POST "
                   f"{PAPER_COST['tune on source'] + PAPER_COST['transfer']} min, 6.5x; distillation once "
                   f"{PAPER_COST['distillation']} min."]
     if (out / "audit.json").exists():
         parts += _audit(out)
+    parts += _benchmarks(ROOT / "bench" / "results")
     walls = out / "notebooks" / "wall_seconds.txt"
     if walls.exists():
-        stages = [line.split() for line in walls.read_text().splitlines() if line.strip()]
-        parts += ["### Stage wall times", f"`results/{profile}/notebooks/wall_seconds.txt`, this 2-core machine:",
-                  markdown_table(pd.DataFrame([(s, int(t)) for s, t in stages], columns=["stage", "seconds"]))]
+        stages = dict(line.split() for line in walls.read_text().splitlines() if line.strip())
+        note = ""
+        if "01_distill" not in stages and (out / "distill.json").exists():
+            stages = {"01_distill *": read_json(out / "distill.json")["cost"]["total"]["wall_seconds"], **stages}
+            note = ("\n\n\\* not rerun with the other stages (its inputs did not change): the distillation's own "
+                    "recorded cost, from an earlier run on a shared machine.")
+        table = pd.DataFrame([(s, int(float(t))) for s, t in sorted(stages.items())], columns=["stage", "seconds"])
+        table.loc[len(table)] = ["total", int(table.seconds.sum())]
+        parts += ["### Stage wall times", f"`results/{profile}/notebooks/wall_seconds.txt` (`make <stage>` or "
+                  f"`make reproduce`), this 2-core machine:\n\n{markdown_table(table)}{note}"]
     return "\n\n".join(parts)
 
 
