@@ -133,8 +133,9 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
         if isinstance(value, (float, np.floating)):
             if math.isnan(value):
                 return "-"
-            return f"{value:.{digits}g}" if abs(value) >= 1000 or (value and abs(value) < 0.001) else \
-                f"{value:.{digits}f}"
+            if abs(value) >= 1e6 or (value and abs(value) < 0.001):
+                return f"{value:.{digits}g}"
+            return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
         return str(value)
 
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * table.shape[1]]
