@@ -29,18 +29,15 @@ assets:
 test: setup
 	$(PY) -m pytest -q
 
-# One notebook: papermill runs it with the profile's parameters into results/<profile>/notebooks/.
-define notebook
-	@mkdir -p $(OUT)
-	@echo "== $(1) (PROFILE=$(PROFILE))"
-	@start=$$(date +%s); \
-	$(PY) -m papermill --cwd notebooks -p profile $(PROFILE) notebooks/$(1).ipynb $(OUT)/$(1).ipynb \
-	  && echo "$(1) $$(( $$(date +%s) - start ))" >> $(OUT)/wall_seconds.txt
-endef
+# One notebook: papermill runs it with the profile's parameters into results/<profile>/notebooks/ and its wall
+# time is appended to wall_seconds.txt. One shell command, so `reproduce` can chain the notebooks with &&.
+notebook = mkdir -p $(OUT) && echo "== $(1) (PROFILE=$(PROFILE))" && start=$$(date +%s) && \
+	$(PY) -m papermill --cwd notebooks -p profile $(PROFILE) notebooks/$(1).ipynb $(OUT)/$(1).ipynb && \
+	echo "$(1) $$(( $$(date +%s) - start ))" >> $(OUT)/wall_seconds.txt
 
 reproduce: setup
 	@rm -f $(OUT)/wall_seconds.txt
-	@$(foreach nb,$(NOTEBOOKS),$(call notebook,$(nb)) || exit 1;)
+	@$(foreach nb,$(NOTEBOOKS),$(call notebook,$(nb)) &&) true
 	@echo "stage wall times (s):"; cat $(OUT)/wall_seconds.txt
 	@if [ "$(PROFILE)" = cpu ]; then $(MAKE) --no-print-directory readme; fi
 
@@ -48,11 +45,11 @@ reproduce: setup
 readme: setup
 	$(PY) -m post.report cpu
 
-distill: setup ; $(call notebook,01_distill)
-tune: setup ; $(call notebook,02_tune)
-transfer: setup ; $(call notebook,03_transfer)
-evaluate: setup ; $(call notebook,04_evaluate)
-audit: setup ; $(call notebook,05_privacy_audit)
+distill: setup ; @$(call notebook,01_distill)
+tune: setup ; @$(call notebook,02_tune)
+transfer: setup ; @$(call notebook,03_transfer)
+evaluate: setup ; @$(call notebook,04_evaluate)
+audit: setup ; @$(call notebook,05_privacy_audit)
 
 bench: setup
 	$(PY) bench/forward_throughput.py
