@@ -291,8 +291,14 @@ def _benchmarks(bench: Path) -> list[str]:
                      f"{d['precision']}) takes {d['dp_over_plain']:.2f}x the time of a non-private step "
                      f"({d['dp_over_plain_cpu_time']:.2f}x in CPU time; goal <= {d['goal_dp_over_plain']})"
                      + (f"; opacus' hook-based GradSampleModule: {hooks:.2f}x" if hooks else "") + ".")
-    return ["### Benchmarks", "Speed targets are checked by benchmarks that write JSON to `bench/results/`:",
-            "\n".join(lines)] if lines else []
+    if (bench / "source_steerability.json").exists():
+        d = read_json(bench / "source_steerability.json")
+        lines.append(f"- `python bench/source_steerability.py`: validation accuracy on {d['task']} without -> with a "
+                     f"prompt tuned for {d['steps']} steps (majority class {d['validation_majority']:.3f}): "
+                     + "; ".join(f"{r['model']} {r['validation_zero_shot']:.3f} -> {r['validation_prompted']:.3f}"
+                                 for r in d["rows"]) + ".")
+    return ["### Benchmarks", "Speed targets, and what bounds POST here, are checked by benchmarks that write JSON "
+            "to `bench/results/`:", "\n".join(lines)] if lines else []
 
 
 def readme_results(profile: str = README_PROFILE) -> str:
