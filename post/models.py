@@ -75,8 +75,10 @@ def tiny_config(vocab_size: int) -> LlamaConfig:
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
     if name == TINY:
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(len(load_tokenizer(TINY))), dtype=dtype)
+        config = tiny_config(len(load_tokenizer(TINY)))  # first: a fresh checkout converts SmolLM2 here, using RNG
+        with torch.random.fork_rng():  # the same weights whatever ran before, and the caller's RNG untouched
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         source = cached_checkpoint(name) if name in GGUF else name
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)

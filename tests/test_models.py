@@ -1,6 +1,7 @@
 import torch
 
-from post.models import load_gguf, model_name
+from post import models
+from post.models import load_gguf, load_model, model_name
 
 
 def test_cached_checkpoint_gives_the_same_logits_as_the_gguf_load(smol):
@@ -31,3 +32,18 @@ def test_local_directory_loads_under_a_repo_relative_name(tiny, tmp_path):
     loaded, _ = load(tmp_path / "m")
     assert model_name(loaded) == str((tmp_path / "m").resolve())
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_tiny_model_is_the_same_whatever_ran_before(monkeypatch):
+    """Its weights come from its seed alone: a fresh checkout converts SmolLM2 (drawing random numbers) while
+    loading the tiny model's tokenizer, and that must not change the tiny model (it did, and a test failed only
+    on fresh checkouts); nor may loading it move the caller's random state."""
+    torch.manual_seed(123)
+    first = load_model("tiny-random-llama").state_dict()
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))
+    real = models.load_tokenizer
+    monkeypatch.setattr(models, "load_tokenizer", lambda name: torch.rand(1000) is None or real(name))
+    again = load_model("tiny-random-llama").state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
