@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from post import distill
 from post.config import load_config
-from post.models import load
+from post.models import PRECISIONS, load
 
 
 class Clock:
@@ -67,7 +67,7 @@ def main() -> None:
 
     batches = train_ids.split(dc.batch_size)
     with torch.inference_mode():
-        for precision in distill.PRECISIONS:
+        for precision in PRECISIONS:
             clock = Clock(batch_tokens)
             with distill.autocast(dataclasses.replace(dc, precision=precision), teacher.device):
                 distill.forward(teacher, batches[0])  # warm-up

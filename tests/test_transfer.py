@@ -262,3 +262,11 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
                      ("pool", "movie_questions"), ("init", "source"), ("init", "instruction")]
     chosen = [[(r["alpha"], r["selected_step"], r["public_examples"], r["public_pool"]) for r in run] for run in sweeps]
     assert chosen[0] == chosen[1] and {r["accuracy"] for r in sweeps[0]} == {0.5}
+
+
+def test_recovery_uses_fullpt_at_the_same_epsilon_else_the_non_private_one():
+    rows = [{"method": "ZS", "epsilon": "-", "accuracy": 0.6}, {"method": "FullPT", "epsilon": "inf", "accuracy": 0.8},
+            {"method": "POST", "epsilon": "inf", "accuracy": 0.75}, {"method": "POST", "epsilon": "8", "accuracy": 0.65},
+            {"method": "FullPT", "epsilon": "4", "accuracy": 0.5}, {"method": "POST", "epsilon": "4", "accuracy": 0.7}]
+    out = transfer.recovery(rows)
+    assert out == pytest.approx({"inf": 0.75, "8": 0.25})  # eps=4: FullPT below ZS, nothing to recover
