@@ -101,13 +101,12 @@ def main() -> None:
             params = distill.trainable(student, dc.train_embeddings)
             optimizer = torch.optim.AdamW(params, lr=dc.lr)
             clock = Clock(batch_tokens)
+            objective = distill.PackedText(cache, mdc, teacher)
             for step in range(args.steps + 1):
                 rows = distill.batch_rows(step, args.sequences, dc.batch_size, cfg.seed)
-                ids = train_ids[torch.from_numpy(rows)]
 
                 def step_fn():
-                    target = distill.batch_targets(cache, rows, ids, mdc, teacher)
-                    distill.train_step(student, optimizer, params, ids, target, mdc)
+                    distill.train_step(student, optimizer, params, objective, rows)
 
                 if step == 0:
                     step_fn()  # warm-up

@@ -47,6 +47,10 @@ class DistillConfig:
     text_column: str = "text"  # column of a hub dataset holding the text
     student_layers: tuple[int, ...] = ()  # teacher layer indices; () = num_student_layers spread out
     num_student_layers: int = 4  # default cut: first, last and evenly spaced layers in between
+    keep_last: int = 0  # > 0: contiguous ends instead, the first num_student_layers - keep_last and the last keep_last
+    objective: str = "generic"  # "generic": packed public text (KD + LM + cosine); "readout": the task read-out
+    readout_examples: int = 2000  # "readout": public texts per task, in the task's template (default pool)
+    readout_holdout: int = 128  # "readout": further public texts per task for held-out agreement
     train_embeddings: bool = False  # False: embeddings and LM head stay exactly the target's
     seq_len: int = 128  # tokens per packed public sequence
     train_sequences: int = 1024

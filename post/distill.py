@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from contextlib import nullcontext
@@ -36,7 +38,8 @@ from .config import Config, DistillConfig
 from .cost import Cost, n_params
 from .models import load_model, load_tokenizer
 from .models import autocast as precision_autocast
-from .tasks import public_texts
+from .prompt import shorten
+from .tasks import default_pool, get_task, public_sample, public_texts
 
 CACHE_MODES = ("hidden", "topk", "none")
 MAX_GRAD_NORM = 1.0
@@ -78,6 +81,18 @@ def default_layers(n_layers: int, k: int) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unique(np.linspace(0, n_layers - 1, k).round().astype(int)))
 
 
+def end_layers(n_layers: int, k: int, last: int) -> tuple[int, ...]:
+    """Contiguous blocks at both ends: the first ``k - last`` layers and the last ``last`` (the paper's sources).
+
+    The first layers turn embeddings into the residual stream the rest expects and the last ones turn it into
+    next-token predictions; keeping both blocks intact leaves distillation only the missing middle to heal.
+    """
+    if not 1 <= last < k <= n_layers:
+        raise ValueError(f"need 1 <= keep_last < num_student_layers <= {n_layers}, got keep_last={last} and "
+                         f"num_student_layers={k}")
+    return tuple(range(k - last)) + tuple(range(n_layers - last, n_layers))
+
+
 def check_layers(layers, n_layers: int) -> tuple[int, ...]:
     """Refuse an empty, out-of-range, repeated or unordered ``student_layers``."""
     layers = tuple(layers)
@@ -94,9 +109,12 @@ def check_layers(layers, n_layers: int) -> tuple[int, ...]:
 
 
 def student_layers(dc: DistillConfig, n_layers: int) -> tuple[int, ...]:
-    """The layers a config asks for: explicit ``student_layers`` or the default spread of ``num_student_layers``."""
+    """The layers a config asks for: explicit ``student_layers``, else ``num_student_layers`` cut as contiguous
+    ends (``keep_last`` > 0) or spread evenly (``keep_last`` = 0)."""
     if dc.student_layers:
         return check_layers(dc.student_layers, n_layers)
+    if dc.keep_last:
+        return end_layers(n_layers, dc.num_student_layers, dc.keep_last)
     return default_layers(n_layers, dc.num_student_layers)
 
 
@@ -385,6 +403,97 @@ def agreement(model, cache: TeacherCache, batch_size: int) -> dict[str, float]:
             "teacher_nll": sums["teacher_nll"] / (n - len(ids_all))}
 
 
+# --- read-out distillation: the target's answer where a task reads it -----------------------------------
+
+
+def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_text_tokens: int,
+                  seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out) public texts wrapped in each task's template: each task's default public pool only.
+
+    Only the template (public, it travels with the prompt) comes from the task: never its data. A task
+    family's source is made this way, one that answers like the target where the prompt will be read out.
+    """
+    train, held = [], []
+    for name in tasks:
+        task = get_task(name)
+        texts, kept = public_sample(default_pool(name), examples, holdout, seed)
+        train += [task.format(t) for t in shorten(texts, tokenizer, max_text_tokens)]
+        held += [task.format(t) for t in shorten(kept, tokenizer, max_text_tokens)]
+    return train, held
+
+
+def readout_hidden(model, texts: list[str], tokenizer) -> torch.Tensor:
+    """(B, D) final hidden state at the read-out position (the last token) of ``texts``, left-padded."""
+    batch = tokenizer(texts, padding=True, return_tensors="pt").to(model.device)
+    mask = batch["attention_mask"]
+    out = model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+    return out.last_hidden_state[:, -1]
+
+
+@torch.inference_mode()
+def teacher_readout(teacher, tokenizer, texts: list[str], batch_size: int, path: Path,
+                    progress: bool = True) -> tuple[torch.Tensor, Cost]:
+    """The teacher's read-out hidden states (N, D) on ``texts``, computed once and cached at ``path``."""
+    if path.exists():
+        saved = torch.load(path, weights_only=False)
+        if saved["texts"] == texts:
+            return saved["hidden"], Cost(**saved["cost"])
+    cost, parts = Cost(), []
+    for start in tqdm(range(0, len(texts), batch_size), desc="teacher read-outs", disable=not progress):
+        begin = time.perf_counter()
+        chunk = texts[start:start + batch_size]
+        parts.append(readout_hidden(teacher, chunk, tokenizer).float().cpu())
+        cost.add(teacher, sum(len(i) for i in tokenizer(chunk).input_ids), len(chunk), "forward")
+        cost.wall_seconds += time.perf_counter() - begin
+    hidden = torch.cat(parts) if parts else torch.empty(0)
+    with atomic_path(path) as tmp:
+        torch.save({"texts": texts, "hidden": hidden, "cost": cost.to_dict()}, tmp)
+    return hidden, cost
+
+
+class Readout:
+    """Read-out distillation: T^2 KL(teacher_T || student_T) over the whole vocabulary at the read-out position.
+
+    The student shares the teacher's LM head, so the teacher's read-out is stored as its final hidden state
+    and its logits are one matmul away. Held-out: top-1 next-token agreement and KL at T = 1 there.
+    """
+
+    teacher = None  # read-outs are always cached
+
+    def __init__(self, tokenizer, head, dc: DistillConfig, train: tuple[list[str], torch.Tensor],
+                 held: tuple[list[str], torch.Tensor]):
+        self.tokenizer, self.head, self.dc = tokenizer, head, dc
+        (self.texts, self.hidden), (self.held_texts, self.held_hidden) = train, held
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def _logits(self, model, texts: list[str]) -> torch.Tensor:
+        return self.head(readout_hidden(model, texts, self.tokenizer))
+
+    def losses(self, student, rows: np.ndarray) -> tuple[dict, int]:
+        texts = [self.texts[i] for i in rows]
+        with autocast(self.dc, student.device):
+            logits = self._logits(student, texts)
+        with torch.no_grad():
+            target = self.head(self.hidden[torch.from_numpy(rows)].to(student.device))
+        kl = kd_kl(logits, {"logits": target}, self.dc.temperature)
+        return {"total": kl, "kl": kl}, sum(len(i) for i in self.tokenizer(texts).input_ids)
+
+    @torch.no_grad()
+    def evaluate(self, student) -> tuple[dict, int]:
+        top1 = kl = 0.0
+        for start in range(0, len(self.held_texts), self.dc.batch_size):
+            texts = self.held_texts[start:start + self.dc.batch_size]
+            log_q = F.log_softmax(self._logits(student, texts).float(), -1)
+            log_p = F.log_softmax(self.head(self.held_hidden[start:start + len(texts)].to(student.device)), -1)
+            top1 += (log_q.argmax(-1) == log_p.argmax(-1)).sum().item()
+            kl += (log_p.exp() * (log_p - log_q)).sum().item()
+        n = len(self.held_texts)
+        return {"top1": top1 / n, "kl": kl / n}, sum(len(i) for i in self.tokenizer(self.held_texts).input_ids)
+
+
 # --- training with checkpoints ----------------------------------------------------------------------------
 
 
@@ -412,29 +521,51 @@ def batch_targets(cache: TeacherCache, rows: np.ndarray, ids: torch.Tensor, dc: 
         return cache.targets(rows)
 
 
-def train_step(student, optimizer, params: list, ids: torch.Tensor, target: dict, dc: DistillConfig) -> dict:
-    """One optimisation step on a batch; returns the loss terms."""
-    with autocast(dc, ids.device):
-        logits, hidden = forward(student, ids)
-    losses = distill_loss(logits, hidden, ids, target, dc)
+class PackedText:
+    """Generic distillation: every position of packed public text, with the DistilBERT-style loss.
+
+    An objective tells :func:`train` how many training rows there are, the loss terms (with ``total``) and
+    tokens of a batch of rows, and the held-out agreement; ``teacher`` is set when it runs live at every step.
+    """
+
+    def __init__(self, cache: TeacherCache, dc: DistillConfig, teacher=None):
+        self.cache, self.dc = cache, dc
+        self.teacher = teacher if dc.teacher_cache == "none" else None
+
+    def __len__(self) -> int:
+        return len(self.cache.train_ids)
+
+    def losses(self, student, rows: np.ndarray) -> tuple[dict, int]:
+        ids = self.cache.train_ids[torch.from_numpy(rows)].to(student.device)
+        target = batch_targets(self.cache, rows, ids, self.dc, self.teacher)
+        with autocast(self.dc, ids.device):
+            logits, hidden = forward(student, ids)
+        return distill_loss(logits, hidden, ids, target, self.dc), ids.numel()
+
+    def evaluate(self, student) -> tuple[dict, int]:
+        return agreement(student, self.cache, self.dc.batch_size), self.cache.eval_ids.numel()
+
+
+def train_step(student, optimizer, params: list, objective, rows: np.ndarray) -> tuple[dict, int]:
+    """One optimisation step on training rows ``rows``; returns the loss terms and the tokens processed."""
+    losses, tokens = objective.losses(student, rows)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     optimizer.step()
-    return losses
+    return losses, tokens
 
 
-def train(student, cache: TeacherCache, dc: DistillConfig, seed: int, checkpoint: Path, run_key: str,
-          teacher=None, progress: bool = True) -> dict:
-    """Distil ``student`` in place; resumes from ``checkpoint`` if it belongs to the same run (``run_key``).
+def train(student, objective, dc: DistillConfig, seed: int, checkpoint: Path, run_key: str,
+          progress: bool = True) -> dict:
+    """Distil ``student`` in place on ``objective``; resumes from ``checkpoint`` if it belongs to the same run.
 
     Returns the history (per-step losses, held-out agreement every ``eval_every`` steps from step 0, the
-    undistilled cut) and the costs of training and evaluation. ``teacher`` is needed only when
-    ``teacher_cache == "none"`` (its forward passes then count in the training cost).
+    undistilled cut) and the costs of training and evaluation (a live teacher's passes count in training).
     """
-    n = len(cache.train_ids)
+    n = len(objective)
     if n < dc.batch_size:
-        raise ValueError(f"train_sequences ({n}) must be at least batch_size ({dc.batch_size})")
+        raise ValueError(f"{n} training rows are fewer than distill.batch_size ({dc.batch_size})")
     total = (n // dc.batch_size) * dc.epochs
     params = trainable(student, dc.train_embeddings)
     optimizer = torch.optim.AdamW(params, lr=dc.lr)
@@ -450,11 +581,14 @@ def train(student, cache: TeacherCache, dc: DistillConfig, seed: int, checkpoint
 
     def evaluate(step: int) -> dict:
         begin = time.perf_counter()
-        row = {"step": step, **agreement(student, cache, dc.batch_size)}
-        state["evals"].append(row)
-        state["eval_cost"].add(student, cache.eval_ids.numel(), len(cache.eval_ids), "forward")
+        was_training = student.training
+        student.eval()
+        metrics, tokens = objective.evaluate(student)
+        student.train(was_training)
+        state["evals"].append({"step": step, **metrics})
+        state["eval_cost"].add(student, tokens, 0, "forward")
         state["eval_cost"].wall_seconds += time.perf_counter() - begin
-        return row
+        return state["evals"][-1]
 
     if state["step"] == 0 and not state["evals"]:
         evaluate(0)
@@ -462,19 +596,17 @@ def train(student, cache: TeacherCache, dc: DistillConfig, seed: int, checkpoint
     for step in range(state["step"], total):
         begin = time.perf_counter()
         rows = batch_rows(step, n, dc.batch_size, seed)
-        ids = cache.train_ids[torch.from_numpy(rows)].to(student.device)
-        target = batch_targets(cache, rows, ids, dc, teacher)
-        if dc.teacher_cache == "none":
-            state["train_cost"].add(teacher, ids.numel(), 0, "forward")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, total, dc.lr)
-        losses = train_step(student, optimizer, params, ids, target, dc)
-        state["train_cost"].add(student, ids.numel(), len(ids), "full")
+        losses, tokens = train_step(student, optimizer, params, objective, rows)
+        if objective.teacher is not None:
+            state["train_cost"].add(objective.teacher, tokens, 0, "forward")
+        state["train_cost"].add(student, tokens, len(rows), "full")
         state["train_cost"].wall_seconds += time.perf_counter() - begin
         state["losses"].append({"step": step + 1, "lr": optimizer.param_groups[0]["lr"],
                                 **{k: v.item() for k, v in losses.items()}})
         state["step"] = step + 1
-        postfix = {"loss": f"{losses['total'].item():.3f}", "kl": f"{losses['kl'].item():.3f}"}
+        postfix = {"loss": f"{losses['total'].item():.3f}"}
         if state["step"] % dc.eval_every == 0 or state["step"] == total:
             postfix["top1"] = f"{evaluate(state['step'])['top1']:.3f}"
         bar.set_postfix(postfix)
@@ -507,9 +639,76 @@ def existing(cfg: Config) -> dict | None:
     """The record of a source model already distilled with these exact settings, else None."""
     directory = source_model_dir(cfg.profile)
     manifest = directory / "manifest.json"
-    if manifest.exists() and read_json(manifest).get("distill_hash") == cfg.section_hash("distill"):
+    if manifest.exists() and read_json(manifest).get("distill_hash") == distill_hash(cfg):
         return read_json(directory / "distill.json")
     return None
+
+
+OBJECTIVES = ("generic", "readout")
+
+
+def objective_for(cfg: Config, teacher, tokenizer, work: Path, progress: bool = True):
+    """The configured objective over public text, with the teacher's outputs cached under ``work``;
+    returns it and the cost of the teacher's passes."""
+    dc = cfg.distill
+    if dc.objective == "readout":
+        train_texts, held_texts = readout_texts(list(cfg.data.tasks), tokenizer, dc.readout_examples,
+                                                dc.readout_holdout, cfg.data.max_text_tokens, cfg.seed)
+        texts = train_texts + held_texts
+        hidden, cost = teacher_readout(teacher, tokenizer, texts, dc.batch_size,
+                                       work / f"readout-{readout_key(cfg)}.pt", progress)
+        head = copy.deepcopy(teacher.get_output_embeddings()).requires_grad_(False)
+        n = len(train_texts)
+        return Readout(tokenizer, head, dc, (train_texts, hidden[:n]), (held_texts, hidden[n:])), cost
+    if dc.objective != "generic":
+        raise ValueError(f"distill.objective must be one of {OBJECTIVES}, got {dc.objective!r}")
+    train_ids, eval_ids = public_sequences(dc, tokenizer, cfg.seed)
+    cache = TeacherCache(work / f"teacher-{teacher_key(cfg)}", dc, train_ids, eval_ids, teacher)
+    cost = cache.fill(teacher, dc.batch_size, progress)
+    cache.load()
+    return PackedText(cache, dc, teacher), cost
+
+
+def readout_key(cfg: Config) -> str:
+    """Digest of what the teacher's read-outs depend on: tasks, public sample, text length, seed, model."""
+    dc = cfg.distill
+    payload = {"model": cfg.model, "seed": cfg.seed, "tasks": list(cfg.data.tasks), "examples": dc.readout_examples,
+               "holdout": dc.readout_holdout, "max_text_tokens": cfg.data.max_text_tokens}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def distill_hash(cfg: Config) -> str:
+    """What a distilled source depends on: the distill settings, and for read-outs the tasks' public sample."""
+    key = cfg.section_hash("distill")
+    return f"{key}-{readout_key(cfg)}" if cfg.distill.objective == "readout" else key
+
+
+def distill_student(cfg: Config, teacher, tokenizer, work: Path, progress: bool = True) -> tuple[nn.Module, dict]:
+    """Cut the student ``cfg.distill`` asks for out of ``teacher`` and distil it; returns it and its record.
+
+    Teacher outputs and the resumable checkpoint live under ``work``; the checkpoint is removed when done.
+    """
+    dc = cfg.distill
+    start = time.perf_counter()
+    n_layers = len(layer_list(teacher)[1])
+    layers = student_layers(dc, n_layers)
+    student = make_student(teacher, layers)
+    objective, teacher_cost = objective_for(cfg, teacher, tokenizer, work, progress)
+    torch.manual_seed(cfg.seed)
+    checkpoint = work / "checkpoint.pt"
+    history = train(student, objective, dc, cfg.seed, checkpoint, distill_hash(cfg), progress)
+    checkpoint.unlink(missing_ok=True)
+    costs = {"teacher_outputs": teacher_cost.to_dict(), "train": history.pop("train_cost"),
+             "eval": history.pop("eval_cost")}
+    costs["total"] = sum((Cost(**c) for c in costs.values()), Cost()).to_dict()
+    record = {
+        "teacher": cfg.model, "teacher_layers": n_layers, "student_layers": list(layers),
+        "student_params": n_params(student), "device": str(teacher.device), "objective": dc.objective,
+        "teacher_cache": dc.teacher_cache, "train_tokens": costs["train"]["tokens"], **history,
+        "before": history["evals"][0], "after": history["evals"][-1], "cost": costs,
+        "session_wall_seconds": time.perf_counter() - start, "distill_hash": distill_hash(cfg),
+    }
+    return student, record
 
 
 def run_distill(cfg: Config, progress: bool = True) -> dict:
@@ -528,35 +727,11 @@ def run_distill(cfg: Config, progress: bool = True) -> dict:
     if record is not None:
         write_json(results_dir(cfg.profile) / "distill.json", record)
         return record
-    start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(cfg.model)
     teacher = load_model(cfg.model, seed=cfg.seed).to(device)
-    n_layers = len(layer_list(teacher)[1])
-    layers = student_layers(dc, n_layers)
-    student = make_student(teacher, layers)
-    train_ids, eval_ids = public_sequences(dc, tokenizer, cfg.seed)
-    cache = TeacherCache(work_dir(cfg.profile) / f"teacher-{teacher_key(cfg)}", dc, train_ids, eval_ids, teacher)
-    teacher_cost = cache.fill(teacher, dc.batch_size, progress)
-    cache.load()
-    if dc.teacher_cache != "none":
-        del teacher  # training reads the cache (and the copy of the head it keeps); free the target's memory
-        teacher = None
-    torch.manual_seed(cfg.seed)
-    checkpoint = work_dir(cfg.profile) / "checkpoint.pt"
-    history = train(student, cache, dc, cfg.seed, checkpoint, cfg.section_hash("distill"), teacher, progress)
-    costs = {"teacher_outputs": teacher_cost.to_dict(), "train": history.pop("train_cost"),
-             "eval": history.pop("eval_cost")}
-    costs["total"] = sum((Cost(**c) for c in costs.values()), Cost()).to_dict()
-    record = {
-        "teacher": cfg.model, "teacher_layers": n_layers, "student_layers": list(layers),
-        "student_params": n_params(student), "device": device, "teacher_cache": dc.teacher_cache,
-        "train_tokens": train_ids.numel(), "eval_tokens": eval_ids.numel(), **history,
-        "before": history["evals"][0], "after": history["evals"][-1], "cost": costs,
-        "session_wall_seconds": time.perf_counter() - start, "distill_hash": cfg.section_hash("distill"),
-    }
+    student, record = distill_student(cfg, teacher, tokenizer, work_dir(cfg.profile), progress)
     save_source_model(cfg, student, tokenizer, record)
-    checkpoint.unlink(missing_ok=True)
     write_json(results_dir(cfg.profile) / "distill.json", record)
     return record
 

@@ -43,7 +43,7 @@ from .cost import Cost, Timer
 from .models import autocast, load, model_name
 from .plots import save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
-from .tasks import Task, default_pool, get_task, public_texts
+from .tasks import Task, default_pool, get_task, public_sample
 
 
 class ProviderBoundary(PermissionError):
@@ -57,20 +57,6 @@ def provider_view(task: Task) -> Task:
         raise ProviderBoundary(f"the provider may not load the private data of task {task.name!r}")
 
     return dataclasses.replace(task, load=refuse)
-
-
-def public_sample(pool: str, n: int, holdout: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """``n`` training and ``holdout`` held-out texts of a public pool (distinct texts, seeded order).
-
-    The held-out texts come first in the order and the training texts after them, so the held-out set does
-    not depend on ``n`` and a larger ``n`` extends a smaller one.
-    """
-    texts = list(dict.fromkeys(t.strip() for t in public_texts(pool) if t.strip()))
-    if n + holdout > len(texts):
-        raise ValueError(f"public pool {pool!r} has {len(texts)} distinct texts; asked for {n} + {holdout} held out")
-    order = np.random.default_rng(seed).permutation(len(texts))
-    chosen = [texts[i] for i in order[:holdout + n]]
-    return chosen[holdout:], chosen[:holdout]
 
 
 # --- the constant terms -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import copy
 import functools
 import re
 
+import numpy as np
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2Config, T5Config,
@@ -281,3 +282,56 @@ def test_topk_cache_runs_end_to_end_in_bf16(sandbox):
 def test_unknown_modes_are_refused(sandbox, field, value):
     with pytest.raises(ValueError, match=field):
         distill.run_distill(smoke(**{field: value}), progress=False)
+
+
+def test_end_cuts_keep_contiguous_blocks_at_both_ends():
+    assert distill.end_layers(30, 10, 4) == (0, 1, 2, 3, 4, 5, 26, 27, 28, 29)
+    assert distill.end_layers(48, 4, 2) == (0, 1, 46, 47)  # the paper's gpt2-xl source
+    cfg = smoke(num_student_layers=3, keep_last=1)
+    assert distill.student_layers(cfg.distill, 4) == (0, 1, 3)
+    for k, last in [(4, 0), (4, 4), (5, 1)]:
+        with pytest.raises(ValueError, match="keep_last"):
+            distill.end_layers(4, k, last)
+
+
+def test_readout_texts_are_public_text_in_each_task_template(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("read-out distillation asked for a private task split")
+
+    monkeypatch.setattr(post.tasks, "load_split", forbidden)
+    monkeypatch.setattr(post.tasks, "_splits", forbidden)
+    tokenizer = load("tiny-random-llama")[1]
+    train, held = distill.readout_texts(["rotten_tomatoes", "trec"], tokenizer, 6, 2, 16, seed=0)
+    assert len(train) == 12 and len(held) == 4 and not set(train) & set(held)
+    assert all(t.startswith("Review: ") and t.endswith("\nSentiment:") for t in train[:6])
+    assert all(t.startswith("Question: ") and t.endswith("\nAnswer type:") for t in train[6:])
+    reviews = set(post.tasks.public_texts("amazon_reviews"))
+    assert all(t[len("Review: "):-len("\nSentiment:")].strip() in {r.strip() for r in reviews}
+               for t in train[:6] if len(tokenizer(t).input_ids) < 16)
+
+
+def test_readout_loss_vanishes_for_the_teacher_and_is_batch_invariant(tmp_path):
+    teacher, tokenizer = load("tiny-random-llama")
+    texts = [post.tasks.get_task("rotten_tomatoes").format(t) for t in ("a fine film", "dull and far too long", "ok")]
+    hidden, cost = distill.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "r.pt", progress=False)
+    assert hidden.shape == (3, teacher.config.hidden_size) and cost.examples == 3
+    one_by_one = torch.cat([distill.readout_hidden(teacher, [t], tokenizer) for t in texts])
+    torch.testing.assert_close(hidden, one_by_one.detach(), atol=1e-5, rtol=1e-5)  # left padding is invisible
+    dc = smoke(precision="fp32").distill
+    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden), (texts, hidden))
+    losses, tokens = objective.losses(teacher, np.arange(3))
+    assert losses["kl"].item() == pytest.approx(0.0, abs=1e-5) and tokens > 0
+    assert objective.evaluate(teacher)[0] == pytest.approx({"top1": 1.0, "kl": 0.0}, abs=1e-5)
+    cut = distill.make_student(teacher, (0, 3))
+    assert objective.losses(cut, np.arange(3))[0]["kl"].item() > 1e-3
+
+
+def test_readout_stage_lowers_held_out_kl_and_records_its_objective(sandbox):
+    cfg = smoke(objective="readout", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3, precision="fp32")
+    record = distill.run_distill(cfg, progress=False)
+    assert record["objective"] == "readout" and record["steps"] == 3 * (3 * 24 // cfg.distill.batch_size)  # 24 texts per task
+    assert record["after"]["kl"] < record["before"]["kl"]
+    assert record["cost"]["teacher_outputs"]["examples"] == 3 * (24 + 8)
+    assert distill.existing(cfg) == record
+    assert distill.existing(smoke(objective="generic", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3,
+                                  precision="fp32")) is None
