@@ -1,0 +1,212 @@
+"""The map: how much source does a prompt transfer need? Source shapes x distillation, scored end to end.
+
+For every (shape, distillation) point on one private task (validation split only; the test split is never read):
+cut the target into a contiguous first-k + last-m source, leave it undistilled or distil it (``generic``: packed
+public news; ``readout``: the target's read-out distribution on public text in the task's template), then record
+held-out read-out agreement/KL with the target, the source's zero-shot and prompted (CompPT) accuracy, Direct
+(the source prompt pasted onto the target), POST (transferred with public data only; held-out public loss
+selects, the last step is reported too), FullPT on the target as the reference, and the prompt step's time on
+the source relative to the target's, measured in this run. Points are appended to the JSON as they finish, so
+an interrupted sweep resumes at the next point; distillation itself resumes from its checkpoint.
+
+    python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
+    python bench/source_sweep.py --plot      # the figure from the JSON only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from post import distill
+from post.artifacts import artifact_dir, read_json, write_json
+from post.config import load_config
+from post.evaluate import accuracy
+from post.cost import Cost
+from post.evaluate import majority_accuracy
+from post.models import autocast, load
+from post.plots import save_figure
+from post.prompt import SoftPrompt, Verbalizer, encode
+from post.tasks import get_task, load_split
+from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_sample
+from post.tune import example_losses, tune_prompt
+
+OUT = Path(__file__).parent / "results" / "source_sweep.json"
+PAPER = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48, "recovery": 0.74}]
+
+
+def shape(text: str) -> tuple[int, int]:
+    first, last = (int(x) for x in text.split("+"))
+    return first, last
+
+
+def step_seconds(model, tokenizer, task, texts, labels, length: int, repeats: int, precision_context) -> float:
+    """Median wall time of one prompt-tuning step (forward + backward to the prompt) on a fixed batch."""
+    verbalizer = Verbalizer.for_task(task, tokenizer)
+    batch = encode(task, tokenizer, texts, 64)
+    weight = model.get_input_embeddings().weight[:length].detach().clone().float().requires_grad_()
+    times = []
+    for i in range(repeats + 1):
+        begin = time.perf_counter()
+        with precision_context():
+            loss = example_losses(model, verbalizer, batch, labels, weight).mean()
+        loss.backward()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--task", default="rotten_tomatoes")
+    parser.add_argument("--shapes", nargs="*", default=["6+4", "2+2", "12+4", "18+4"])
+    parser.add_argument("--modes", nargs="*", default=["readout", "undistilled", "generic"])
+    parser.add_argument("--steps", type=int, default=100, help="prompt-tuning steps (CompPT and FullPT)")
+    parser.add_argument("--validation", type=int, default=300)
+    parser.add_argument("--readout-examples", type=int, default=2000)
+    parser.add_argument("--readout-epochs", type=int, default=2)
+    parser.add_argument("--generic-sequences", type=int, default=512)
+    parser.add_argument("--transfer-steps", type=int, default=120)
+    parser.add_argument("--transfer-eval-every", type=int, default=20)
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.plot:
+        plot(read_json(out), args.profile)
+        return
+
+    cfg = load_config(args.profile, {"data": {"tasks": [args.task]}})
+    tune = dataclasses.replace(cfg.tune, eval_every=0)
+    transfer = dataclasses.replace(cfg.transfer, steps=args.transfer_steps, eval_every=args.transfer_eval_every)
+    settings = {"task": args.task, "steps": args.steps, "validation": args.validation, "tune": dataclasses.asdict(tune),
+                "transfer": dataclasses.asdict(transfer), "readout_examples": args.readout_examples,
+                "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
+                "distill": dataclasses.asdict(cfg.distill), "model": cfg.model, "seed": cfg.seed}
+    result = read_json(out) if out.exists() else {}
+    if result.get("settings") != json.loads(json.dumps(settings, default=str)):
+        result = {"settings": settings, "points": []}
+    work = artifact_dir(args.profile, "source_sweep")
+
+    task = get_task(args.task)
+    view = provider_view(task)
+    train, validation = load_split(task.name, "train", 0), load_split(task.name, "validation", args.validation)
+    target, tokenizer = load(cfg.model)
+    n_layers = target.config.num_hidden_layers
+    context = lambda: autocast(tune.precision, "cpu", "tune.precision")  # noqa: E731
+    score = lambda model, prompt=None: accuracy(model, tokenizer, task, validation, prompt, cfg.eval.batch_size,  # noqa: E731
+                                                cfg.data.max_text_tokens, False, cfg.eval.precision)["accuracy"]
+    timing_batch = train.texts[:tune.batch_size], torch.tensor(train.labels[:tune.batch_size])
+
+    def save():
+        result.update(threads=torch.get_num_threads(), avx512_bf16=avx512_bf16(), load_average_1min=os.getloadavg()[0])
+        write_json(out, result)
+
+    if "reference" not in result:
+        begin = time.perf_counter()
+        full = tune_prompt(target, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
+                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+        result["reference"] = {"layers": n_layers, "zero_shot": score(target), "fullpt": score(target, full),
+                               "fullpt_seconds": time.perf_counter() - begin,
+                               "majority": majority_accuracy(validation)}
+        save()
+    ref = result["reference"]
+    print("reference", ref, flush=True)
+    target_step = step_seconds(target, tokenizer, task, *timing_batch, tune.prompt_length, 3, context)
+
+    # public data for the transfer and held-out read-outs for agreement: the same for every point
+    texts, held = public_sample(cfg.transfer.public_pool or "amazon_reviews", transfer.public_examples,
+                                transfer.holdout_examples, cfg.seed)
+    plain_target = {name: all_logits(target, tokenizer, view, x, None, cfg.eval.batch_size, transfer.max_text_tokens)
+                    for name, x in (("train", texts), ("holdout", held))}
+    rcfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, objective="readout",
+                                                                readout_examples=args.readout_examples))
+    readout = distill.objective_for(rcfg, target, tokenizer, work, True)[0]
+
+    done = {(p["shape"], p["mode"]) for p in result["points"]}
+    for text, mode in [(t, m) for t in args.shapes for m in args.modes]:  # shape by shape
+        if (text, mode) in done:
+            continue
+        first, last = shape(text)
+        k = first + last
+        point = {"shape": text, "mode": mode, "layers": k, "first": first, "last": last,
+                 "layer_fraction": k / n_layers}
+        begin = time.perf_counter()
+        if mode == "undistilled":
+            source = distill.make_student(target, distill.end_layers(n_layers, k, last))
+        else:
+            dc = dataclasses.replace(cfg.distill, num_student_layers=k, keep_last=last, objective=mode,
+                                     readout_examples=args.readout_examples, epochs=args.readout_epochs,
+                                     batch_size=16, lr=3e-4) if mode == "readout" else \
+                dataclasses.replace(cfg.distill, num_student_layers=k, keep_last=last, objective=mode,
+                                    train_sequences=args.generic_sequences)
+            source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer,
+                                                     work, True)
+            point.update(distill_tokens=record["train_tokens"], distill_seconds=record["cost"]["total"]["wall_seconds"],
+                         distill_after=record["after"])
+        point["readout_agreement"] = readout.evaluate(source)[0]
+        point["source_zero_shot"] = score(source)
+        prompt = tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
+                             cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+        point["compt"] = score(source, prompt)
+        point["direct"] = score(target, prompt)
+        point["step_ratio"] = step_seconds(source, tokenizer, task, *timing_batch, tune.prompt_length, 3,
+                                           context) / target_step
+        prepared = Prepared(view, "amazon_reviews",
+                            *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
+                                                       transfer.max_text_tokens), plain_target[name])
+                              for name, x in (("train", texts), ("holdout", held))), cost=Cost())
+        run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, transfer, True)
+        point.update(post=score(target, run.prompt), post_selected_step=run.selected_step, alpha=row["alpha"],
+                     post_last=score(target, SoftPrompt(run.snapshots[transfer.steps])))
+        point["recovery"] = (point["post"] - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
+        point["recovery_last"] = (point["post_last"] - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
+        point["seconds"] = time.perf_counter() - begin
+        result["points"].append(point)
+        save()
+        print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
+    plot(result, args.profile)
+
+
+def avx512_bf16() -> bool:
+    return "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
+
+
+def plot(result: dict, profile: str):
+    """CompPT and POST recovery against the source's measured prompt-step cost, per distillation mode."""
+    data = pd.DataFrame(result["points"])
+    ref = result["reference"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for i, (mode, part) in enumerate(data.groupby("mode", sort=False)):
+        part = part.sort_values("step_ratio")
+        left.plot(part.step_ratio, part.compt, marker="o", color=f"C{i}", label=f"{mode}: CompPT")
+        left.plot(part.step_ratio, part.source_zero_shot, marker=".", ls=":", color=f"C{i}", label=f"{mode}: zero-shot")
+        right.plot(part.step_ratio, part.recovery, marker="o", color=f"C{i}", label=mode)
+    for ax, value, name in ((left, ref["zero_shot"], "target ZS"), (left, ref["fullpt"], "target FullPT")):
+        ax.axhline(value, color="grey", ls="--" if "ZS" in name else "-.", lw=1, label=name)
+    for p in PAPER:
+        right.plot([p["layer_fraction"]], [p["recovery"]], marker="*", ms=12, ls="", color="C3", label=p["label"])
+    right.axhline(0, color="grey", lw=0.8)
+    left.set_ylabel("validation accuracy (source)")
+    right.set_ylabel("POST recovery (POST-ZS)/(FullPT-ZS)")
+    for ax in (left, right):
+        ax.set_xlabel("prompt step cost, source / target (paper: layer share)")
+        ax.legend(fontsize=7, frameon=False)
+    save_figure(fig, data.drop(columns=[c for c in ("distill_after", "readout_agreement") if c in data]),
+                "source_sweep", profile)
+    return fig
+
+
+if __name__ == "__main__":
+    main()
