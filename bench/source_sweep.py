@@ -169,7 +169,7 @@ def main() -> None:
                               for name, x in (("train", texts), ("holdout", held))), cost=Cost())
         run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, transfer, True)
         point.update(post=score(target, run.prompt), post_selected_step=run.selected_step, alpha=row["alpha"],
-                     post_last=score(target, SoftPrompt(run.snapshots[transfer.steps])))
+                     post_last=score(target, SoftPrompt(run.snapshots[max(run.snapshots)])))
         point["recovery"] = (point["post"] - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
         point["recovery_last"] = (point["post_last"] - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
         point["seconds"] = time.perf_counter() - begin

@@ -102,6 +102,8 @@ class TransferConfig:
     temperature: float = 2.0
     init: str = "source"  # target prompt starts as "source" (the source prompt) or "instruction" (its text)
     selection: str = "holdout"  # "holdout": lowest held-out public loss among evaluation steps; "last"
+    patience: int = 0  # stop once the held-out public loss has not improved for this many evaluations (0: never)
+    space: str = "vocab"  # the KL over the whole vocabulary ("vocab", the paper) or over the task's classes ("labels")
     eval_every: int = 50  # held-out public loss and a prompt snapshot every this many steps
     ptfer_anchors: int = 8192  # PTfer baseline: anchor tokens of the relative space
     ptfer_steps: int = 300

@@ -111,21 +111,34 @@ class PublicData:
     teacher_shift: torch.Tensor  # (N, V) log Q_s = log_softmax((z_s(x; p_s) - z_s(x)) / T)
     target_plain: torch.Tensor  # (N, V) z_t(x)
     agreement: float  # share of texts where the unprompted target picks the prompted source's class
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None  # "labels" space: logits -> class scores (V -> C)
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
+SPACES = ("vocab", "labels")
+
+
 def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain: Unprompted,
                 temperature: float = 2.0, batch_size: int = 32, max_text_tokens: int = 64,
-                cost: Cost | None = None) -> PublicData:
-    """Run the prompted source once over the texts and build the constant terms of the loss."""
+                cost: Cost | None = None, space: str = "vocab") -> PublicData:
+    """Run the prompted source once over the texts and build the constant terms of the loss.
+
+    ``space="vocab"`` compares distributions over the whole vocabulary (the paper); ``"labels"`` over the task's
+    classes (the verbalizer's scores: label words are public facts that travel with the prompt), so the
+    transfer spends nothing on matching tokens the task never reads.
+    """
+    if space not in SPACES:
+        raise ValueError(f"transfer.space must be one of {SPACES}, got {space!r}")
     prompted = all_logits(source, tokenizer, task, plain.texts, source_prompt.weight.detach(), batch_size,
                           max_text_tokens, cost)
     verbalizer = Verbalizer.for_task(task, tokenizer)
     agree = (verbalizer.scores(prompted).argmax(1) == verbalizer.scores(plain.target).argmax(1)).float().mean()
+    project = verbalizer.scores if space == "labels" else None
+    prompted, source_plain, target_plain = (project(z) if project else z for z in (prompted, plain.source, plain.target))
     return PublicData(plain.texts, F.log_softmax(prompted / temperature, -1),
-                      F.log_softmax((prompted - plain.source) / temperature, -1), plain.target, float(agree))
+                      F.log_softmax((prompted - source_plain) / temperature, -1), target_plain, float(agree), project)
 
 
 # --- the objective ------------------------------------------------------------------------------------------
@@ -153,6 +166,8 @@ def batch_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: Public
     batch = encode(task, tokenizer, [data.texts[i] for i in idx], max_text_tokens)
     with context:
         logits = next_token_logits(target, batch["input_ids"], batch["attention_mask"], weight)
+    if data.project is not None:
+        logits = data.project(logits)
     at = torch.as_tensor(idx)
     loss, parts = post_loss(logits.float(), data.teacher[at], data.teacher_shift[at], data.target_plain[at], alpha,
                             temperature)
@@ -197,6 +212,12 @@ def initial_prompt(target, tokenizer, task: Task, source_prompt: SoftPrompt, ini
     raise ValueError(f"unknown init {init!r}; use 'source' or 'instruction'")
 
 
+def plateaued(history: list[dict], patience: int) -> bool:
+    """True once the held-out public loss has not improved for ``patience`` evaluations (0: never stop early)."""
+    losses = [h["holdout_loss"] for h in history if "holdout_loss" in h]
+    return patience > 0 and len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
+
+
 @dataclass
 class TransferResult:
     prompt: SoftPrompt
@@ -229,6 +250,8 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
                 if holdout is not None:
                     value = public_loss(target, tokenizer, task, snapshots[step], holdout, alpha, settings, cost)
                     history.append({"step": step, "holdout_loss": value})
+                    if plateaued(history, settings.patience):
+                        break
             if step == settings.steps:
                 break
             while len(queue) < settings.batch_size:  # shuffled epochs over the public examples
@@ -245,7 +268,7 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
     if settings.selection == "holdout":
         selected = min((h["holdout_loss"], h["step"]) for h in history if "holdout_loss" in h)[1]
     else:
-        selected = settings.steps
+        selected = max(snapshots)  # the last step taken
     return TransferResult(SoftPrompt(snapshots[selected]), history, snapshots, selected, cost)
 
 
@@ -345,7 +368,7 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
     cost = Cost() + prepared.cost
     with Timer() as timer:
         data, holdout = (public_data(source, tokenizer, prepared.task, source_prompt, plain, s.temperature,
-                                     cfg.eval.batch_size, s.max_text_tokens, cost)
+                                     cfg.eval.batch_size, s.max_text_tokens, cost, s.space)
                          for plain in (prepared.train.subset(s.public_examples), prepared.holdout))
     cost.wall_seconds += timer.seconds
     alpha = alpha_proxy(data, len(prepared.task.classes)) if s.alpha_rule == "proxy" else s.alpha
@@ -354,7 +377,8 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
     held = {h["step"]: h["holdout_loss"] for h in result.history if "holdout_loss" in h}
     record = {"public_pool": prepared.pool, "public_examples": len(data), "alpha": alpha, "alpha_rule": s.alpha_rule,
               "agreement": data.agreement, "init": s.init, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr,
-              "temperature": s.temperature, "selection": s.selection, "selected_step": result.selected_step,
+              "temperature": s.temperature, "space": s.space, "patience": s.patience, "selection": s.selection,
+              "selected_step": result.selected_step, "last_step": max(result.snapshots),
               "holdout_loss": held.get(result.selected_step)}
     result.prompt = SoftPrompt(result.prompt.weight, **derived_meta(source_prompt, target, "post", result.cost,
                                                                     **record))

@@ -117,6 +117,43 @@ def test_transfer_lowers_the_held_out_loss_and_selects_on_it(models):
     assert result.cost.flops > 0 and result.cost.examples >= 12 * 8
 
 
+def test_label_space_loss_compares_class_distributions(models):
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    plain = transfer.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
+    data = transfer.public_data(source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32, space="labels")
+    assert data.teacher.shape == data.teacher_shift.shape == data.target_plain.shape == (len(TEXTS), 2)
+    verbalizer = transfer.Verbalizer.for_task(TASK, tok)
+    weight = SoftPrompt.from_vocab(target, 4, seed=5).weight
+    loss, parts, _ = transfer.batch_loss(target, tok, TASK, weight, data, [0, 1], 0.0, max_text_tokens=32)
+    batch = encode(TASK, tok, TEXTS[:2], 32)
+    with torch.no_grad():
+        classes = verbalizer.scores(next_token_logits(target, batch["input_ids"], batch["attention_mask"], weight))
+    assert loss.item() == pytest.approx(transfer.kl(data.teacher[:2], classes, 2.0).item(), rel=1e-5)
+    same = transfer.public_data(target, tok, TASK, prompt, transfer.unprompted(target, target, tok, TASK, TEXTS, 2, 32),
+                                batch_size=2, max_text_tokens=32, space="labels")
+    assert transfer.batch_loss(target, tok, TASK, prompt.weight, same, [0, 1, 2], 0.5, max_text_tokens=32)[0].item() \
+        == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="transfer.space"):
+        transfer.public_data(source, tok, TASK, prompt, plain, space="tokens")
+
+
+def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    texts, held = transfer.public_sample("amazon_reviews", 16, 8)
+    data, holdout = (data_for(source, source, tok, prompt, t) for t in (texts, held))
+    # the target is the source and starts at the source prompt: step 0 is already optimal, nothing improves it
+    settings = TransferConfig(steps=40, batch_size=8, lr=0.05, eval_every=2, max_text_tokens=32, precision="fp32",
+                              patience=2)
+    result = transfer.transfer(source, tok, TASK, prompt, data, holdout, settings, alpha=0.5, progress=False)
+    assert sorted(result.snapshots) == [0, 2, 4] and result.selected_step == 0
+    assert torch.equal(result.prompt.weight, prompt.weight)  # POST never ends below its own starting point
+    assert not transfer.plateaued([{"holdout_loss": v} for v in (3, 2, 1)], 2)
+    assert transfer.plateaued([{"holdout_loss": v} for v in (1, 2, 1.5)], 2)
+    assert not transfer.plateaued([{"holdout_loss": v} for v in (1, 2, 1.5)], 0)
+
+
 def test_public_samples_are_nested_and_held_out_fixed():
     small_train, small_held = transfer.public_sample("amazon_reviews", 16, 8, seed=1)
     big_train, big_held = transfer.public_sample("amazon_reviews", 64, 8, seed=1)
