@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from post import distill
-from post.artifacts import artifact_dir, read_json, write_json
+from post.artifacts import artifact_dir, atomic_dir, read_json, write_json
 from post.config import load_config
 from post.evaluate import accuracy
 from post.cost import Cost
@@ -151,8 +151,16 @@ def main() -> None:
                                      batch_size=16, lr=3e-4) if mode == "readout" else \
                 dataclasses.replace(cfg.distill, num_student_layers=k, keep_last=last, objective=mode,
                                     train_sequences=args.generic_sequences)
-            source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer,
-                                                     work, True)
+            saved = work / f"{text}-{mode}"
+            if (saved / "distill.json").exists():  # distilled by an earlier, interrupted sweep
+                source, record = load(saved)[0], read_json(saved / "distill.json")
+            else:
+                source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer,
+                                                         work, True)
+                with atomic_dir(saved) as tmp:
+                    source.save_pretrained(tmp)
+                    tokenizer.save_pretrained(tmp)
+                    write_json(tmp / "distill.json", record)
             point.update(distill_tokens=record["train_tokens"], distill_seconds=record["cost"]["total"]["wall_seconds"],
                          distill_after=record["after"])
         point["readout_agreement"] = readout.evaluate(source)[0]
