@@ -42,6 +42,8 @@ from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provi
 from post.tune import example_losses, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "source_sweep.json"
+# what makes points comparable: the sweep's own settings (profile defaults may move; each point keeps its own)
+SWEEP_KEYS = ("task", "steps", "validation", "readout_examples", "readout_epochs", "generic_sequences", "model", "seed")
 PAPER = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48, "recovery": 0.74}]
 
 
@@ -79,6 +81,9 @@ def main() -> None:
     parser.add_argument("--generic-sequences", type=int, default=512)
     parser.add_argument("--transfer-steps", type=int, default=120)
     parser.add_argument("--transfer-eval-every", type=int, default=20)
+    parser.add_argument("--levers", nargs="*", default=[],
+                        help="transfer variants on --lever-point, e.g. space=labels lr=0.001 alpha_rule=fixed,alpha=1")
+    parser.add_argument("--lever-point", default="6+4-readout")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
     args = parser.parse_args()
@@ -95,8 +100,8 @@ def main() -> None:
                 "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
                 "distill": dataclasses.asdict(cfg.distill), "model": cfg.model, "seed": cfg.seed}
     result = read_json(out) if out.exists() else {}
-    if result.get("settings") != json.loads(json.dumps(settings, default=str)):
-        result = {"settings": settings, "points": []}
+    if {k: result.get("settings", {}).get(k) for k in SWEEP_KEYS} != {k: settings[k] for k in SWEEP_KEYS}:
+        result = {"settings": json.loads(json.dumps(settings, default=str)), "points": []}
     work = artifact_dir(args.profile, "source_sweep")
 
     task = get_task(args.task)
@@ -134,56 +139,83 @@ def main() -> None:
                                                                 readout_examples=args.readout_examples))
     readout = distill.objective_for(rcfg, target, tokenizer, work, True)[0]
 
+    def recovery(accuracy: float) -> float:
+        return (accuracy - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
+
+    def make_source(text: str, mode: str) -> tuple[torch.nn.Module, dict | None]:
+        """The undistilled cut, or the distilled source (kept under ``work`` so reruns and levers reuse it)."""
+        first, last = shape(text)
+        if mode == "undistilled":
+            return distill.make_student(target, distill.end_layers(n_layers, first + last, last)), None
+        saved = work / f"{text}-{mode}"
+        if (saved / "distill.json").exists():
+            return load(saved)[0], read_json(saved / "distill.json")
+        common = {"num_student_layers": first + last, "keep_last": last, "objective": mode}
+        dc = dataclasses.replace(cfg.distill, **common, readout_examples=args.readout_examples,
+                                 epochs=args.readout_epochs, batch_size=16, lr=3e-4) if mode == "readout" else \
+            dataclasses.replace(cfg.distill, **common, train_sequences=args.generic_sequences)
+        source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer, work, True)
+        with atomic_dir(saved) as tmp:
+            source.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "distill.json", record)
+        return source, record
+
+    def transferred(source, prompt, settings) -> dict:
+        """POST with ``settings``, scored on validation: held-out-selected and last step."""
+        prepared = Prepared(view, "amazon_reviews",
+                            *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
+                                                       settings.max_text_tokens), plain_target[name])
+                              for name, x in (("train", texts), ("holdout", held))), cost=Cost())
+        begin = time.perf_counter()
+        run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, settings, True)
+        post, last = score(target, run.prompt), score(target, SoftPrompt(run.snapshots[max(run.snapshots)]))
+        return {"post": post, "post_last": last, "recovery": recovery(post), "recovery_last": recovery(last),
+                "post_selected_step": run.selected_step, "post_last_step": max(run.snapshots), "alpha": row["alpha"],
+                "transfer_seconds": time.perf_counter() - begin}
+
+    def owner_prompt(source):
+        return tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
+                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+
     done = {(p["shape"], p["mode"]) for p in result["points"]}
     for text, mode in [(t, m) for t in args.shapes for m in args.modes]:  # shape by shape
         if (text, mode) in done:
             continue
         first, last = shape(text)
-        k = first + last
-        point = {"shape": text, "mode": mode, "layers": k, "first": first, "last": last,
-                 "layer_fraction": k / n_layers}
         begin = time.perf_counter()
-        if mode == "undistilled":
-            source = distill.make_student(target, distill.end_layers(n_layers, k, last))
-        else:
-            dc = dataclasses.replace(cfg.distill, num_student_layers=k, keep_last=last, objective=mode,
-                                     readout_examples=args.readout_examples, epochs=args.readout_epochs,
-                                     batch_size=16, lr=3e-4) if mode == "readout" else \
-                dataclasses.replace(cfg.distill, num_student_layers=k, keep_last=last, objective=mode,
-                                    train_sequences=args.generic_sequences)
-            saved = work / f"{text}-{mode}"
-            if (saved / "distill.json").exists():  # distilled by an earlier, interrupted sweep
-                source, record = load(saved)[0], read_json(saved / "distill.json")
-            else:
-                source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer,
-                                                         work, True)
-                with atomic_dir(saved) as tmp:
-                    source.save_pretrained(tmp)
-                    tokenizer.save_pretrained(tmp)
-                    write_json(tmp / "distill.json", record)
-            point.update(distill_tokens=record["train_tokens"], distill_seconds=record["cost"]["total"]["wall_seconds"],
-                         distill_after=record["after"])
+        source, record = make_source(text, mode)
+        point = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
+                 "layer_fraction": (first + last) / n_layers}
+        if record:
+            point.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
+                         distill_seconds=record["cost"]["total"]["wall_seconds"])
         point["readout_agreement"] = readout.evaluate(source)[0]
         point["source_zero_shot"] = score(source)
-        prompt = tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
-                             cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+        prompt = owner_prompt(source)
         point["compt"] = score(source, prompt)
         point["direct"] = score(target, prompt)
         point["step_ratio"] = step_seconds(source, tokenizer, task, *timing_batch, tune.prompt_length, 3,
                                            context) / target_step
-        prepared = Prepared(view, "amazon_reviews",
-                            *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
-                                                       transfer.max_text_tokens), plain_target[name])
-                              for name, x in (("train", texts), ("holdout", held))), cost=Cost())
-        run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, transfer, True)
-        point.update(post=score(target, run.prompt), post_selected_step=run.selected_step, alpha=row["alpha"],
-                     post_last=score(target, SoftPrompt(run.snapshots[max(run.snapshots)])))
-        point["recovery"] = (point["post"] - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
-        point["recovery_last"] = (point["post_last"] - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
-        point["seconds"] = time.perf_counter() - begin
+        point.update(transferred(source, prompt, transfer), seconds=time.perf_counter() - begin)
         result["points"].append(point)
         save()
         print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
+
+    if args.levers:
+        text, mode = args.lever_point.rsplit("-", 1)
+        source = make_source(text, mode)[0]
+        prompt = owner_prompt(source)
+        levers = result.setdefault("levers", {"point": args.lever_point, "compt": score(source, prompt),
+                                             "direct": score(target, prompt), "runs": []})
+        for variant in args.levers:
+            if any(r["variant"] == variant for r in levers["runs"]):
+                continue
+            changes = {k: type(getattr(transfer, k))(v) for k, v in (kv.split("=") for kv in variant.split(","))}
+            levers["runs"].append({"variant": variant, **transferred(source, prompt,
+                                                                     dataclasses.replace(transfer, **changes))})
+            save()
+            print(levers["runs"][-1], flush=True)
     plot(result, args.profile)
 
 
