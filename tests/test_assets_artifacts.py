@@ -1,10 +1,13 @@
+import errno
 import json
 
 import pytest
+import torch
 
 from post import artifacts
 from post.assets import MissingAsset, asset_path
 from post.config import load_config
+from post.prompt import SoftPrompt
 
 
 def test_missing_carrier_package_says_how_to_install():
@@ -41,3 +44,75 @@ def test_prompt_paths():
     assert path.parts[-3:] == ("prompts", "hf__sst2", "post_epsinf_seed1.pt")
     with pytest.raises(KeyError, match="methods"):
         artifacts.prompt_path("smoke", "trec", "lora", 8.0)
+
+
+def test_missing_predecessor_hint_keeps_the_profile(tmp_path):
+    with pytest.raises(artifacts.MissingArtifact) as err:
+        artifacts.require(tmp_path / "prompt.pt", "prompts", "quick")
+    assert "`make reproduce PROFILE=quick`" in str(err.value) and "`make reproduce`" not in str(err.value)
+
+
+@pytest.fixture
+def truncated(tmp_path):
+    """A saved prompt and a JSON file, each cut short as by a crash or a full disk."""
+    prompt = SoftPrompt(torch.randn(4, 8), task="trec").save(tmp_path / "compt_epsinf_seed0.pt")
+    table = artifacts.write_json(tmp_path / "tune.json", [{"accuracy": 0.5}])
+    for path in (prompt, table):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return prompt, table
+
+
+def test_an_unreadable_artifact_is_named(truncated):
+    prompt, table = truncated
+    with pytest.raises(artifacts.UnreadableArtifact, match=r"compt_epsinf_seed0\.pt is unreadable \(RuntimeError"):
+        artifacts.read_artifact(prompt, SoftPrompt.load)
+    with pytest.raises(artifacts.UnreadableArtifact, match=r"tune\.json is unreadable \(JSONDecodeError"):
+        artifacts.read_json(table)
+
+
+def test_a_stages_own_unreadable_artifact_counts_as_missing(truncated, tmp_path, capsys):
+    prompt, table = truncated
+    assert artifacts.readable(prompt, SoftPrompt.load) is None
+    assert artifacts.readable(table, artifacts.read_json) is None
+    assert artifacts.readable(tmp_path / "never_made.pt", SoftPrompt.load) is None
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2 and "compt_epsinf_seed0.pt is unreadable" in warnings[0]
+    assert all(line.endswith("treating it as missing") for line in warnings)
+    good = SoftPrompt(torch.ones(2, 8), task="trec").save(prompt)  # made again: read as usual
+    assert torch.equal(artifacts.readable(good, SoftPrompt.load).weight, torch.ones(2, 8))
+
+
+def test_an_unreadable_predecessor_names_the_file_and_the_stage_that_makes_it(truncated):
+    prompt, _ = truncated
+    with pytest.raises(artifacts.MissingArtifact) as err:
+        artifacts.read_required(prompt, "prompts", "smoke", SoftPrompt.load)
+    message = str(err.value)
+    assert "compt_epsinf_seed0.pt is unreadable" in message and "`make tune PROFILE=smoke`" in message
+    assert "\n" not in message
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
+    path = artifacts.write_json(tmp_path / "scores.json", {"x": 1})
+    with pytest.raises(OSError, match="no space left on the device to write .*scores.json") as err:
+        with artifacts.atomic_path(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert err.value.errno == errno.ENOSPC
+    assert artifacts.read_json(path) == {"x": 1} and [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+    with pytest.raises(OSError, match="no space left on the device to write .*source_model"):
+        with artifacts.atomic_dir(tmp_path / "source_model"):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(FileNotFoundError, match="other"):  # any other error passes unchanged
+        with artifacts.atomic_path(path):
+            raise FileNotFoundError("other")
+
+
+def test_relative_paths_are_relative_to_the_repository_root(tmp_path):
+    inside = artifacts.prompt_path("cpu", "trec", "compt", 8.0)
+    assert artifacts.relative(inside) == "artifacts/cpu/prompts/trec/compt_eps8_seed0.pt"
+    assert artifacts.ROOT / artifacts.relative(inside) == inside
+    assert artifacts.relative(artifacts.ROOT / "results" / ".." / "results" / "cpu") == "results/cpu"
+    assert artifacts.relative("results/cpu/tune.json") == "results/cpu/tune.json"  # already relative
+    assert artifacts.relative(tmp_path / "x.pt") == str(tmp_path / "x.pt")  # outside: stays absolute
+    link = tmp_path / "artifacts_elsewhere"
+    link.symlink_to(artifacts.ROOT, target_is_directory=True)
+    assert artifacts.relative(link / "params" / "cpu.yaml") == "params/cpu.yaml"  # read through a link

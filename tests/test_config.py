@@ -1,7 +1,9 @@
 import math
 
 import pytest
+import torch
 
+from post import config
 from post.config import PROFILES, ConfigError, load_config
 
 
@@ -40,3 +42,86 @@ def test_section_hash_changes_only_with_its_section():
     same_section = load_config("smoke", {"data": {"max_test": 3}})
     assert base.section_hash("data") == other_section.section_hash("data")
     assert base.section_hash("data") != same_section.section_hash("data")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"tune": {"steps": -5}}, "tune.steps = -5: out of range: must be > 0"),
+    ({"tune": {"batch_size": 0}}, "tune.batch_size = 0: out of range: must be > 0"),
+    ({"seed": -1}, "seed = -1: out of range: must be >= 0"),
+    ({"tune": {"epsilons": ["inf", -1]}}, "tune.epsilons[1] = -1.0: out of range: must be > 0"),
+    ({"tune": {"lr": "inf"}}, "tune.lr = inf: must be finite (inf only in epsilon lists)"),
+    ({"transfer": {"alpha": 7}}, "transfer.alpha = 7.0: out of range: must be in [0, 1]"),
+    ({"transfer": {"alphas": [0.5, 1.5]}}, "transfer.alphas[1] = 1.5: out of range: must be in [0, 1]"),
+    ({"tune": {"precision": "fp8"}}, "tune.precision = 'fp8': must be one of auto, fp32, bf16"),
+    ({"device": "tpu"}, "device = 'tpu': must be one of auto, cpu, cuda"),
+    ({"transfer": {"alpha_rule": "foo"}}, "transfer.alpha_rule = 'foo': must be one of proxy, fixed"),
+    ({"transfer": {"selection": "best"}}, "transfer.selection = 'best': must be one of holdout, last"),
+    ({"transfer": {"init": "random"}}, "transfer.init = 'random': must be one of source, instruction"),
+    ({"tune": {"select": "best"}}, "tune.select = 'best': must be one of last, validation"),
+    ({"tune": {"dp_randomness": "fixed"}}, "tune.dp_randomness = 'fixed': must be one of secret, seeded"),
+    ({"distill": {"teacher_cache": "full"}}, "distill.teacher_cache = 'full': must be one of hidden, topk, none"),
+    ({"data": {"tasks": ["trec", "treck"]}}, "data.tasks[1] = 'treck': must be a task of post.tasks (rotten_"),
+    ({"data": {"tasks": []}}, "data.tasks = []: must list at least one entry"),
+    ({"data": {"tasks": ["trec", "trec"]}}, "data.tasks = ['trec', 'trec']: repeats an entry"),
+    ({"tune": {"epsilons": [8]}, "transfer": {"epsilons": [8]}}, "tune.epsilons = [8.0]: must include inf"),
+    ({"transfer": {"epsilons": ["inf", 2]}}, "transfer.epsilons[1] = 2.0: must be one of tune.epsilons [inf, 8.0]"),
+    ({"tune": {"select": "validation", "eval_every": 0}}, "tune.select = 'validation': must be 'last' when"),
+    ({"transfer": {"holdout_examples": 0}}, "transfer.holdout_examples = 0: must be > 0 when transfer.selection"),
+    ({"transfer": {"pools": ["news", "tweets"]}}, "transfer.pools[1] = 'tweets': must be one of amazon_reviews"),
+    ({"transfer": {"public_pool": "tweets"}}, "transfer.public_pool = 'tweets': must be '' (the task's default"),
+    ({"transfer": {"sweep_task": "sst2"}}, "transfer.sweep_task = 'sst2': must be a task of post.tasks"),
+    ({"distill": {"public_pool": "wiki"}}, "distill.public_pool = 'wiki': must be a public pool"),
+    ({"distill": {"keep_last": 2}}, "distill.keep_last = 2: must be 0 or below distill.num_student_layers (2)"),
+    ({"audit": {"epsilons": [8, 1]}}, "audit.epsilons = [8.0, 1.0]: must include inf"),
+    ({"audit": {"task": "imdb"}}, "audit.task = 'imdb': must be '' (the first of data.tasks) or a task"),
+    ({"audit": {"shadows": 2}}, "audit.shadows = 2: must be >= 3"),
+    ({"audit": {"positive_control_pool": 64}}, "audit.positive_control_pool = 64: must be <= audit.pool_size (32)"),
+    ({"audit": {"transfer_settings": ["positive", "4"]}}, "audit.transfer_settings[1] = '4': must be one of positive"),
+    ({"audit": {"confidence": 1}}, "audit.confidence = 1.0: out of range: must be in (0, 1)"),
+    ({"model": ""}, "model = '': must name a model"),
+])
+def test_bad_settings_are_refused_on_loading_in_one_line(overrides, expected):
+    """Each names the key, its value and what is allowed, before any stage runs."""
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", overrides)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
+def test_every_rule_names_a_setting():
+    """A renamed field must take its rule along, or the rule would silently stop applying."""
+    keys = {key for key, _ in config._settings(load_config("smoke"))}
+    assert set(config.CHOICES) | config.POSITIVE | config.FRACTIONS | config.NON_EMPTY <= keys
+
+
+@pytest.mark.parametrize("text, expected", [("", "is empty"), ("# all commented out\n", "is empty"),
+                                            ("tune: [steps: 3\n", "is not valid YAML")])
+def test_empty_or_broken_profile_files_are_refused(tmp_path, monkeypatch, text, expected):
+    (tmp_path / "mine.yaml").write_text(text)
+    monkeypatch.setattr(config, "PARAMS_DIR", tmp_path)
+    with pytest.raises(ConfigError, match=expected) as err:
+        load_config("mine")
+    assert "mine.yaml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cuda_device_is_refused_where_there_is_none(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device = 'cuda': torch finds no CUDA device here"):
+        load_config("smoke", {"device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_config("smoke", {"device": "cuda"}).device == "cuda"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "cpu"])
+def test_precision_is_measured_by_default(profile):
+    cfg = load_config(profile)
+    assert cfg.device == "auto"
+    assert {s.precision for s in (cfg.eval, cfg.distill, cfg.tune, cfg.transfer)} == {"auto"}
+
+
+def test_auto_precision_hashes_as_what_it_resolves_to(monkeypatch):
+    """Artifacts made in bf16 stay valid where "auto" means bf16, and are remade where it means fp32."""
+    auto, bf16 = load_config("smoke"), load_config("smoke", {"tune": {"precision": "bf16"}})
+    monkeypatch.setenv("POST_AUTO_PRECISION", "bf16")
+    assert auto.section_hash("tune") == bf16.section_hash("tune")
+    monkeypatch.setenv("POST_AUTO_PRECISION", "fp32")
+    assert auto.section_hash("tune") != bf16.section_hash("tune")

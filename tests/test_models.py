@@ -1,7 +1,14 @@
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from post import models
 from post.models import load_gguf, load_model, model_name
+
+CPUINFO = Path("/proc/cpuinfo")
+AVX512_BF16 = CPUINFO.exists() and "avx512_bf16" in CPUINFO.read_text()
 
 
 def test_cached_checkpoint_gives_the_same_logits_as_the_gguf_load(smol):
@@ -47,3 +54,80 @@ def test_tiny_model_is_the_same_whatever_ran_before(monkeypatch):
     monkeypatch.setattr(models, "load_tokenizer", lambda name: torch.rand(1000) is None or real(name))
     again = load_model("tiny-random-llama").state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+@pytest.fixture
+def fresh_probe(tmp_path, monkeypatch):
+    """No remembered probe result, in this process or on disk, and no forced answer."""
+    monkeypatch.delenv(models.FORCE_ENV, raising=False)
+    monkeypatch.setattr(models, "CACHE", tmp_path)
+    models.measured_precision.cache_clear()
+    yield tmp_path
+    models.measured_precision.cache_clear()
+
+
+@pytest.mark.parametrize("seconds, expected", [({"fp32": 1.0, "bf16": 0.3}, "bf16"),  # avx512_bf16
+                                               ({"fp32": 0.6, "bf16": 94.0}, "fp32"),  # AVX2: slow fallback
+                                               ({"fp32": 1.0, "bf16": 0.9}, "fp32")])  # a tie keeps fp32
+def test_auto_precision_follows_the_probe_and_is_remembered_per_machine(fresh_probe, monkeypatch, seconds,
+                                                                         expected):
+    calls = []
+    monkeypatch.setattr(models, "probe", lambda device_type: calls.append(device_type) or seconds)
+    assert models.resolve_precision("auto") == expected
+    models.measured_precision.cache_clear()  # a new process: reads the file instead of probing again
+    assert models.resolve_precision("auto") == expected and calls == ["cpu"]
+    saved = json.loads((fresh_probe / "precision.json").read_text())
+    assert saved[models.machine_key("cpu")]["precision"] == expected
+    assert models.resolve_precision("fp32") == "fp32" and models.resolve_precision("bf16") == "bf16"
+
+
+def test_a_corrupt_probe_file_is_measured_again(fresh_probe, monkeypatch):
+    (fresh_probe / "precision.json").write_text('{"trunc')
+    monkeypatch.setattr(models, "probe", lambda device_type: {"fp32": 1.0, "bf16": 9.0})
+    assert models.resolve_precision("auto") == "fp32"
+
+
+def test_the_forced_answer_skips_the_probe(fresh_probe, monkeypatch):
+    monkeypatch.setattr(models, "probe", lambda device_type: pytest.fail("probed although forced"))
+    for forced in ("bf16", "fp32"):
+        monkeypatch.setenv(models.FORCE_ENV, forced)
+        assert models.resolve_precision("auto") == forced
+    monkeypatch.setenv(models.FORCE_ENV, "fp16")
+    with pytest.raises(ValueError, match="POST_AUTO_PRECISION='fp16'"):
+        models.resolve_precision("auto")
+
+
+def test_autocast_runs_auto_in_the_resolved_precision(monkeypatch):
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    for forced, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        monkeypatch.setenv(models.FORCE_ENV, forced)
+        with models.autocast("auto", "cpu"):
+            assert torch.nn.functional.linear(x, w).dtype == dtype
+    with pytest.raises(ValueError, match="tune.precision must be one of"):
+        models.autocast("fp8", "cpu", "tune.precision")
+
+
+@pytest.mark.skipif(not AVX512_BF16, reason="measures a CPU with native bf16 matmuls")
+def test_the_probe_measures_bf16_faster_on_a_cpu_with_avx512_bf16(fresh_probe):
+    seconds = models.probe("cpu")
+    assert seconds["bf16"] * models.BF16_MIN_SPEEDUP < seconds["fp32"], seconds
+    assert models.resolve_precision("auto") == "bf16"
+
+
+def test_device_auto_is_cuda_only_where_torch_finds_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.resolve_device("auto") == torch.device("cpu") == models.resolve_device("cpu")
+    with pytest.raises(ValueError, match="device = 'cuda': torch finds no CUDA device"):
+        models.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert models.resolve_device("auto") == torch.device("cuda")
+
+
+def test_models_load_on_the_device_setting(monkeypatch):
+    moved = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: moved.append(args) or self)
+    model, _ = models.load("tiny-random-llama", device="auto")
+    assert moved[-1] == (torch.device("cuda" if torch.cuda.is_available() else "cpu"),)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    models.load("tiny-random-llama", device="auto")
+    assert moved[-1] == (torch.device("cuda"),)
