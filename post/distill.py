@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import artifact_dir, atomic_dir, atomic_path, read_json, results_dir, source_model_dir, write_json, write_manifest
+from .artifacts import (artifact_dir, atomic_dir, atomic_path, read_json, readable, results_dir, source_model_dir,
+                        write_json, write_manifest)
 from .config import Config, DistillConfig
 from .cost import Cost, n_params
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, resolve_device, resolve_precision
 from .models import autocast as precision_autocast
 from .prompt import shorten
 from .tasks import default_pool, get_task, public_sample, public_texts
@@ -435,10 +436,9 @@ def readout_hidden(model, texts: list[str], tokenizer) -> torch.Tensor:
 def teacher_readout(teacher, tokenizer, texts: list[str], batch_size: int, path: Path,
                     progress: bool = True) -> tuple[torch.Tensor, Cost]:
     """The teacher's read-out hidden states (N, D) on ``texts``, computed once and cached at ``path``."""
-    if path.exists():
-        saved = torch.load(path, weights_only=False)
-        if saved["texts"] == texts:
-            return saved["hidden"], Cost(**saved["cost"])
+    saved = readable(path, lambda f: torch.load(f, weights_only=False))
+    if saved is not None and saved["texts"] == texts:
+        return saved["hidden"], Cost(**saved["cost"])
     cost, parts = Cost(), []
     for start in tqdm(range(0, len(texts), batch_size), desc="teacher read-outs", disable=not progress):
         begin = time.perf_counter()
@@ -570,13 +570,12 @@ def train(student, objective, dc: DistillConfig, seed: int, checkpoint: Path, ru
     params = trainable(student, dc.train_embeddings)
     optimizer = torch.optim.AdamW(params, lr=dc.lr)
     state = {"step": 0, "losses": [], "evals": [], "train_cost": Cost(), "eval_cost": Cost()}
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved["run_key"] == run_key:
-            student.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["rng"])
-            state = saved["state"]
+    saved = readable(checkpoint, lambda f: torch.load(f, map_location="cpu", weights_only=False))
+    if saved is not None and saved["run_key"] == run_key:
+        student.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        state = saved["state"]
     student.train()
 
     def evaluate(step: int) -> dict:
@@ -704,6 +703,7 @@ def distill_student(cfg: Config, teacher, tokenizer, work: Path, progress: bool 
     record = {
         "teacher": cfg.model, "teacher_layers": n_layers, "student_layers": list(layers),
         "student_params": n_params(student), "device": str(teacher.device), "objective": dc.objective,
+        "precision": resolve_precision(dc.precision, teacher.device.type, "distill.precision"),
         "teacher_cache": dc.teacher_cache, "train_tokens": costs["train"]["tokens"], **history,
         "before": history["evals"][0], "after": history["evals"][-1], "cost": costs,
         "session_wall_seconds": time.perf_counter() - start, "distill_hash": distill_hash(cfg),
@@ -727,9 +727,8 @@ def run_distill(cfg: Config, progress: bool = True) -> dict:
     if record is not None:
         write_json(results_dir(cfg.profile) / "distill.json", record)
         return record
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(cfg.model)
-    teacher = load_model(cfg.model, seed=cfg.seed).to(device)
+    teacher = load_model(cfg.model, seed=cfg.seed).to(resolve_device(cfg.device))
     student, record = distill_student(cfg, teacher, tokenizer, work_dir(cfg.profile), progress)
     save_source_model(cfg, student, tokenizer, record)
     write_json(results_dir(cfg.profile) / "distill.json", record)

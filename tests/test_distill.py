@@ -335,3 +335,21 @@ def test_readout_stage_lowers_held_out_kl_and_records_its_objective(sandbox):
     assert distill.existing(cfg) == record
     assert distill.existing(smoke(objective="generic", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3,
                                   precision="fp32")) is None
+
+
+def test_a_corrupt_readout_cache_or_checkpoint_is_rebuilt_not_fatal(tmp_path, capsys):
+    teacher, tokenizer = load("tiny-random-llama")
+    texts = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"]
+    path = tmp_path / "r.pt"
+    path.write_bytes(b"truncated")
+    hidden, _ = distill.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)
+    assert hidden.shape[0] == 2 and "r.pt is unreadable" in capsys.readouterr().err
+    assert torch.equal(distill.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)[0], hidden)
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"PK\x03\x04 half a zip")
+    dc = smoke(precision="fp32", epochs=1).distill
+    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts * 4, hidden.repeat(4, 1)),
+                                (texts, hidden))
+    student = distill.make_student(teacher, (0, 3))
+    record = distill.train(student, objective, dc, 0, checkpoint, "key", progress=False)
+    assert record["steps"] == 2 and "checkpoint.pt is unreadable" in capsys.readouterr().err
