@@ -42,10 +42,10 @@ def test_dp_columns_are_named_by_epsilon():
     assert no_dp_full.loc[0, "recovery eps=8"] == pytest.approx(0.25)  # (0.65 - 0.6) / (0.8 - 0.6)
 
 
-def test_paper_rows_are_labelled_and_their_recovery_matches_the_design():
+def test_paper_rows_are_labelled_and_their_recovery_matches_the_paper():
     paper = report.paper_comparison(report.accuracy_table(rows("rotten_tomatoes", 0.7, 0.85, 0.8), ("inf",)))
     assert paper.target.str.contains("paper").sum() == 3 and paper.target.str.contains("ours").sum() == 1
-    # by hand from DESIGN.md: (87.16-72.25)/(91.74-72.25), (85.89-60.78)/(94.84-60.78), (89.33-78.67)/(94.84-78.67)
+    # by hand from docs/paper.md: (87.16-72.25)/(91.74-72.25), (85.89-60.78)/(94.84-60.78), (89.33-78.67)/(94.84-78.67)
     assert paper.recovery[:3].round(3).tolist() == [0.765, 0.737, 0.659]
     assert paper.recovery.iloc[3] == pytest.approx(2 / 3)
 
