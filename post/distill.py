@@ -417,9 +417,8 @@ def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_
     train, held = [], []
     for name in tasks:
         task = get_task(name)
-        texts, kept = public_sample(default_pool(name), examples, holdout, seed)
-        train += [task.format(t) for t in shorten(texts, tokenizer, max_text_tokens)]
-        held += [task.format(t) for t in shorten(kept, tokenizer, max_text_tokens)]
+        for out, texts in zip((train, held), public_sample(default_pool(name), examples, holdout, seed)):
+            out += [task.format(t) for t in shorten(texts, tokenizer, max_text_tokens)] if texts else []
     return train, held
 
 
