@@ -15,7 +15,7 @@ OUT := results/$(PROFILE)/notebooks
 # A single command, so make runs it without a shell and signals reach it directly.
 RUN := $(PY) -m post.run $(PROFILE)
 
-.PHONY: setup assets test reproduce readme distill tune transfer evaluate audit bench lab clean
+.PHONY: setup assets test test-fast reproduce readme distill tune transfer evaluate audit bench lab clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ assets:
 
 test: setup
 	$(PY) -m pytest -q
+
+# Unit tests only (tiny models and fixtures): no real SmolLM2, no make/papermill runs. See tests/conftest.py.
+test-fast: setup
+	$(PY) -m pytest -q -m unit
 
 reproduce: setup
 	@$(RUN) $(NOTEBOOKS)

@@ -31,3 +31,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Test tiers. `make test-fast` runs `unit` only; `make test` (CI) runs everything.
+E2E_MODULES = {"test_robustness.py"}  # make / papermill / kernels end to end (or mark a test e2e itself)
+MODEL_FIXTURES = {"smol"}  # loads the real SmolLM2-135M target
+
+
+def pytest_configure(config):
+    for tier, what in (("unit", "fast tests on tiny models and fixtures"),
+                       ("model", "loads the real SmolLM2-135M target"),
+                       ("e2e", "runs make, papermill or a Jupyter kernel end to end")):
+        config.addinivalue_line("markers", f"{tier}: {what}")
+
+
+def pytest_collection_modifyitems(items):
+    """Each test gets exactly one tier: its own mark, else from its module and the fixtures it uses."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in ("unit", "model", "e2e")):
+            continue
+        if item.path.name in E2E_MODULES:
+            tier = "e2e"
+        elif MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            tier = "model"
+        else:
+            tier = "unit"
+        item.add_marker(tier)

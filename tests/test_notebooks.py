@@ -31,6 +31,7 @@ def test_notebook_hygiene(path):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
+@pytest.mark.e2e
 def test_make_reproduce_runs_every_notebook_in_order_on_smoke():
     """`make reproduce` itself (not just papermill): every notebook, in order, each stage's wall time recorded."""
     walls = RESULTS / "smoke" / "notebooks" / "wall_seconds.txt"
