@@ -56,11 +56,11 @@ def main() -> None:
         before = score(None)
         prompt = tune_prompt(model, tokenizer, task, train, settings, math.inf, args.steps, None, cfg.seed,
                              cfg.data.max_text_tokens, cfg.eval.batch_size, False)
-        loss = np.asarray(prompt.meta["curve"]["loss"], dtype=float)
+        loss = np.asarray(prompt.record["curve"]["loss"], dtype=float)
         fifth = max(1, len(loss) // 5)
         rows.append({"model": name, "layers": model.config.num_hidden_layers, "validation_zero_shot": before,
                      "validation_prompted": score(prompt), "loss_first_fifth": float(loss[:fifth].mean()),
-                     "loss_last_fifth": float(loss[-fifth:].mean()), "train_seconds": prompt.meta["cost"]["wall_seconds"]})
+                     "loss_last_fifth": float(loss[-fifth:].mean()), "train_seconds": prompt.record["cost"]["wall_seconds"]})
         print(rows[-1], flush=True)
     majority = float(np.bincount(validation.labels).max() / len(validation))
     write_json(Path(args.out), {"profile": args.profile, "task": task.name, "steps": args.steps,

@@ -1,29 +1,40 @@
 """Privacy audit of soft prompts: does a tuned prompt give away which examples it was trained on?
 
-Two audits, both run on prompts tuned exactly as the owner's stage tunes them (``post.tune.tune_prompt``):
+Two audits, both on prompts tuned by the owner's own code (``post.tune.tune_prompt``):
 
 **LiRA** (Carlini et al. 2022, the attack of the POST paper's privacy table). K shadow prompts are tuned on the
-small source model, each on a random half of an audit pool of private training examples (every example joins
-every prompt's training set independently with probability 1/2). Leave-one-out: each prompt in turn is the
-target and the other K-1 are reference models. The per-example statistic is the logit of the
-prompted model's probability of the true class, ``log p / (1 - p)``, which is close to Gaussian across
-prompts. For each example the references give its mean statistic with it (in) and without it (out); the
-variance is fixed (one variance for all examples, pooled from the references' deviations around each
-example's means), which is what works with few shadows. Online LiRA scores the likelihood ratio of the two
-Gaussians, offline LiRA the one-sided tail of the out-Gaussian only; "global" thresholds the raw statistic
-(the attack without reference models). Every (prompt, example) pair is one membership guess.
+small source model with 02's settings (prompt length, learning rate, clipping norm, batch and steps, a DP run's
+larger Poisson batch and fewer steps included), each on a random half of an audit pool of private training
+examples (every example joins every prompt's training set independently with probability 1/2). The one
+difference from 02: a half of the pool is smaller than 02's training set, so each example is seen more often.
+Leave-one-out: each prompt in turn is the target and the other K-1 are reference models. The per-example
+statistic is the logit of the prompted model's probability of the true class, ``log p / (1 - p)``, which is
+close to Gaussian across prompts. For each example the references give its mean statistic with it (in) and
+without it (out); the variance is fixed (one variance for all examples, pooled from the references'
+deviations around each example's means), which is what works with few shadows. Online LiRA scores the
+likelihood ratio of the two Gaussians, offline LiRA the one-sided tail of the out-Gaussian only; "global"
+thresholds the raw statistic (the attack without reference models). Every (prompt, example) pair is one
+membership guess; the bootstrap CIs resample prompts and examples. A DP row carries evidence only when the
+no-DP row, same settings, is above chance: otherwise it reads "not informative".
 
 **One run with canaries** (Steinke, Nasr, Jagielski 2023, "Privacy auditing with one (1) training run"). m
-mislabelled canaries each join a single DP training run with probability 1/2. The auditor guesses "in" for
-the canaries the prompt fits best and "out" for the worst, abstaining on the rest; under (eps, delta)-DP the
-number of correct guesses among r is dominated by Binomial(r, e^eps / (1 + e^eps)) plus a delta term, so the
-largest eps under which the observed count has probability <= 5% is a 95% lower bound ``eps_hat`` on the
-prompt's true epsilon. An ``eps_hat`` above the accountant's epsilon means a bug, never a result.
+canaries, texts of random tokens with random labels (a prompt can only fit one by memorising it), each join
+a single training run with probability 1/2, for many epochs. A canary's score is the change of its
+statistic from the initial prompt to the trained one, less the mean change of the canaries with its label
+(the prompt's shift toward a class is the same for members and non-members). The auditor guesses "in" for
+the canaries with the highest scores and "out" for the lowest, abstaining on the rest; under (eps, delta)-DP
+the number of correct guesses among r is dominated by Binomial(r, e^eps / (1 + e^eps)) plus a delta term, so
+the largest eps under which the observed count has probability <= 5% is a 95% lower bound ``eps_hat`` on the
+training's true epsilon. An ``eps_hat`` above the accountant's epsilon means a bug, never a result.
 
-Controls make the numbers mean something: a positive control (a non-private prompt, small pool, many epochs)
-must show leakage, and a null control (the same prompts with the membership labels shuffled) must not.
-The prompts are also transferred to the target with POST (``post.transfer``) and audited there: transfer is
-post-processing, so it cannot add leakage about the private data, only keep or lose it.
+Controls make the numbers mean something. LiRA: a positive control (a non-private prompt, small pool, many
+epochs) must show leakage, and a null control (the same prompts with the membership labels shuffled) must
+not. One run: the same DP training with the noise removed (sigma = 0 while the smallest audited epsilon is
+claimed) must give an ``eps_hat`` above that epsilon, or the audit could not have caught a missing noise.
+Shadow prompts are also transferred to the target with POST exactly as 03 transfers (``post.transfer``) and
+attacked there: transfer is post-processing, so it cannot add leakage about the private data, only keep or
+lose it. Not covered here: the choice of hyper-parameters with sight of private results, and the several
+prompts released per dataset (each epsilon of 02's grid, FullPT), whose guarantees compose.
 """
 
 from __future__ import annotations
@@ -42,18 +53,20 @@ from tqdm.auto import tqdm
 
 from . import dp, transfer
 from .artifacts import eps_tag, require, results_dir, source_model_dir, write_json
-from .config import AuditConfig, Config, TuneConfig
+from .config import Config, TuneConfig
 from .cost import Cost, Timer
 from .models import load, model_name
 from .plots import save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from .tasks import Split, Task, get_task, load_split
-from .tune import tune_prompt
+from .tune import run_settings, tune_prompt
 
 VARIANTS = ("online", "offline", "global")
 FPRS = (0.01, 0.001)
 MIN_FALSE_POSITIVES = 10  # a TPR at FPR f is reported only when n_out * f >= 10: fewer is a handful of outliers
-STREAMS = {"membership": 1, "null": 2, "canaries": 3, "mislabel": 4}  # one random stream per purpose
+STREAMS = {"membership": 1, "null": 2, "canaries": 3, "canary_texts": 4, "shadows": 5}  # one per purpose
+CANARY_TOKENS = 16  # random vocabulary tokens per canary text
+NO_NOISE = "no noise (positive control)"  # the one-run row of the DP run with sigma = 0
 PAPER_LIRA = (  # POST paper, LiRA on prompts of RoBERTa-base, private task sst2, 8 shadow models
     {"setting": "no DP", "epsilon": "inf", "auc": 0.561},
     {"setting": "eps=8", "epsilon": "8", "auc": 0.526},
@@ -117,23 +130,31 @@ def membership_matrix(shadows: int, n: int, seed: int) -> np.ndarray:
     return rng(seed, "membership").random((shadows, n)) < 0.5
 
 
-def shadow_settings(tune: TuneConfig, audit: AuditConfig) -> TuneConfig:
-    """The owner's tuning settings with the audit's shorter prompt and batch; no validation, last step."""
-    return dataclasses.replace(tune, prompt_length=audit.prompt_length, batch_size=audit.batch_size,
-                               eval_every=0, select="last")
+def shadow_settings(tune: TuneConfig, epsilon: float) -> tuple[TuneConfig, int]:
+    """02's settings and steps for a prompt at ``epsilon`` (DP: larger Poisson batches, fewer steps), without
+    validation during training and keeping the last step, as every DP prompt of 02 does."""
+    return run_settings(dataclasses.replace(tune, eval_every=0, select="last"), epsilon, tune.steps)
+
+
+def epochs_to_steps(epochs: float, examples: float, batch_size: int) -> int:
+    return max(1, round(epochs * examples / batch_size))
 
 
 def train_prompts(model, tokenizer, task: Task, pool: Split, membership: np.ndarray, settings: TuneConfig,
-                  epsilon: float, epochs: float, seed: int = 0, max_text_tokens: int = 64,
+                  epsilon: float, steps: int, seed: int = 0, max_text_tokens: int = 64,
                   progress: bool = True) -> list[SoftPrompt]:
-    """One prompt per row of ``membership``, tuned on the pool examples that row includes."""
+    """One prompt per row of ``membership``, tuned for ``steps`` on the pool examples that row includes.
+
+    Each prompt gets its own seed, drawn from a stream of ``seed`` kept for this purpose (with seeded DP
+    randomness, no two prompts share a sampler or noise stream).
+    """
+    seeds = rng(seed, "shadows").integers(0, 2 ** 63, len(membership))
     prompts = []
-    for k, row in enumerate(tqdm(membership, desc=f"shadows eps={eps_tag(epsilon)}", disable=not progress,
-                                 leave=False)):
+    bar = tqdm(membership, desc=f"shadows eps={eps_tag(epsilon)}", disable=not progress, leave=False)
+    for row, prompt_seed in zip(bar, seeds):
         idx = np.flatnonzero(row)
         subset = Split([pool.texts[i] for i in idx], [pool.labels[i] for i in idx])
-        steps = max(1, round(epochs * len(subset) / min(settings.batch_size, len(subset))))
-        prompts.append(tune_prompt(model, tokenizer, task, subset, settings, epsilon, steps, seed=seed * 1000 + k,
+        prompts.append(tune_prompt(model, tokenizer, task, subset, settings, epsilon, steps, seed=int(prompt_seed),
                                    max_text_tokens=max_text_tokens, progress=False))
     return prompts
 
@@ -151,20 +172,22 @@ def _masked_mean_and_pooled_std(scores: np.ndarray, mask: np.ndarray) -> tuple[n
     return mean, max(math.sqrt(squares / dof), 1e-6)
 
 
-def lira(scores: np.ndarray, membership: np.ndarray) -> dict[str, np.ndarray]:
+def lira(scores: np.ndarray, membership: np.ndarray, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Leave-one-out LiRA with fixed variance: (K, N) attack scores per variant, higher = more likely a member.
 
-    Row k is prompt k attacked with the other K-1 prompts as reference models (its own membership is never
-    used for its own scores). Where the references hold no in- (or no out-) model of an example, that guess
-    is NaN in every variant and left out of the metrics (it depends on the references only, so leaving it
-    out biases nothing; with 16 shadows it is 2 in 2^15 examples).
+    Row k is prompt k attacked with the other prompts as reference models (its own membership is never used
+    for its own scores). ``ids`` names the prompt behind each row when rows repeat (a bootstrap over
+    prompts): a row's references are the rows of other prompts. Where the references hold no in- (or no out-)
+    model of an example, that guess is NaN in every variant and left out of the metrics (it depends on the
+    references only, so leaving it out biases nothing; with 16 shadows it is 2 in 2^15 examples).
     """
     scores, membership = np.asarray(scores, dtype=np.float64), np.asarray(membership, dtype=bool)
     if scores.shape != membership.shape:
         raise ValueError(f"scores {scores.shape} and membership {membership.shape} differ in shape")
+    ids = np.arange(len(scores)) if ids is None else np.asarray(ids)
     out = {v: np.empty(scores.shape) for v in VARIANTS}
     for k in range(len(scores)):
-        refs = np.arange(len(scores)) != k
+        refs = ids != ids[k]
         mu_in, sd_in = _masked_mean_and_pooled_std(scores[refs], membership[refs])
         mu_out, sd_out = _masked_mean_and_pooled_std(scores[refs], ~membership[refs])
         x = scores[k]
@@ -212,9 +235,10 @@ def lira_metrics(scores: np.ndarray, membership: np.ndarray, bootstrap: int = 10
                  confidence: float = 0.95) -> dict[str, dict]:
     """Per LiRA variant: AUC and TPR at low FPR over all (prompt, example) guesses, with bootstrap CIs.
 
-    The bootstrap resamples examples with all K guesses of each (they are correlated) and reruns the attack
-    on every resample, so the CIs also carry the uncertainty of the fitted variances, which all examples
-    share. TPR at FPR f is ``None`` when fewer than MIN_FALSE_POSITIVES non-members would be allowed.
+    Each bootstrap resample draws K prompts and N examples with replacement (the guesses of one prompt, and
+    those on one example, are correlated) and reruns the attack on it, so the CIs carry the variance over
+    shadow prompts, over examples, and of the fitted variances. TPR at FPR f is ``None`` when fewer than
+    MIN_FALSE_POSITIVES non-members would be allowed.
     """
     attacks = lira(scores, membership)
     valid = np.isfinite(attacks["online"])
@@ -223,13 +247,14 @@ def lira_metrics(scores: np.ndarray, membership: np.ndarray, bootstrap: int = 10
     keys = ["auc"] + [f"tpr_at_{f:g}" for f in fprs]
     samples = {v: [] for v in VARIANTS}
     draw = np.random.default_rng(seed)
+    k, n = scores.shape
     for _ in range(bootstrap):
-        cols = draw.integers(0, scores.shape[1], scores.shape[1])
-        m = membership[:, cols]
+        rows, cols = draw.integers(0, k, k), draw.integers(0, n, n)
+        m = membership[np.ix_(rows, cols)]
         try:
-            for variant, attack in lira(scores[:, cols], m).items():
+            for variant, attack in lira(scores[np.ix_(rows, cols)], m, rows).items():
                 samples[variant].append(_metrics(attack, m, fprs))
-        except ValueError:  # a resample without members or without non-members
+        except ValueError:  # a resample without members, without non-members, or of a single prompt
             continue
     result = {}
     for variant, attack in attacks.items():
@@ -302,6 +327,20 @@ def canary_epsilon(scores: np.ndarray, included: np.ndarray, delta: float, guess
             "confidence": confidence, "guesses": rows}
 
 
+def canary_scores(statistic: np.ndarray, labels) -> np.ndarray:
+    """Calibrated canary scores from the (2, m) statistic under the initial and the trained prompt.
+
+    The change from the initial prompt takes out what the model makes of each canary on its own; taking out
+    the mean change of the canaries with the same label removes the prompt's shift toward a class, which
+    moves members and non-members alike. Neither uses which canaries were included.
+    """
+    change = np.asarray(statistic[1] - statistic[0], dtype=np.float64)
+    labels = np.asarray(labels)
+    for label in np.unique(labels):
+        change[labels == label] -= change[labels == label].mean()
+    return change
+
+
 # --- the experiments --------------------------------------------------------------------------------------------
 
 
@@ -323,16 +362,16 @@ class ShadowRun:
 
 
 def shadow_run(model, tokenizer, task: Task, pool: Split, setting: str, settings: TuneConfig, epsilon: float,
-               epochs: float, shadows: int, seed: int = 0, max_text_tokens: int = 64, batch_size: int = 32,
+               steps: int, shadows: int, seed: int = 0, max_text_tokens: int = 64, batch_size: int = 32,
                progress: bool = True) -> ShadowRun:
     """Tune K shadow prompts on random halves of ``pool`` and score all of them on the whole pool."""
     membership = membership_matrix(shadows, len(pool), seed)
     cost = Cost()
     with Timer() as timer:
-        prompts = train_prompts(model, tokenizer, task, pool, membership, settings, epsilon, epochs, seed,
+        prompts = train_prompts(model, tokenizer, task, pool, membership, settings, epsilon, steps, seed,
                                 max_text_tokens, progress)
         for p in prompts:
-            cost = cost + Cost(**{**p.meta["cost"], "wall_seconds": 0.0})
+            cost = cost + Cost(**{**p.record["cost"], "wall_seconds": 0.0})
         scores = prompt_class_scores(model, tokenizer, task, pool.texts, [p.weight for p in prompts], batch_size,
                                      max_text_tokens, progress, cost)
     cost.wall_seconds = timer.seconds
@@ -370,66 +409,71 @@ def audit_rows(run: ShadowRun, model: str, bootstrap: int, seed: int) -> tuple[l
     return rows, curves
 
 
-def mislabelled(split: Split, num_classes: int, seed: int) -> Split:
-    """Canaries: the texts of ``split`` with a wrong label drawn uniformly from the other classes."""
-    shift = rng(seed, "mislabel").integers(1, num_classes, len(split))
-    return Split(list(split.texts), [int((y + s) % num_classes) for y, s in zip(split.labels, shift)])
+def random_canaries(tokenizer, m: int, num_classes: int, seed: int, length: int = CANARY_TOKENS) -> Split:
+    """m canaries: texts of ``length`` random vocabulary tokens, labels uniform over the classes.
+
+    Nothing in the data or in the model's knowledge predicts their labels, so a prompt that fits a canary
+    has memorised it: the example a DP guarantee must hide and a memorising prompt gives away.
+    """
+    draw = rng(seed, "canary_texts")
+    special = set(tokenizer.all_special_ids)
+    vocabulary = np.array([i for i in range(len(tokenizer)) if i not in special])
+    texts = [tokenizer.decode(draw.choice(vocabulary, length).tolist()) for _ in range(m)]
+    return Split(texts, draw.integers(0, num_classes, m).tolist())
 
 
-def canary_run(model, tokenizer, task: Task, base: Split, canaries: Split, settings: TuneConfig, epsilon: float,
-               epochs: float, guesses: tuple[int, ...], confidence: float = 0.95, seed: int = 0,
-               max_text_tokens: int = 64, batch_size: int = 32, progress: bool = True) -> dict:
-    """One training run on ``base`` plus a random half of ``canaries``; eps_hat from the canaries' statistic.
+def canary_run(model, tokenizer, task: Task, canaries: Split, settings: TuneConfig, epsilon: float, epochs: float,
+               guesses: tuple[int, ...], confidence: float = 0.95, seed: int = 0, max_text_tokens: int = 64,
+               batch_size: int = 32, progress: bool = True, add_noise: bool = True) -> dict:
+    """One training run on a random half of ``canaries``; eps_hat from the canaries' calibrated scores.
 
-    delta is the one the DP plan uses for this training set (also for eps = inf, where no plan exists, so
-    that the rows compare).
+    The training set is the included canaries alone: other data would only take prompt capacity from them,
+    and the guarantee under audit holds for any data. ``settings`` are 02's but for the batch (the same at
+    every epsilon, chosen for how well the prompt memorises: the guarantee holds for any), run for ``epochs``
+    passes. ``add_noise=False`` is the positive control: the same DP run with sigma = 0. delta is the one the
+    DP plan uses for this training set (also for eps = inf, where no plan exists, so that rows compare).
     """
     included = rng(seed, "canaries").random(len(canaries)) < 0.5
     idx = np.flatnonzero(included)
-    train = Split(base.texts + [canaries.texts[i] for i in idx], base.labels + [canaries.labels[i] for i in idx])
-    steps = max(1, round(epochs * len(train) / settings.batch_size))
+    train = Split([canaries.texts[i] for i in idx], [canaries.labels[i] for i in idx])
+    steps = epochs_to_steps(epochs, len(train), settings.batch_size)
     with Timer() as timer:
         prompt = tune_prompt(model, tokenizer, task, train, settings, epsilon, steps, seed=seed,
-                             max_text_tokens=max_text_tokens, progress=progress)
-        cost = Cost(**prompt.meta["cost"])
-        class_scores = prompt_class_scores(model, tokenizer, task, canaries.texts, [prompt.weight], batch_size,
-                                           max_text_tokens, progress, cost)[0]
+                             max_text_tokens=max_text_tokens, progress=progress, add_noise=add_noise)
+        cost = Cost(**prompt.record["cost"])
+        initial = SoftPrompt.from_text(model, tokenizer, task.instruction, settings.prompt_length)  # as tune_prompt
+        class_scores = prompt_class_scores(model, tokenizer, task, canaries.texts, [initial.weight, prompt.weight],
+                                           batch_size, max_text_tokens, progress, cost)
     cost.wall_seconds = timer.seconds
-    scores = membership_score(class_scores, canaries.labels)
+    scores = canary_scores(membership_score(class_scores, canaries.labels), canaries.labels)
     bound = canary_epsilon(scores, included, dp.target_delta(len(train)), guesses, confidence)
     privacy = prompt.meta["dp"]
-    return {"epsilon": eps_tag(epsilon), **bound, "train_examples": len(train), "steps": steps,
-            "canaries_included": int(included.sum()), "noise_multiplier": privacy.get("noise_multiplier"),
-            "prv_epsilon": privacy.get("prv_epsilon"), "auc": auc(scores, included), "cost": cost,
-            "scores": scores.tolist(), "included": included.tolist()}
+    setting = setting_name(epsilon) if add_noise else NO_NOISE
+    return {"setting": setting, "epsilon": eps_tag(epsilon), **bound, "train_examples": len(train),
+            "steps": steps, "batch_size": settings.batch_size, "canaries_included": int(included.sum()),
+            "noise_multiplier": privacy.get("noise_multiplier"), "prv_epsilon": privacy.get("prv_epsilon"),
+            "auc": auc(scores, included), "cost": cost, "scores": scores.tolist(), "included": included.tolist()}
 
 
 def transferred_scores(cfg: Config, source, target, tokenizer, task_name: str, prompts: list[SoftPrompt],
                        texts: list[str], progress: bool = True) -> tuple[np.ndarray, Cost]:
-    """(K, N, C) class scores on the target of every prompt after POST transfer (``post.transfer``).
+    """(K, N, C) class scores on the target of every prompt after POST transfer with 03's settings.
 
-    The provider side as in 03, with the audit's step count and the last step (no held-out selection, which
-    would cost two extra target passes per prompt); the unprompted logits are shared by all K transfers.
+    Each prompt goes through ``post.transfer.post_transfer``, as in 03; the unprompted public passes are
+    shared by the K transfers and counted once.
     """
-    a = cfg.audit
-    settings = dataclasses.replace(cfg.transfer, steps=a.transfer_steps, batch_size=a.transfer_batch_size,
-                                   eval_every=a.transfer_steps, selection="last")
-    prepared = transfer.prepare(cfg, source, target, tokenizer, task_name, examples=a.transfer_examples)
+    prepared = transfer.prepare(cfg, source, target, tokenizer, task_name)
+    shared = dataclasses.replace(prepared, cost=Cost())
     cost = Cost() + prepared.cost
     weights = []
     with Timer() as timer:
-        for k, prompt in enumerate(tqdm(prompts, desc="transfer shadows", disable=not progress, leave=False)):
-            data = transfer.public_data(source, tokenizer, prepared.task, prompt, prepared.train,
-                                        settings.temperature, cfg.eval.batch_size, settings.max_text_tokens, cost)
-            alpha = (transfer.alpha_proxy(data, len(prepared.task.classes)) if settings.alpha_rule == "proxy"
-                     else settings.alpha)
-            result = transfer.transfer(target, tokenizer, prepared.task, prompt, data, None, settings, alpha,
-                                       seed=cfg.seed + k, progress=False)
+        for prompt in tqdm(prompts, desc="transfer shadows", disable=not progress, leave=False):
+            result, _ = transfer.post_transfer(cfg, source, target, tokenizer, shared, prompt, progress=False)
             cost = cost + result.cost
             weights.append(result.prompt.weight)
         scores = prompt_class_scores(target, tokenizer, get_task(task_name), texts, weights, cfg.eval.batch_size,
                                      cfg.data.max_text_tokens, progress, cost)
-    cost.wall_seconds += timer.seconds
+    cost.wall_seconds = prepared.cost.wall_seconds + timer.seconds
     return scores, cost
 
 
@@ -444,43 +488,51 @@ def audit_task(cfg: Config) -> str:
     return cfg.audit.task or cfg.data.tasks[0]
 
 
-def audit_data(cfg: Config) -> dict[str, Split]:
-    """Disjoint slices of the private task's training split: the LiRA pool and the canaries."""
+def audit_data(cfg: Config, tokenizer) -> dict[str, Split]:
+    """The LiRA pool (a prefix of the private task's training split), its small positive-control prefix, and
+    the random canaries."""
     a, name = cfg.audit, audit_task(cfg)
     train = load_split(name, "train")
-    if a.pool_size + a.canaries > len(train) or a.positive_control_pool > a.pool_size:
+    if a.pool_size > len(train) or a.positive_control_pool > a.pool_size:
         raise ValueError(f"{name} has {len(train)} training examples; the audit asks for a pool of {a.pool_size} "
-                         f"(positive control {a.positive_control_pool} of them) and {a.canaries} canaries")
+                         f"(positive control {a.positive_control_pool} of them)")
     pool = Split(train.texts[:a.pool_size], train.labels[:a.pool_size])
-    stop = a.pool_size + a.canaries
-    canaries = mislabelled(Split(train.texts[a.pool_size:stop], train.labels[a.pool_size:stop]),
-                           len(get_task(name).classes), cfg.seed)
     small = Split(pool.texts[:a.positive_control_pool], pool.labels[:a.positive_control_pool])
+    canaries = random_canaries(tokenizer, a.canaries, len(get_task(name).classes), cfg.seed)
     return {"pool": pool, "positive": small, "canaries": canaries}
 
 
-def _check(a: AuditConfig) -> None:
-    known = {"positive"} | {eps_tag(e) for e in a.epsilons}
-    unknown = [s for s in a.transfer_settings if s not in known]
-    if unknown:
-        raise ValueError(f"audit.transfer_settings {unknown} are not audited settings; choose from {sorted(known)}")
-    if not math.isinf(max(a.epsilons, default=0.0)):
-        raise ValueError("audit.epsilons must include inf: the DP rows are read against the non-private one")
+def reading(ci: list[float]) -> str:
+    return "above chance" if ci[0] > 0.5 else "below chance" if ci[1] < 0.5 else "at chance"
+
+
+def readings(rows: list[dict]) -> list[dict]:
+    """Each LiRA row with its reading: a DP row says something only next to a no-DP row (same model and
+    variant) that is above chance; otherwise it is "not informative" whatever its own AUC."""
+    baseline = {(r["model"], r["variant"]): reading(r["auc_ci"]) for r in rows
+                if r["setting"] == setting_name(math.inf) and "auc_ci" in r}
+    out = []
+    for row in rows:
+        text = reading(row["auc_ci"]) if "auc_ci" in row else "no CI"
+        if row["setting"].startswith("eps=") and baseline.get((row["model"], row["variant"])) != "above chance":
+            text = "not informative: no DP is not above chance"
+        out.append({**row, "reading": text})
+    return out
 
 
 def run_audit(cfg: Config, progress: bool = True) -> dict:
     """The whole audit: LiRA per setting and controls on the source, on the target after transfer, canaries.
 
     Writes ``results/<profile>/audit.json`` (everything but the ROC points, which go with the figure), with a
-    cost record (wall time, examples, tokens, FLOPs) per part.
+    cost record (wall time, examples, tokens, FLOPs) per part. DP runs follow ``tune.dp_randomness``, so with
+    secret randomness a rerun gives other numbers (within the CIs).
     """
     a = cfg.audit
-    _check(a)
     name = audit_task(cfg)
     task = get_task(name)
     source_dir = require(source_model_dir(cfg.profile), "source_model", cfg.profile)
     costs: dict[str, Cost] = {}
-    rows, curves = [], []
+    rows, curves, tuning = [], [], {}
     analysis = Cost()
 
     def add(run: ShadowRun, model: str) -> None:
@@ -490,18 +542,24 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         rows.extend(r)
         curves.extend(c)
 
+    def shadows(pool: Split, setting: str, settings: TuneConfig, epsilon: float, steps: int, seed: int) -> ShadowRun:
+        tuning[setting] = {**dataclasses.asdict(settings), "steps": steps, "pool": len(pool),
+                           "passes_per_example": steps * settings.batch_size / (len(pool) / 2)}  # 02: / N
+        return shadow_run(source, tokenizer, task, pool, setting, settings, epsilon, steps, a.shadows, seed,
+                          cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
+
     with Timer() as total:
         source, tokenizer = load(source_dir)
-        data = audit_data(cfg)
-        settings = shadow_settings(cfg.tune, a)
+        data = audit_data(cfg, tokenizer)
+        owner_examples = len(load_split(name, "train", cfg.data.max_train))
         runs: dict[str, ShadowRun] = {}
-        args = dict(shadows=a.shadows, max_text_tokens=cfg.data.max_text_tokens, batch_size=cfg.eval.batch_size,
-                    progress=progress)
         for i, epsilon in enumerate(a.epsilons):
-            runs[eps_tag(epsilon)] = shadow_run(source, tokenizer, task, data["pool"], setting_name(epsilon),
-                                                settings, epsilon, a.epochs, seed=cfg.seed + i, **args)
-        runs["positive"] = shadow_run(source, tokenizer, task, data["positive"], "positive control", settings,
-                                      math.inf, a.positive_control_epochs, seed=cfg.seed + 100, **args)
+            settings, steps = shadow_settings(cfg.tune, epsilon)
+            runs[eps_tag(epsilon)] = shadows(data["pool"], setting_name(epsilon), settings, epsilon, steps,
+                                             cfg.seed + i)
+        settings, _ = shadow_settings(cfg.tune, math.inf)
+        steps = epochs_to_steps(a.positive_control_epochs, len(data["positive"]) / 2, settings.batch_size)
+        runs["positive"] = shadows(data["positive"], "positive control", settings, math.inf, steps, cfg.seed + 100)
         for run in runs.values():
             costs[f"shadows, {run.setting}"] = run.cost
             add(run, "source")
@@ -519,17 +577,20 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
                     add(part, "source (same examples)")
             del target
         canaries = []
-        for epsilon in a.epsilons:
-            row = canary_run(source, tokenizer, task, data["pool"], data["canaries"], settings, epsilon,
-                             a.canary_epochs, a.canary_guesses, a.confidence, cfg.seed, cfg.data.max_text_tokens,
-                             cfg.eval.batch_size, progress)
-            costs[f"canaries, {setting_name(epsilon)}"] = row.pop("cost")
+        finite = [e for e in a.epsilons if not math.isinf(e)]
+        control = [(min(finite), False)] if finite else []  # the smallest epsilon claimed, no noise added
+        settings = dataclasses.replace(cfg.tune, batch_size=a.canary_batch_size)
+        for epsilon, noise in [(e, True) for e in a.epsilons] + control:
+            row = canary_run(source, tokenizer, task, data["canaries"], settings, epsilon, a.canary_epochs,
+                             a.canary_guesses, a.confidence, cfg.seed, cfg.data.max_text_tokens, cfg.eval.batch_size,
+                             progress, noise)
+            costs[f"canaries, {row['setting']}"] = row.pop("cost")
             canaries.append(row)
         costs["attack and bootstrap"] = analysis
     result = {
         "profile": cfg.profile, "task": name, "source_model": model_name(source), "target_model": cfg.model,
-        "settings": dataclasses.asdict(a), "shadow_tuning": dataclasses.asdict(settings), "lira": rows,
-        "canaries": canaries, "paper": list(PAPER_LIRA),
+        "settings": dataclasses.asdict(a), "shadow_tuning": tuning, "owner_train_examples": owner_examples,
+        "lira": readings(rows), "canaries": canaries, "paper": list(PAPER_LIRA),
         "cost": {part: cost.to_dict() for part, cost in costs.items()},
         "wall_seconds": {**{part: cost.wall_seconds for part, cost in costs.items()}, "total": total.seconds},
     }
@@ -540,20 +601,32 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
 # --- tables and figures -----------------------------------------------------------------------------------------
 
 
+def shadow_table(result: dict) -> pd.DataFrame:
+    """How each setting's shadows were tuned, with how often they see each pool example against how often
+    02's prompt at the same setting sees each of its training examples."""
+    data = pd.DataFrame(result["shadow_tuning"]).T
+    audited = data.index != "positive control"
+    data["passes_per_example_in_02"] = (data.steps * data.batch_size / result["owner_train_examples"]).where(audited)
+    return data[["prompt_length", "lr", "max_grad_norm", "batch_size", "steps", "pool", "passes_per_example",
+                 "passes_per_example_in_02"]]
+
+
 def lira_table(result: dict, variant: str = "online") -> pd.DataFrame:
-    """One row per (setting, model): AUC with CI, TPR at 1% FPR with CI, accuracies on members / non-members."""
+    """One row per (setting, model): AUC with CI and its reading, TPR at 1% FPR with CI, accuracies on
+    members / non-members."""
     data = pd.DataFrame(result["lira"])
     data = data[data.variant == variant].copy()
     fmt = lambda ci: "" if not isinstance(ci, list) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"  # noqa: E731
     data["auc 95% CI"] = data["auc_ci"].map(fmt)
     data["tpr@1%fpr 95% CI"] = data.get("tpr_at_0.01_ci", pd.Series(index=data.index, dtype=object)).map(fmt)
-    columns = ["setting", "model", "auc", "auc 95% CI", "tpr_at_0.01", "tpr@1%fpr 95% CI", "tpr_at_0.001",
-               "train_accuracy", "heldout_accuracy", "n_in", "n_out"]
+    columns = ["setting", "model", "auc", "auc 95% CI", "reading", "tpr_at_0.01", "tpr@1%fpr 95% CI",
+               "tpr_at_0.001", "train_accuracy", "heldout_accuracy", "n_in", "n_out"]
     return data[columns].reset_index(drop=True)
 
 
 def control_checks(result: dict) -> pd.DataFrame:
-    """Whether the audit can be trusted: the positive control leaks, the null does not, eps_hat <= epsilon."""
+    """Whether the audit can be trusted: the positive controls leak (LiRA; one run without noise proves more
+    than the epsilon it claims), the null does not, and every DP run's eps_hat stays <= its epsilon."""
     lira_rows = pd.DataFrame(result["lira"])
     online = lira_rows[(lira_rows.variant == "online") & (lira_rows.model == "source")].set_index("setting")
     checks = []
@@ -566,7 +639,11 @@ def control_checks(result: dict) -> pd.DataFrame:
         checks.append({"check": "null control does not (AUC CI covers 0.5)", "value": f"[{low:.3f}, {high:.3f}]",
                        "passed": bool(low <= 0.5 <= high)})
     for row in result["canaries"]:
-        if row["epsilon"] != "inf":
+        if row["setting"] == NO_NOISE:
+            checks.append({"check": f"one run without noise: eps_hat > claimed epsilon {row['epsilon']}",
+                           "value": f"eps_hat {row['eps_hat']:.3f}",
+                           "passed": bool(row["eps_hat"] > float(row["epsilon"]))})
+        elif row["epsilon"] != "inf":
             checks.append({"check": f"eps_hat <= configured epsilon {row['epsilon']}",
                            "value": f"eps_hat {row['eps_hat']:.3f}",
                            "passed": bool(row["eps_hat"] <= float(row["epsilon"]))})
@@ -606,16 +683,20 @@ def plot_roc(result: dict, profile: str):
 
 
 def plot_eps_hat(result: dict, profile: str):
-    """eps_hat (95% lower bound) against the accountant's epsilon, with y = x: points must stay below it."""
-    data = pd.DataFrame(result["canaries"])[["epsilon", "eps_hat", "prv_epsilon", "r", "v", "m", "delta"]]
-    finite = data[data.epsilon != "inf"].assign(configured=lambda d: d.epsilon.astype(float))
+    """eps_hat (95% lower bound) against the claimed epsilon, with y = x: DP runs must stay below it, the run
+    without noise (the positive control) must not."""
+    data = pd.DataFrame(result["canaries"])[["setting", "epsilon", "eps_hat", "prv_epsilon", "r", "v", "m",
+                                             "delta"]]
+    finite = data[data.epsilon != "inf"].assign(claimed=lambda d: d.epsilon.astype(float))
+    control = finite.setting == NO_NOISE
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    top = max([1.0, *finite.configured, *data.eps_hat]) * 1.1
+    top = max([1.0, *finite.claimed, *data.eps_hat]) * 1.1
     ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="y = x (the DP guarantee)")
-    ax.plot(finite.configured, finite.eps_hat, "o", label="one-run audit, DP prompts")
+    ax.plot(finite.claimed[~control], finite.eps_hat[~control], "o", label="one-run audit, DP prompts")
+    ax.plot(finite.claimed[control], finite.eps_hat[control], "x", color="C3", ms=8, label=NO_NOISE)
     for _, row in data[data.epsilon == "inf"].iterrows():
         ax.axhline(row.eps_hat, color="C3", ls=":", lw=1.2, label=f"no DP: eps_hat = {row.eps_hat:.2f}")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="configured epsilon", ylabel="eps_hat (95% lower bound)")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="claimed epsilon", ylabel="eps_hat (95% lower bound)")
     ax.legend(fontsize=7, frameon=False)
     save_figure(fig, data, "audit_eps_hat", profile)
     return fig

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .tasks import PUBLIC_POOLS, TASKS
+from .tasks import PUBLIC_POOLS, TASKS, TaskError, register_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_DIR = ROOT / "params"
@@ -37,6 +37,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     tasks: tuple[str, ...] = ("rotten_tomatoes", "trec", "tweet_sentiment")
+    task_files: tuple[str, ...] = ()  # YAML task files (relative to the repository) declaring tasks and pools
     max_train: int = 0  # 0 = the whole training split
     max_validation: int = 0
     max_test: int = 0
@@ -126,21 +127,16 @@ class TransferConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     task: str = ""  # the private task audited; "" = the first of data.tasks
-    pool_size: int = 500  # LiRA audit pool: a prefix of the task's train split
+    pool_size: int = 500  # LiRA audit pool: a prefix of the task's train split; halves tuned with 02's settings
     shadows: int = 16  # K shadow prompts, each tuned on an independent Bernoulli(1/2) half of the pool
-    prompt_length: int = 8  # shadow prompts are shorter than the study's to keep K trainings cheap
-    batch_size: int = 32  # as tune.batch_size (expected Poisson batch with DP); lr and C come from tune
-    epochs: float = 1.0  # passes over each shadow's half (02's CompPT also sees each example about once)
     epsilons: tuple[float, ...] = (float("inf"), 8.0, 1.0)  # settings audited; must include inf
     positive_control_pool: int = 32  # non-DP shadows on a prefix of the pool, many epochs: must leak
     positive_control_epochs: float = 8.0
     transfer_settings: tuple[str, ...] = ("positive",)  # shadows also POST-transferred: "positive" or eps tags
-    transfer_pool: int = 0  # pool examples scored on the target (0 = all)
-    transfer_steps: int = 10  # POST steps per shadow transfer (last step kept)
-    transfer_batch_size: int = 8  # public examples per POST step
-    transfer_examples: int = 64  # public examples per shadow transfer
-    canaries: int = 500  # m mislabelled canaries for the one-run audit, each in the run w.p. 1/2
-    canary_epochs: float = 1.0  # passes over pool + included canaries in each one-run training
+    transfer_pool: int = 0  # pool examples scored on the target (0 = all); transfers use 03's settings
+    canaries: int = 500  # m random-token canaries with random labels for the one-run audit, each in w.p. 1/2
+    canary_epochs: float = 60.0  # passes over the included canaries in each one-run training
+    canary_batch_size: int = 16  # (expected Poisson) batch of every one-run training, DP or not
     canary_guesses: tuple[int, ...] = (50, 100, 250, 500)  # numbers of guesses tried (Bonferroni over them)
     confidence: float = 0.95  # of eps_hat and of the bootstrap CIs
     bootstrap: int = 1000  # resamples of examples for the AUC / TPR confidence intervals
@@ -246,9 +242,8 @@ POSITIVE = {
     "transfer.epsilons", "transfer.public_examples", "transfer.steps", "transfer.batch_size", "transfer.lr",
     "transfer.temperature", "transfer.eval_every", "transfer.ptfer_anchors", "transfer.ptfer_steps",
     "transfer.sweep_test", "transfer.public_sizes",
-    "audit.pool_size", "audit.shadows", "audit.prompt_length", "audit.batch_size", "audit.epochs", "audit.epsilons",
-    "audit.positive_control_pool", "audit.positive_control_epochs", "audit.transfer_steps",
-    "audit.transfer_batch_size", "audit.transfer_examples", "audit.canaries", "audit.canary_epochs",
+    "audit.pool_size", "audit.shadows", "audit.epsilons", "audit.positive_control_pool",
+    "audit.positive_control_epochs", "audit.canaries", "audit.canary_epochs", "audit.canary_batch_size",
     "audit.canary_guesses", "audit.confidence", "audit.bootstrap",
 }
 FRACTIONS = {"transfer.alpha", "transfer.alphas"}  # in [0, 1]
@@ -368,4 +363,10 @@ def load_config(profile: str = "cpu", overrides: dict[str, Any] | None = None) -
     data.setdefault("profile", profile)
     if data["profile"] != profile:
         raise ConfigError(f"{shown} says profile {data['profile']!r} but was loaded as {profile!r}")
-    return check(_build(Config, data, ""))
+    cfg = _build(Config, data, "")
+    for path in cfg.data.task_files:  # declared tasks exist before the checks look them up
+        try:
+            register_file(ROOT / path)
+        except TaskError as err:
+            raise ConfigError(f"data.task_files: {err}") from None
+    return check(cfg)

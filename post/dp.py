@@ -2,24 +2,33 @@
 
 Why not peft's prompt tuning under opacus' hooks: the prompt is one (P, D) parameter shared by every example,
 and a wrapper that computes it once per batch shows opacus a batch of one, so it clips the *batch* gradient
-as if it were one example (DESIGN.md section 5). Here each example gets its own copy of the prompt, shape
-(B, P, D), that requires grad; one backward pass of the summed loss then yields every example's own gradient
-in dimension 0, which goes into ``weight.grad_sample`` exactly where opacus' ``DPOptimizer`` expects what
-its hooks would have written (gradients of each example's loss, batch first). ``DPOptimizer`` clips each to
+as if it were one example. Here each example gets its own copy of the prompt, shape (B, P, D), that
+requires grad; one backward pass of the summed loss then yields every example's own gradient in dimension 0,
+which goes into ``weight.grad_sample`` exactly where opacus' ``DPOptimizer`` expects what its hooks would
+have written (gradients of each example's loss, batch first). ``DPOptimizer`` clips each to
 ``max_grad_norm``, sums, adds N(0, sigma^2 C^2) noise and divides by the expected batch size q*N.
 
 Privacy: the noise multiplier is calibrated with the PRV accountant to a target (epsilon, delta) for the
 planned sampling rate and number of steps; the same PRV accountant tracks the steps actually taken, and an
 RDP accountant over the same history is reported as a cross-check (RDP is looser, so its epsilon is larger).
+
+The guarantee also needs randomness nobody can replay: with a known seed, rerunning the training with and
+without an example tells which one made the released prompt, and known batches undo the subsampling the
+accountant counts on. So a release draws its sampler and noise seeds from the operating system and never
+stores them; a seeded mode exists for tests and debugging, and its prompts are stamped as not private. The
+generators are torch's (Mersenne Twister, not a cryptographic generator: the secret is their 64-bit seeds),
+and the noise is drawn in opacus' secure mode (a sum of Gaussians, against floating-point attacks).
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -27,6 +36,8 @@ from opacus.optimizers import DPOptimizer
 
 
 RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS + list(range(64, 257, 8))  # large epsilons need large orders
+RANDOMNESS = ("secret", "seeded")
+NOT_PRIVATE = "reproducible_not_private"  # the stamp of a seeded DP prompt: anyone with the seed can replay it
 
 
 @contextmanager
@@ -86,13 +97,28 @@ def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> tor
     return torch.nonzero(torch.rand(n, generator=generator) < sample_rate).flatten()
 
 
+def generators(randomness: str, seed: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """(sampler, noise) generators: "secret" seeds them from the OS (values never kept), "seeded" from ``seed``.
+
+    Seeded streams come from ``numpy.random.SeedSequence(seed)``, so different seeds never share a stream
+    (seed k's noise is not seed k + 1's sampler).
+    """
+    if randomness == "secret":
+        seeds = [secrets.randbits(64) for _ in range(2)]
+    elif randomness == "seeded":
+        seeds = np.random.SeedSequence(seed).generate_state(2, np.uint64).tolist()
+    else:
+        raise ValueError(f"DP randomness must be one of {RANDOMNESS}, got {randomness!r}")
+    return torch.Generator().manual_seed(seeds[0]), torch.Generator().manual_seed(seeds[1])
+
+
 def optimizer(param: torch.nn.Parameter, base: torch.optim.Optimizer, dp: DPPlan,
               generator: torch.Generator | None = None) -> tuple[DPOptimizer, PRVAccountant]:
     """Wrap ``base`` (e.g. Adam over ``param``) in opacus' DPOptimizer, with a PRV accountant on its steps."""
     # opacus' per-step hook counts steps; the expected batch size is the mean's denominator (Poisson sizes vary)
     dp_optimizer = DPOptimizer(base, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                                expected_batch_size=dp.expected_batch_size, loss_reduction="mean",
-                               generator=generator)
+                               generator=generator, secure_mode=True)
     accountant = PRVAccountant()
     dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(dp.sample_rate))
     return dp_optimizer, accountant
@@ -107,13 +133,17 @@ def set_grad_sample(param: torch.nn.Parameter, grad_sample: torch.Tensor) -> Non
 
 
 def spent(accountant: PRVAccountant, delta: float) -> dict:
-    """Epsilon actually spent after the recorded steps: PRV (the guarantee) and RDP (cross-check)."""
-    if not accountant.history:
-        return {"prv_epsilon": 0.0, "rdp_epsilon": 0.0, "steps_taken": 0}
+    """Epsilon actually spent after the recorded steps: PRV (the guarantee) and RDP (cross-check).
+
+    No steps spend nothing; a step without noise (sigma = 0) guarantees nothing, so epsilon is infinite.
+    """
+    taken = sum(steps for _, _, steps in accountant.history)
+    if not taken or any(sigma == 0 for sigma, _, _ in accountant.history):
+        epsilon = math.inf if taken else 0.0
+        return {"prv_epsilon": epsilon, "rdp_epsilon": epsilon, "steps_taken": taken}
     rdp = RDPAccountant()
     rdp.history = list(accountant.history)
     with _quiet_prv_domain():
         prv = accountant.get_epsilon(delta)
-    return {"prv_epsilon": float(prv),
-            "rdp_epsilon": float(rdp.get_epsilon(delta, alphas=RDP_ORDERS)),
-            "steps_taken": sum(steps for _, _, steps in accountant.history)}
+    return {"prv_epsilon": float(prv), "rdp_epsilon": float(rdp.get_epsilon(delta, alphas=RDP_ORDERS)),
+            "steps_taken": taken}

@@ -4,6 +4,11 @@ Layout under left padding: ``[prompt (P) | pads | text tokens]``. The attention 
 the text and 0 on the pads; position ids count only attended tokens, so an example gets the same positions
 (prompt 0..P-1, text from P) whether it is alone or padded in a batch. The prediction position is the last
 one, so the model computes logits there only (``logits_to_keep=1``).
+
+What leaves the data owner is the prompt file: the weights and ``meta``, whitelisted public facts
+(:data:`PROVIDER_KEYS`). Whatever else the owner learnt while tuning (training curves, validation scores, batch
+sizes, costs) is ``record`` and stays in an owner-side file next to it, ``<prompt>.owner.json``: those numbers
+come from the private data without noise, so they would void the DP guarantee of the weights.
 """
 
 from __future__ import annotations
@@ -15,22 +20,75 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifacts import atomic_path
+from . import dp
+from .artifacts import atomic_path, read_json, relative, write_json
 from .models import model_name
 from .tasks import Task
+
+
+# what a prompt file handed to the provider may carry: what the transfer needs, and the public DP facts
+PROVIDER_KEYS = frozenset({"length", "hidden_size", "model", "task", "template", "epsilon", "dp", "method",
+                           "run_key"})
+PROVIDER_DP_KEYS = frozenset({"private", "randomness", "epsilon", "delta", "noise_multiplier", "max_grad_norm",
+                              "sample_rate", "steps", "n", "accountant", "prv_epsilon", "rdp_epsilon",
+                              "steps_taken"})
 
 
 class PromptMismatch(ValueError):
     """A saved prompt used with a model it was not made for."""
 
 
-class SoftPrompt(nn.Module):
-    """P trainable input embeddings (P x D) prepended to every example, plus metadata that travels with them."""
+class NotReleasable(ValueError):
+    """A prompt that claims DP but must not leave the owner: its guarantee does not hold."""
 
-    def __init__(self, weight: torch.Tensor, **meta: Any):
+
+def provider_meta(meta: dict) -> dict:
+    """The whitelisted public facts of ``meta`` (and of its ``dp`` record): what may travel with the weights."""
+    public = {key: value for key, value in meta.items() if key in PROVIDER_KEYS}
+    if isinstance(public.get("dp"), dict):
+        public["dp"] = {key: value for key, value in public["dp"].items() if key in PROVIDER_DP_KEYS}
+    return public
+
+
+def check_release(meta: dict) -> None:
+    """Refuse to hand over a DP prompt whose guarantee does not hold: seeded randomness, or no noise at all."""
+    privacy = meta.get("dp", {})
+    if not privacy.get("private"):
+        return
+    where = f"prompt for task {meta.get('task')!r} at epsilon {meta.get('epsilon')}"
+    if privacy.get("randomness") == dp.NOT_PRIVATE:
+        raise NotReleasable(f"{where} is {dp.NOT_PRIVATE}: its sampler and noise came from a known seed, so "
+                            "rerunning the training tells which examples it was trained on; tune it with "
+                            "tune.dp_randomness = 'secret' before handing it to a provider")
+    if privacy.get("noise_multiplier") == 0:
+        raise NotReleasable(f"{where} was trained without noise (sigma = 0): it has no DP guarantee")
+
+
+def record_path(prompt_file: Path) -> Path:
+    """The owner-side record of a prompt file: ``<prompt>.owner.json`` next to it."""
+    return Path(prompt_file).with_suffix(".owner.json")
+
+
+def read_record(prompt_file: Path) -> dict:
+    """The owner's record of a prompt it tuned (curves, validation scores, cost, settings)."""
+    path = record_path(prompt_file)
+    if not path.exists():
+        raise FileNotFoundError(f"{relative(path)} is missing: the owner's record of {relative(prompt_file)}, "
+                                "written with it by 02")
+    return read_json(path)
+
+
+class SoftPrompt(nn.Module):
+    """P trainable input embeddings (P x D) prepended to every example.
+
+    ``meta`` travels with the weights (in the prompt file); ``record`` is the owner's and is saved next to it.
+    """
+
+    def __init__(self, weight: torch.Tensor, record: dict | None = None, **meta: Any):
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone().float())
         self.meta = {"length": weight.shape[0], "hidden_size": weight.shape[1], **meta}
+        self.record = dict(record or {})
 
     @classmethod
     def from_text(cls, model, tokenizer, text: str, length: int, **meta: Any) -> "SoftPrompt":
@@ -61,13 +119,19 @@ class SoftPrompt(nn.Module):
                                  "(pass same_model=False to paste it across models on purpose)")
 
     def save(self, path: Path) -> Path:
+        """Write the prompt file (weights and ``meta``) and, if there is one, the owner's record next to it.
+
+        The record goes first: a prompt file on disk always has its record beside it.
+        """
+        if self.record:
+            write_json(record_path(path), self.record)
         with atomic_path(Path(path)) as tmp:
             torch.save({"weight": self.weight.detach().cpu(), "meta": self.meta}, tmp)
         return Path(path)
 
     @classmethod
     def load(cls, path: Path, model=None, same_model: bool = True) -> "SoftPrompt":
-        """Load a prompt; with ``model`` given, check that it fits that model."""
+        """Load a prompt file (never its owner-side record); with ``model`` given, check that it fits."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         prompt = cls(state["weight"], **state["meta"])
         if model is not None:

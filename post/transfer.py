@@ -42,7 +42,7 @@ from .config import Config, TransferConfig
 from .cost import Cost, Timer
 from .models import autocast, load, model_name
 from .plots import save_figure
-from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
+from .prompt import SoftPrompt, Verbalizer, check_release, encode, next_token_logits, provider_meta, read_record
 from .tasks import Task, default_pool, get_task, public_sample
 
 
@@ -231,6 +231,7 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
              holdout: PublicData | None, settings: TransferConfig, alpha: float, seed: int = 0,
              progress: bool = True) -> TransferResult:
     """Train a target prompt on public ``data``; keep the last step or the lowest held-out public loss."""
+    check_release(source_prompt.meta)  # a seeded or noiseless DP prompt must not reach the provider
     if settings.selection not in ("last", "holdout"):
         raise ValueError(f"unknown selection {settings.selection!r}; use 'last' or 'holdout'")
     if settings.selection == "holdout" and holdout is None:
@@ -300,13 +301,15 @@ def ptfer(source_prompt: SoftPrompt, source, target, tokenizer, anchors: int = 8
 
 
 def derived_meta(source_prompt: SoftPrompt, target, method: str, cost: Cost, **record) -> dict:
-    """The source prompt's metadata plus the transfer's record; ``cost`` is the transfer's own cost.
+    """The source prompt's public facts plus the transfer's record; ``cost`` is the transfer's own cost.
 
-    The privacy record (epsilon, delta, noise, ...) is kept as it is: the transfer never sees private data,
-    so it is post-processing of the DP prompt. The source's model, method, cost and run key move to source_*.
+    Only the whitelisted keys of the source's metadata are kept (``post.prompt.provider_meta``), whatever the
+    file carried: the owner's curves, costs and scores never pass on. The privacy record (epsilon, delta,
+    noise, ...) is kept as it is: the transfer never sees private data, so it is post-processing of the DP
+    prompt. The source's model, method and run key move to source_*.
     """
-    meta = dict(source_prompt.meta)
-    moved = {f"source_{key}": meta.pop(key) for key in ("model", "method", "cost", "run_key") if key in meta}
+    meta = provider_meta(source_prompt.meta)
+    moved = {f"source_{key}": meta.pop(key) for key in ("model", "method", "run_key") if key in meta}
     return {**meta, **moved, "model": model_name(target), "method": method, "cost": cost.to_dict(),
             "transfer": record}
 
@@ -495,7 +498,7 @@ def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) ->
                                              "wall_seconds": 0.0}]
     for epsilon in cfg.transfer.epsilons:
         compt = SoftPrompt.load(source_prompt_path(cfg, task, epsilon), target, same_model=False)
-        tuning = compt.meta.get("cost", {}).get("wall_seconds", math.nan)
+        tuning = read_record(source_prompt_path(cfg, task, epsilon))["cost"]["wall_seconds"]  # the owner's record
         rows.append({"method": "Direct", "epsilon": eps_tag(epsilon), "accuracy": score(compt),
                      "wall_seconds": tuning})
         for method in ("ptfer", "post"):
@@ -507,7 +510,7 @@ def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) ->
         if full.exists():
             prompt = SoftPrompt.load(full, target)
             rows.append({"method": "FullPT", "epsilon": eps_tag(epsilon), "accuracy": score(prompt),
-                         "wall_seconds": prompt.meta.get("cost", {}).get("wall_seconds", math.nan)})
+                         "wall_seconds": read_record(full)["cost"]["wall_seconds"]})
     return rows
 
 

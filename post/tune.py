@@ -8,6 +8,11 @@ CompPT is the owner's prompt, tuned on the small source model: this code path lo
 never the target's weights. FullPT is the same code on the target (the expensive reference, which needs the
 private data at the provider). Nothing here reads a test split except the final scoring in ``run_tune``;
 the optional checkpoint selection uses the validation split carved from the owner's own data.
+
+What a prompt file carries is only the weights and the public facts of ``post.prompt.PROVIDER_KEYS``;
+the owner's record of the run (curves, validation scores, batch sizes, cost) is saved next to it. A DP run's
+sampler and noise come from OS entropy unless ``tune.dp_randomness`` is "seeded" (tests only), so DP runs
+are not bit-reproducible: two runs with the same settings give different prompts.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import dp
-from .artifacts import eps_tag, prompt_path, read_json, require, results_dir, source_model_dir, write_json
-from .config import Config, TuneConfig
+from .artifacts import (eps_tag, prompt_path, read_json, relative, require, results_dir, source_model_dir,
+                        write_json)
+from .config import ROOT, Config, TuneConfig
 from .cost import Cost, Timer
 from .evaluate import accuracy
-from .models import autocast, load, model_name
+from .models import autocast, load, model_name, resolve_precision
 from .plots import epsilon_panels, save_figure
-from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
+from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record
 from .tasks import Split, Task, get_task, load_split
 
 METHODS = {"compt": "CompPT", "fullpt": "FullPT"}  # prompt file name -> label in tables and figures
@@ -91,12 +97,17 @@ def _prompted_tokens(tokenizer, task: Task, texts: list[str], prompt_length: int
 
 def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig, epsilon: float, steps: int,
                 validation: Split | None = None, seed: int = 0, max_text_tokens: int = 64,
-                eval_batch_size: int = 32, progress: bool = True) -> SoftPrompt:
+                eval_batch_size: int = 32, progress: bool = True, add_noise: bool = True) -> SoftPrompt:
     """Tune a soft prompt on ``train``; ``epsilon`` < inf makes every step a DP-SGD step.
 
-    The returned prompt's ``meta`` records the settings, the privacy parameters (target and spent epsilon,
-    delta, sigma, C, q, steps), the training curve (loss per step, validation accuracy every ``eval_every``
-    steps) and the cost (wall time, examples, tokens, FLOPs) of everything done here.
+    The returned prompt's ``meta`` is what may go to the provider: model, task and template, epsilon and the
+    DP record (delta, sigma, C, q, steps, N, spent epsilon, where the randomness came from). Its ``record``
+    is the owner's: all of that plus the settings, the seed, the training curve (loss and size of every
+    batch), validation accuracy every ``eval_every`` steps and the cost (wall time, examples, tokens, FLOPs).
+
+    ``seed`` drives the non-private batches, and the DP sampler and noise only if ``settings.dp_randomness``
+    is "seeded" (then the prompt is stamped ``reproducible_not_private``). ``add_noise=False`` runs the DP
+    plan with sigma = 0: the audit's positive control, a prompt with no guarantee that is never released.
     """
     if settings.select not in SELECT:
         raise ValueError(f"tune.select must be one of {SELECT}, got {settings.select!r}")
@@ -104,18 +115,19 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
         raise ValueError(f"epsilon must be positive (math.inf for no DP), got {epsilon}")
     private = not math.isinf(epsilon)
     n, batch_size = len(train), min(settings.batch_size, len(train))
-    sampler = torch.Generator().manual_seed(seed)
     verbalizer = Verbalizer.for_task(task, tokenizer)
     labels = torch.tensor(train.labels)
     prompt = SoftPrompt.from_text(model, tokenizer, task.instruction, settings.prompt_length, task=task.name,
-                                  epsilon=epsilon, seed=seed)
+                                  template=task.template, epsilon=epsilon)
     weight = prompt.weight
     optimizer = torch.optim.Adam([weight], lr=settings.lr)
     if private:
         plan = dp.plan(epsilon, n, batch_size, steps, settings.max_grad_norm)
-        optimizer, accountant = dp.optimizer(weight, optimizer, plan, torch.Generator().manual_seed(seed + 1))
+        plan = plan if add_noise else dataclasses.replace(plan, noise_multiplier=0.0)
+        sampler, noise = dp.generators(settings.dp_randomness, seed)
+        optimizer, accountant = dp.optimizer(weight, optimizer, plan, noise)
     else:
-        batches = _shuffled_batches(n, batch_size, sampler)
+        batches = _shuffled_batches(n, batch_size, torch.Generator().manual_seed(seed))
     # the owner may select a checkpoint on its own validation data; a DP prompt always keeps its last step,
     # so that the guarantee covers every private example that influenced it
     select = settings.select if validation is not None and not private else "last"
@@ -175,14 +187,14 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
             weight.copy_(best_weight)
     privacy = {"private": private}
     if private:
-        privacy.update(plan.to_dict(), **dp.spent(accountant, plan.delta))
-    prompt.meta.update(
-        train_examples=n, steps=steps, batch_size=batch_size, lr=settings.lr, optimizer="adam",
-        precision=settings.precision,
-        select=select, selected_step=selected, dp=privacy, curve=curve, validation=evals,
-        validation_examples=0 if validation is None else len(validation), cost=cost.to_dict(),
-    )
-    return prompt
+        randomness = "secret" if settings.dp_randomness == "secret" else dp.NOT_PRIVATE
+        privacy.update(plan.to_dict(), randomness=randomness, **dp.spent(accountant, plan.delta))
+    record = {**prompt.meta, "dp": privacy, "seed": seed, "train_examples": n, "steps": steps,
+              "batch_size": batch_size, "lr": settings.lr, "optimizer": "adam",
+              "precision": resolve_precision(settings.precision, weight.device.type, "tune.precision"),
+              "select": select, "selected_step": selected, "curve": curve, "validation": evals,
+              "validation_examples": 0 if validation is None else len(validation), "cost": cost.to_dict()}
+    return SoftPrompt(weight, record=record, **provider_meta(record))
 
 
 # --- the stage: CompPT on the source for every epsilon, FullPT on the target -----------------------------
@@ -203,7 +215,7 @@ def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
     for grid in ("epsilons", "full_pt_epsilons", "steps" if method == "fullpt" else "full_pt_steps"):
         tune.pop(grid)
     payload = {"task": task, "method": method, "epsilon": eps_tag(epsilon), "seed": cfg.seed, "tune": tune,
-               "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "tasks"},
+               "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("tasks", "task_files")},
                "eval_batch_size": cfg.eval.batch_size,
                "model": source_fingerprint(cfg.profile) if method == "compt" else cfg.model}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -235,8 +247,9 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
     """Tune (or reuse) every prompt of ``method`` and score it on the test split with the model it was tuned on.
 
     ``compt`` loads only the distilled source model; ``fullpt`` loads the target. A prompt file with the
-    current run key is not retrained, and if ``cached`` (run key -> row of an earlier run) has its row scored
-    at the current eval precision, not rescored either.
+    current run key is not retrained (a DP prompt is released once, not again at every rerun), and if
+    ``cached`` (run key -> row of an earlier run) has its row scored at the current eval precision, not
+    rescored either.
     """
     if method == "compt":
         name, epsilons, steps = str(require(source_model_dir(cfg.profile), "source_model", cfg.profile)), \
@@ -266,28 +279,30 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
                 settings, run_steps = run_settings(cfg.tune, epsilon, steps)
                 prompt = tune_prompt(model, tokenizer, task, train, settings, epsilon, run_steps, validation,
                                      cfg.seed, cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
-                prompt.meta.update(method=method, run_key=key)
+                for part in (prompt.meta, prompt.record):
+                    part.update(method=method, run_key=key)
                 prompt.save(path)
             test = accuracy(model, tokenizer, task, load_split(task_name, "test", cfg.data.max_test), prompt,
                             cfg.eval.batch_size, cfg.data.max_text_tokens, progress, cfg.eval.precision)
-            rows.append({**_row(prompt, test, key, path), "eval_precision": cfg.eval.precision})
+            rows.append({**_row(read_record(path), test, key, path), "eval_precision": cfg.eval.precision})
     return rows
 
 
-def _row(prompt: SoftPrompt, test: dict, key: str, path: Path) -> dict:
-    meta, privacy = prompt.meta, prompt.meta["dp"]
+def _row(record: dict, test: dict, key: str, path: Path) -> dict:
+    """One results row from the owner's record of a prompt and its test score."""
+    privacy = record["dp"]
     return {
-        "task": meta["task"], "method": METHODS[meta["method"]], "model": meta["model"],
-        "epsilon": eps_tag(meta["epsilon"]), "seed": meta["seed"], "accuracy": test["accuracy"], "n": test["n"],
-        "predicted_share": test["predicted_share"], "eval_seconds": test["seconds"],
-        "train_seconds": meta["cost"]["wall_seconds"], "train_flops": meta["cost"]["flops"],
-        "train_size": meta["train_examples"], "examples_seen": meta["cost"]["examples"], "steps": meta["steps"],
-        "batch_size": meta["batch_size"],
-        "prompt_length": meta["length"], "selected_step": meta["selected_step"],
+        "task": record["task"], "method": METHODS[record["method"]], "model": record["model"],
+        "epsilon": eps_tag(record["epsilon"]), "seed": record["seed"], "accuracy": test["accuracy"],
+        "n": test["n"], "predicted_share": test["predicted_share"], "eval_seconds": test["seconds"],
+        "train_seconds": record["cost"]["wall_seconds"], "train_flops": record["cost"]["flops"],
+        "train_size": record["train_examples"], "examples_seen": record["cost"]["examples"],
+        "steps": record["steps"], "batch_size": record["batch_size"],
+        "prompt_length": record["length"], "selected_step": record["selected_step"],
         "prv_epsilon": privacy.get("prv_epsilon"), "rdp_epsilon": privacy.get("rdp_epsilon"),
         "delta": privacy.get("delta"), "noise_multiplier": privacy.get("noise_multiplier"),
         "max_grad_norm": privacy.get("max_grad_norm"), "sample_rate": privacy.get("sample_rate"),
-        "run_key": key, "prompt": str(path),
+        "run_key": key, "prompt": relative(path),
     }
 
 
@@ -315,20 +330,26 @@ def plot_accuracy_vs_epsilon(rows: list[dict], profile: str):
 
 
 def training_curves(rows: list[dict]) -> pd.DataFrame:
-    """Long table (task, method, epsilon, step, metric, value) of the curves stored with the prompts."""
+    """Long table (task, method, epsilon, step, metric, value) of the non-private runs' training curves.
+
+    Read from the owner's records. A DP run's curve (the raw loss of every private batch, validation accuracy)
+    is left out: it is computed from the private data without noise, so publishing it would void the guarantee
+    that its prompt carries; the owner can read it in the record.
+    """
     records = []
-    for row in rows:
-        meta = SoftPrompt.load(row["prompt"]).meta
+    for row in (r for r in rows if r["epsilon"] == "inf"):
+        record = read_record(ROOT / row["prompt"])
         ident = {"task": row["task"], "method": row["method"], "epsilon": row["epsilon"]}
         records += [{**ident, "step": s, "metric": "train loss", "value": v}
-                    for s, v in zip(meta["curve"]["step"], meta["curve"]["loss"]) if v is not None]
+                    for s, v in zip(record["curve"]["step"], record["curve"]["loss"]) if v is not None]
         records += [{**ident, "step": s, "metric": "validation accuracy", "value": v}
-                    for s, v in zip(meta["validation"]["step"], meta["validation"]["accuracy"])]
+                    for s, v in zip(record["validation"]["step"], record["validation"]["accuracy"])]
     return pd.DataFrame(records)
 
 
 def plot_training_curves(rows: list[dict], profile: str, smooth: int = 10):
-    """Per task: training loss (moving average over ``smooth`` steps) and validation accuracy, per run."""
+    """Per task: training loss (moving average over ``smooth`` steps) and validation accuracy, per
+    non-private run (see ``training_curves``)."""
     data = training_curves(rows)
     tasks = list(dict.fromkeys(data.task))
     fig, axes = plt.subplots(2, len(tasks), figsize=(3.3 * len(tasks), 5.2), squeeze=False, sharex="col")

@@ -1,5 +1,5 @@
 """The privacy audit: the one-run bound against hand-derived values, LiRA on a planted leak and on a null,
-the metrics by hand, and the DP guarantee holding up against the canary audit on the smoke profile."""
+the metrics by hand, and the canary audit catching a DP run whose noise is gone while a real one passes."""
 
 import dataclasses
 import math
@@ -9,11 +9,13 @@ import pytest
 from scipy.special import logit
 
 from post import audit
-from post.config import load_config
+from post.config import ConfigError, load_config
+from post.models import load
 from post.tasks import Split, get_task, load_split
 
 SMOKE = load_config("smoke")
 TASK = get_task("rotten_tomatoes")
+pytestmark = pytest.mark.usefixtures("one_thread")  # also keeps the seeded runs below on one trajectory
 
 
 # --- the one-run bound ------------------------------------------------------------------------------------------
@@ -125,6 +127,34 @@ def test_null_control_covers_one_half():
         assert low < 0.5 < high, row
 
 
+def test_a_repeated_prompt_is_never_its_own_reference():
+    """The bootstrap draws prompts with replacement: a copy of the target among its references would hand it
+    its own membership. With ``ids``, prompt 0 drawn twice is attacked exactly as without the copy."""
+    run = memorising_run(shadows=6, n=50)
+    once = audit.lira(run.scores, run.membership)
+    rows = np.array([0, 0, 1, 2, 3, 4, 5])
+    twice = audit.lira(run.scores[rows], run.membership[rows], rows)
+    for variant in audit.VARIANTS:
+        np.testing.assert_allclose(twice[variant][0], once[variant][0])
+        np.testing.assert_allclose(twice[variant][1], once[variant][0])
+    naive = audit.lira(run.scores[rows], run.membership[rows])  # the copy as a reference: the bias prevented
+    assert audit.auc(naive["online"][0], run.membership[0]) > audit.auc(once["online"][0], run.membership[0])
+
+
+def test_dp_rows_are_not_informative_when_no_dp_is_at_chance():
+    def row(setting, ci, model="source"):
+        return {"setting": setting, "model": model, "variant": "online", "auc_ci": ci}
+
+    at_chance = audit.readings([row("no DP", [0.48, 0.53]), row("eps=8", [0.51, 0.56]),
+                                row("positive control", [0.6, 0.7])])
+    assert [r["reading"] for r in at_chance] == ["at chance", "not informative: no DP is not above chance",
+                                                 "above chance"]
+    leaking = audit.readings([row("no DP", [0.55, 0.6]), row("eps=8", [0.47, 0.52]),
+                              row("eps=8", [0.47, 0.52], "target (POST)")])
+    assert [r["reading"] for r in leaking] == ["above chance", "at chance",
+                                               "not informative: no DP is not above chance"]
+
+
 def test_lira_leaves_guesses_without_references_out():
     membership = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 0]], dtype=bool)  # example 0: never out
     scores = np.random.default_rng(0).normal(size=membership.shape)
@@ -136,51 +166,94 @@ def test_lira_leaves_guesses_without_references_out():
 # --- the real pipeline on the tiny model ------------------------------------------------------------------------
 
 
-def test_shadows_train_on_their_halves(tiny):
+def test_shadows_tune_with_02s_settings_on_their_halves(tiny):
     model, tok = tiny
     pool = load_split("rotten_tomatoes", "train", 16)
-    settings = audit.shadow_settings(SMOKE.tune, SMOKE.audit)
-    run = audit.shadow_run(model, tok, TASK, pool, "no DP", settings, math.inf, 1.0, shadows=4, seed=0,
+    settings, steps = audit.shadow_settings(SMOKE.tune, math.inf)
+    assert (settings.prompt_length, settings.batch_size, settings.lr, steps) == \
+        (SMOKE.tune.prompt_length, SMOKE.tune.batch_size, SMOKE.tune.lr, SMOKE.tune.steps)
+    dp_settings, dp_steps = audit.shadow_settings(SMOKE.tune, 1.0)  # as 02's DP runs: larger batch, fewer steps
+    assert (dp_settings.batch_size, dp_steps) == (SMOKE.tune.dp_batch_size, 2)
+    run = audit.shadow_run(model, tok, TASK, pool, "no DP", settings, math.inf, steps, shadows=4, seed=0,
                            max_text_tokens=32, progress=False)
-    assert [p.meta["train_examples"] for p in run.prompts] == run.membership.sum(1).tolist()
+    assert [p.record["train_examples"] for p in run.prompts] == run.membership.sum(1).tolist()
     assert run.class_scores.shape == (4, 16, 2) and np.isfinite(run.scores).all()
     assert len({float(p.weight.detach().sum()) for p in run.prompts}) == 4  # four different prompts
+    assert len({p.record["seed"] for p in run.prompts}) == 4
 
 
-def test_eps_hat_stays_below_epsilon_on_smoke_dp_runs(tiny):
-    model, tok = tiny
+def test_canary_scores_are_calibrated_per_canary_and_centred_per_label():
+    statistic = np.array([[1.0, 5.0, -2.0, 0.0], [2.0, 9.0, -2.0, 3.0]])  # (initial, trained) x 4 canaries
+    # changes 1, 4 (label 0) and 0, 3 (label 1); each label's mean change taken out
+    assert audit.canary_scores(statistic, [0, 0, 1, 1]).tolist() == [-1.5, 1.5, -1.5, 1.5]
+
+
+def test_canaries_are_random_token_texts_with_random_labels(tiny):
+    _, tok = tiny
+    canaries = audit.audit_data(SMOKE, tok)["canaries"]
+    assert len(set(canaries.texts)) == len(canaries) == SMOKE.audit.canaries
+    assert not set(canaries.texts) & set(load_split("rotten_tomatoes", "train").texts)
+    assert 0.3 < np.mean(canaries.labels) < 0.7 and set(canaries.labels) == {0, 1}
+    lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in canaries.texts]
+    assert np.median(lengths) >= audit.CANARY_TOKENS - 2  # decoded and re-tokenised, about as long
+    assert canaries == audit.random_canaries(tok, SMOKE.audit.canaries, 2, SMOKE.seed)
+
+
+@pytest.fixture(scope="module")
+def steerable():
+    """The first four layers of SmolLM2-135M, what 01 distills the source from: unlike the random tiny model
+    (on which a prompt memorises nothing), a prompt on it can memorise a canary."""
+    model, tok = load("smollm2-135m-instruct")
+    model.model.layers = model.model.layers[:4]
+    model.config.num_hidden_layers = 4
+    return model, tok
+
+
+@pytest.mark.model
+def test_one_run_audit_catches_a_dp_run_without_noise(steerable):
+    """The smoke profile's canary audit, seeded: the DP run at the smallest epsilon stays below it, and the
+    same run with the noise removed proves more than that epsilon. So this fails if DP-SGD drops its noise.
+
+    The prompt is the cpu profile's 10 tokens: with smoke's 4, the control's margin rests on 16 of 16 guesses.
+    """
+    model, tok = steerable
     a = SMOKE.audit
-    data = audit.audit_data(SMOKE)
-    settings = audit.shadow_settings(SMOKE.tune, a)
-    finite = [e for e in a.epsilons if not math.isinf(e)]
-    assert finite
-    for epsilon in finite:
-        run = audit.canary_run(model, tok, TASK, data["pool"], data["canaries"], settings, epsilon, a.canary_epochs,
-                               a.canary_guesses, a.confidence, SMOKE.seed, SMOKE.data.max_text_tokens, progress=False)
-        assert run["prv_epsilon"] <= epsilon * 1.001
-        assert run["eps_hat"] <= epsilon, run
-        # the check has teeth: an auditor who knew the answer would prove more than the smallest epsilon
-        included = np.array(run["included"])
-        perfect = audit.canary_epsilon(included.astype(float), included, run["delta"], a.canary_guesses,
-                                       a.confidence)
-        assert perfect["eps_hat"] > min(finite)
+    epsilon = min(e for e in a.epsilons if not math.isinf(e))
+    canaries = audit.random_canaries(tok, a.canaries, len(TASK.classes), SMOKE.seed)
+    settings = dataclasses.replace(SMOKE.tune, prompt_length=10, batch_size=a.canary_batch_size,
+                                   dp_randomness="seeded", precision="fp32")
+
+    def run(add_noise: bool) -> dict:
+        return audit.canary_run(model, tok, TASK, canaries, settings, epsilon, a.canary_epochs, a.canary_guesses,
+                                a.confidence, SMOKE.seed, SMOKE.data.max_text_tokens, progress=False,
+                                add_noise=add_noise)
+
+    private, control = run(True), run(False)
+    assert private["noise_multiplier"] > 0 and private["prv_epsilon"] <= epsilon * 1.001
+    assert private["eps_hat"] <= epsilon, private
+    assert control["setting"] == audit.NO_NOISE and control["noise_multiplier"] == 0
+    assert control["prv_epsilon"] == math.inf and control["eps_hat"] > epsilon, control
 
 
-def test_canaries_are_mislabelled_and_disjoint_from_the_pool():
-    data = audit.audit_data(SMOKE)
-    train = load_split("rotten_tomatoes", "train")
-    start = SMOKE.audit.pool_size
-    assert data["canaries"].texts == train.texts[start:start + SMOKE.audit.canaries]
-    assert all(c != y for c, y in zip(data["canaries"].labels, train.labels[start:]))
-    assert not set(data["canaries"].texts) & set(data["pool"].texts)
+def test_control_checks_read_the_one_run_positive_control_the_other_way():
+    def canary(setting, epsilon, eps_hat):
+        return {"setting": setting, "epsilon": epsilon, "eps_hat": eps_hat}
+
+    lira = [{"setting": "positive control", "model": "source", "variant": "online", "auc_ci": [0.6, 0.7]}]
+    checks = audit.control_checks({"lira": lira, "canaries": [
+        canary("no DP", "inf", 3.0), canary("eps=1", "1", 0.2), canary(audit.NO_NOISE, "1", 1.8)]})
+    assert checks.passed.all() and len(checks) == 3  # the no-DP row is not checked against anything
+    broken = audit.control_checks({"lira": lira, "canaries": [canary("eps=1", "1", 1.8),
+                                                              canary(audit.NO_NOISE, "1", 0.2)]})
+    assert broken.passed.tolist() == [True, False, False]
 
 
 def test_transferred_prompts_are_scored_on_the_target(tiny):
     model, tok = tiny
     pool = load_split("rotten_tomatoes", "train", 8)
-    settings = audit.shadow_settings(SMOKE.tune, SMOKE.audit)
+    settings, steps = audit.shadow_settings(SMOKE.tune, math.inf)
     membership = audit.membership_matrix(3, len(pool), 0)
-    prompts = audit.train_prompts(model, tok, TASK, pool, membership, settings, math.inf, 1.0, progress=False)
+    prompts = audit.train_prompts(model, tok, TASK, pool, membership, settings, math.inf, steps, progress=False)
     # the tiny model stands in for both source and target: POST still trains a new prompt from each source one
     scores, cost = audit.transferred_scores(SMOKE, model, model, tok, "rotten_tomatoes", prompts, pool.texts,
                                             progress=False)
@@ -191,7 +264,7 @@ def test_transferred_prompts_are_scored_on_the_target(tiny):
 
 
 def test_bad_audit_settings_are_refused():
-    with pytest.raises(ValueError, match="transfer_settings"):
-        audit._check(dataclasses.replace(SMOKE.audit, transfer_settings=("4",)))
-    with pytest.raises(ValueError, match="inf"):
-        audit._check(dataclasses.replace(SMOKE.audit, epsilons=(8.0,), transfer_settings=()))
+    with pytest.raises(ConfigError, match="transfer_settings"):
+        load_config("smoke", {"audit": {"transfer_settings": ["4"]}})
+    with pytest.raises(ConfigError, match="inf"):
+        load_config("smoke", {"audit": {"epsilons": [8], "transfer_settings": []}})

@@ -125,3 +125,11 @@ def test_auto_precision_hashes_as_what_it_resolves_to(monkeypatch):
     assert auto.section_hash("tune") == bf16.section_hash("tune")
     monkeypatch.setenv("POST_AUTO_PRECISION", "fp32")
     assert auto.section_hash("tune") != bf16.section_hash("tune")
+
+
+def test_a_profile_can_declare_tasks_from_files():
+    cfg = load_config("smoke", {"data": {"tasks": ["sms_spam"], "task_files": ["examples/sms_spam.yaml"]}})
+    assert cfg.data.tasks == ("sms_spam",)
+    with pytest.raises(ConfigError, match="data.task_files") as err:
+        load_config("smoke", {"data": {"task_files": ["examples/missing.yaml"]}})
+    assert "\n" not in str(err.value)

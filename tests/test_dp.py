@@ -97,6 +97,26 @@ def test_empty_poisson_batch_is_a_noisy_accounted_step():
     assert grad.std().item() == pytest.approx(2.0 * 0.5 / 4.0, rel=0.05)  # pure noise, sigma*C / (q*N)
 
 
+def test_secret_generators_never_repeat_and_seeded_streams_are_independent():
+    draws = lambda pair: [torch.rand(4, generator=g) for g in pair]  # noqa: E731
+    secret = [draws(dp.generators("secret", seed=0)) for _ in range(2)]
+    assert not any(torch.equal(a, b) for a in secret[0] for b in secret[1])  # the seed argument plays no part
+    seeded = [draws(dp.generators("seeded", seed)) for seed in (5, 5, 6)]
+    assert all(torch.equal(a, b) for a, b in zip(seeded[0], seeded[1]))  # replayable: tests and debugging only
+    sampler, noise = seeded[0]
+    assert not torch.equal(sampler, noise)
+    assert not any(torch.equal(a, b) for a in seeded[0] for b in seeded[2])  # seed 5's noise is not 6's sampler
+    with pytest.raises(ValueError, match="randomness"):
+        dp.generators("fixed")
+
+
+def test_a_step_without_noise_spends_infinite_epsilon():
+    weight = torch.nn.Parameter(torch.zeros(2, 3))
+    _, accountant = _dp_step(weight, torch.ones(1, 2, 3), sigma=0.0, clip=1.0, expected=1.0)
+    assert dp.spent(accountant, 1e-5) == {"prv_epsilon": math.inf, "rdp_epsilon": math.inf, "steps_taken": 1}
+    assert dp.spent(PRVAccountant(), 1e-5)["prv_epsilon"] == 0.0
+
+
 def test_grad_sample_shape_is_checked():
     with pytest.raises(ValueError, match="batch dimension"):
         dp.set_grad_sample(torch.nn.Parameter(torch.zeros(3, 4)), torch.zeros(3, 4))

@@ -1,7 +1,11 @@
+import math
+
 import pytest
 import torch
 
-from post.prompt import PromptMismatch, SoftPrompt, Verbalizer, encode, next_token_logits
+from post import dp
+from post.prompt import (PROVIDER_DP_KEYS, PROVIDER_KEYS, NotReleasable, PromptMismatch, SoftPrompt, Verbalizer,
+                         check_release, encode, next_token_logits, provider_meta, read_record, record_path)
 from post.tasks import get_task
 
 TASK = get_task("rotten_tomatoes")
@@ -90,3 +94,38 @@ def test_long_texts_are_shortened_before_the_template(tiny):
     batch = encode(TASK, tok, ["word " * 500], max_text_tokens=16)
     text = tok.decode(batch["input_ids"][0])
     assert text.endswith("Sentiment:") and batch["input_ids"].shape[1] < 40
+
+
+def test_provider_meta_keeps_only_whitelisted_facts():
+    meta = {"length": 4, "hidden_size": 64, "model": "m", "task": "t", "template": "{text}", "epsilon": 8.0,
+            "run_key": "k", "seed": 0, "curve": {"loss": [0.7]}, "cost": {"wall_seconds": 1.0}, "batch_size": 8,
+            "dp": {"private": True, "noise_multiplier": 1.2, "delta": 1e-5, "batch_sizes": [3, 5]}}
+    public = provider_meta(meta)
+    assert set(public) == {"length", "hidden_size", "model", "task", "template", "epsilon", "run_key", "dp"}
+    assert public["dp"] == {"private": True, "noise_multiplier": 1.2, "delta": 1e-5}
+    assert set(public) <= PROVIDER_KEYS and set(public["dp"]) <= PROVIDER_DP_KEYS
+    assert "batch_sizes" in meta["dp"]  # the owner's dict is not changed
+
+
+def test_release_is_refused_for_seeded_or_noiseless_dp_prompts():
+    private = {"task": "t", "epsilon": 1.0, "dp": {"private": True, "randomness": "secret", "noise_multiplier": 3.0}}
+    check_release(private)
+    check_release({"epsilon": math.inf, "dp": {"private": False}})  # no guarantee claimed, nothing to refuse
+    with pytest.raises(NotReleasable, match=dp.NOT_PRIVATE):
+        check_release({**private, "dp": {**private["dp"], "randomness": dp.NOT_PRIVATE}})
+    with pytest.raises(NotReleasable, match="without noise"):
+        check_release({**private, "dp": {**private["dp"], "noise_multiplier": 0.0}})
+
+
+def test_the_owner_record_is_saved_next_to_the_prompt_and_never_loaded_with_it(tiny, tmp_path):
+    model, tok = tiny
+    prompt = SoftPrompt(SoftPrompt.from_text(model, tok, TASK.instruction, 4).weight, record={"curve": [0.7, 0.5]},
+                        task=TASK.name)
+    path = prompt.save(tmp_path / "p.pt")
+    assert record_path(path) == tmp_path / "p.owner.json" and read_record(path) == {"curve": [0.7, 0.5]}
+    loaded = SoftPrompt.load(path)
+    assert loaded.record == {} and loaded.meta == prompt.meta
+    assert "curve" not in torch.load(path, weights_only=True)["meta"]
+    SoftPrompt(prompt.weight).save(tmp_path / "bare.pt")  # no record, no record file
+    with pytest.raises(FileNotFoundError, match="bare.owner.json"):
+        read_record(tmp_path / "bare.pt")

@@ -283,7 +283,7 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     for row in rows:
         prompt = SoftPrompt.load(row["prompt"], target)  # made for the target
         assert prompt.meta["dp"]["private"] == (row["epsilon"] != "inf") and prompt.meta["dp"]["delta"] == 1e-5
-        assert prompt.meta["source_model"] == source_name and prompt.meta["source_cost"] == {"wall_seconds": 1.0}
+        assert prompt.meta["source_model"] == source_name and "source_cost" not in prompt.meta  # stays with the owner
         assert prompt.meta["method"] == row["method"] and prompt.meta["cost"]["wall_seconds"] > 0
     post_rows = [r for r in rows if r["method"] == "post"]
     assert {r["public_pool"] for r in post_rows} == {"amazon_reviews", "movie_questions"}

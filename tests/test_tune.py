@@ -3,12 +3,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import post.models
-from post import artifacts, tune
+from post import artifacts, dp, transfer, tune
 from post.config import load_config
 from post.models import load_model
-from post.prompt import SoftPrompt
+from post.prompt import PROVIDER_DP_KEYS, PROVIDER_KEYS, NotReleasable, SoftPrompt, read_record
 from post.tasks import get_task, load_split
 
 TASK = get_task("rotten_tomatoes")
@@ -29,12 +30,12 @@ def test_tuning_descends_the_training_loss(tiny, data):
     train = load_split(TASK.name, "train", 8)
     prompt = tune.tune_prompt(model, tok, TASK, train, settings(batch_size=8, lr=0.01, precision="fp32"),
                               math.inf, 15, progress=False)
-    loss = prompt.meta["curve"]["loss"]  # full batch: the same 8 examples every step
-    assert len(loss) == 15 and prompt.meta["curve"]["batch_size"] == [8] * 15
+    loss = prompt.record["curve"]["loss"]  # full batch: the same 8 examples every step
+    assert len(loss) == 15 and prompt.record["curve"]["batch_size"] == [8] * 15
     assert all(b < a for a, b in zip(loss, loss[1:])) and loss[-1] < loss[0] - 0.01
-    assert prompt.meta["dp"] == {"private": False} and prompt.meta["selected_step"] == 15
-    assert prompt.meta["init_text"] == TASK.instruction and prompt.meta["model"] == "tiny-random-llama"
-    cost = prompt.meta["cost"]
+    assert prompt.meta["dp"] == {"private": False} and prompt.record["selected_step"] == 15
+    assert prompt.record["init_text"] == TASK.instruction and prompt.meta["model"] == "tiny-random-llama"
+    cost = prompt.record["cost"]
     assert cost["examples"] == 120 and cost["flops"] > 0 and cost["wall_seconds"] > 0
     assert not any(p.requires_grad for p in model.parameters())  # only the prompt is trained
 
@@ -42,18 +43,21 @@ def test_tuning_descends_the_training_loss(tiny, data):
 def test_dp_tuning_records_its_guarantee(tiny, data):
     model, tok = tiny
     train, validation = data
-    prompt = tune.tune_prompt(model, tok, TASK, train, settings(batch_size=2, select="validation"), 4.0, 12,
+    prompt = tune.tune_prompt(model, tok, TASK, train, settings(batch_size=2, select="validation",
+                                                                 dp_randomness="seeded"), 4.0, 12,
                               validation, seed=3, progress=False)
     privacy = prompt.meta["dp"]
+    assert privacy == prompt.record["dp"] and privacy["randomness"] == dp.NOT_PRIVATE  # seeded: never released
     assert privacy["private"] and privacy["accountant"] == "prv"
     assert privacy["epsilon"] == 4.0 and privacy["delta"] == 1e-5 and privacy["noise_multiplier"] > 0
     assert privacy["sample_rate"] == 2 / 16 and privacy["steps"] == privacy["steps_taken"] == 12
     assert 3.9 < privacy["prv_epsilon"] <= 4.0 <= privacy["rdp_epsilon"]  # spent as planned; RDP is looser
-    assert 0 in prompt.meta["curve"]["batch_size"]  # an empty Poisson batch occurred and was a normal step
-    assert prompt.meta["curve"]["loss"][prompt.meta["curve"]["batch_size"].index(0)] is None
+    curve = prompt.record["curve"]
+    assert 0 in curve["batch_size"]  # an empty Poisson batch occurred and was a normal step
+    assert curve["loss"][curve["batch_size"].index(0)] is None
     # a DP prompt keeps its last step even when the profile selects on validation
-    assert prompt.meta["select"] == "last" and prompt.meta["selected_step"] == 12
-    assert prompt.meta["validation"]["step"] == [0, 2, 4, 6, 8, 10, 12]
+    assert prompt.record["select"] == "last" and prompt.record["selected_step"] == 12
+    assert prompt.record["validation"]["step"] == [0, 2, 4, 6, 8, 10, 12]
 
 
 def test_selection_uses_validation_only(tiny, data, monkeypatch):
@@ -66,12 +70,59 @@ def test_selection_uses_validation_only(tiny, data, monkeypatch):
     prompt = tune.tune_prompt(model, tok, TASK, train, settings(select="validation", lr=0.05), math.inf, 6,
                               validation, progress=False)
     assert seen and all(split is validation for split in seen)
-    evals = prompt.meta["validation"]
+    evals = prompt.record["validation"]
     best = max(evals["accuracy"])
     assert len(set(evals["accuracy"])) > 1  # otherwise there is nothing to select
-    assert prompt.meta["selected_step"] == evals["step"][evals["accuracy"].index(best)]
+    assert prompt.record["selected_step"] == evals["step"][evals["accuracy"].index(best)]
     again = tune.accuracy(model, tok, TASK, validation, prompt, 32, 64, False)["accuracy"]
     assert again == best  # the kept weights are the selected step's
+
+
+def test_dp_runs_cannot_be_replayed_unless_seeded(tiny, data):
+    """Secret randomness: the same configuration twice gives two different prompts, so nobody can rerun the
+    training with and without an example to see which matches. The seeded mode replays, and says so."""
+    model, tok = tiny
+    train = data[0]
+    run = lambda randomness: tune.tune_prompt(model, tok, TASK, train, settings(dp_randomness=randomness),  # noqa
+                                              4.0, 3, seed=0, progress=False)
+    first, second = run("secret"), run("secret")
+    assert not torch.equal(first.weight, second.weight)
+    assert first.meta["dp"]["randomness"] == "secret" and "seed" not in first.meta
+    replayed = [run("seeded") for _ in range(2)]
+    assert torch.equal(replayed[0].weight, replayed[1].weight)
+    assert replayed[0].meta["dp"]["randomness"] == dp.NOT_PRIVATE
+
+
+def test_the_provider_file_is_whitelisted_and_transfers(tiny, data, tmp_path):
+    """What 02 writes for the provider carries the weights and public facts only; 03 runs on it, and refuses
+    a seeded or noiseless DP prompt with the reason."""
+    model, tok = tiny
+    train, validation = data
+    cfg = load_config("smoke")
+    made = tune.tune_prompt(model, tok, TASK, train, settings(), 8.0, 4, validation, progress=False)
+    path = made.save(tmp_path / "compt.pt")
+    meta = torch.load(path, weights_only=True)["meta"]
+    assert set(meta) <= PROVIDER_KEYS and set(meta["dp"]) <= PROVIDER_DP_KEYS
+    assert {"task", "template", "epsilon", "model", "hidden_size", "length"} <= set(meta)
+    assert {"delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "n", "accountant",
+            "prv_epsilon"} <= set(meta["dp"]) and meta["template"] == TASK.template
+    record = read_record(path)  # the owner's side: everything, curves and costs included
+    assert {"curve", "validation", "cost", "batch_size", "seed"} <= set(record) and record["dp"] == meta["dp"]
+
+    prompt = SoftPrompt.load(path, model)
+    prepared = transfer.prepare(cfg, model, model, tok, TASK.name)
+    result, _ = transfer.post_transfer(cfg, model, model, tok, prepared, prompt, progress=False)
+    moved = result.prompt.meta
+    assert moved["dp"] == meta["dp"] and moved["task"] == TASK.name
+    assert set(moved) - PROVIDER_KEYS == {"source_model", "cost", "transfer"}
+    assert moved["cost"]["flops"] > 0  # the transfer's own cost, not the owner's
+
+    seeded = tune.tune_prompt(model, tok, TASK, train, settings(dp_randomness="seeded"), 8.0, 2, progress=False)
+    noiseless = tune.tune_prompt(model, tok, TASK, train, settings(), 8.0, 2, progress=False, add_noise=False)
+    for bad, reason in ((seeded, dp.NOT_PRIVATE), (noiseless, "without noise")):
+        bad = SoftPrompt.load(bad.save(tmp_path / "bad.pt"), model)
+        with pytest.raises(NotReleasable, match=reason):
+            transfer.post_transfer(cfg, model, model, tok, prepared, bad, progress=False)
 
 
 def test_dp_runs_take_larger_batches_and_fewer_steps():
@@ -129,6 +180,7 @@ def test_stage_writes_prompts_results_and_skips_finished_work(stage):
         prompt = SoftPrompt.load(row["prompt"])
         assert prompt.meta["run_key"] == row["run_key"] and 0 <= row["accuracy"] <= 1 and row["n"] == 16
         assert (row["epsilon"] == "inf") != prompt.meta["dp"]["private"]
+        assert set(prompt.meta) <= PROVIDER_KEYS and read_record(row["prompt"])["run_key"] == row["run_key"]
         # DP runs: batches of dp_batch_size (16), the same examples in fewer steps
         assert (row["batch_size"], row["steps"]) == ((8, 4) if row["epsilon"] == "inf" else (16, 2))
     assert artifacts.read_json(artifacts.results_dir("smoke") / "tune.json") == rows
@@ -149,6 +201,7 @@ def test_stage_writes_prompts_results_and_skips_finished_work(stage):
     tune.plot_training_curves(again, "smoke")
     curves = tune.training_curves(again)
     assert set(curves.metric) == {"train loss", "validation accuracy"}
+    assert set(curves.epsilon) == {"inf"}  # a DP run's raw curve is the owner's only: never published
     for name in ("tune_accuracy_vs_epsilon", "tune_training_curves"):
         assert all((artifacts.figures_dir("smoke") / f"{name}.{s}").exists() for s in ("png", "pdf", "csv"))
     assert set(tune.privacy_table(again).epsilon) == {"8"}
