@@ -1,10 +1,17 @@
-"""Tasks (private, labelled) and public text pools (inputs only), declared in one place.
+"""Tasks (private, labelled) and public text pools (inputs only), all declared in one way.
 
-A task is data + template + verbalizer. The verbalizer has several single-token label words per class; a
-class's score is the mean of their next-token logits at the prediction position (as in the paper).
+A task is a declaration: where its examples are (``data``), which columns hold text and label, its classes
+with their label words, a template, an instruction, and the public pool the provider transfers with. The
+built-in tasks below are declarations of the same kind as the entries of a user's YAML task file
+(:func:`register_file`; ``examples/sms_spam.yaml`` is one), so a new classification task needs a data file
+(CSV, JSON lines, Parquet, or a hub dataset) and a few lines of YAML, no Python. A declaration is checked
+when it is registered and its data when they are first read, each problem in one line naming the file.
+
+A class's score is the mean next-token logit of its label words at the prediction position (as in the paper).
 Splits are fixed, seeded and stratified, and do not depend on the profile: profiles only take stratified
-slices of them, so the test examples of a small profile are a subset of the larger one's. The test split is
-for final numbers only; the owner selects on ``validation``.
+slices of them, so the test examples of a small profile are a subset of the larger one's. A data file with a
+``split`` column (train / validation / test) keeps its own splits instead. The test split is for final
+numbers only; the owner selects on ``validation``.
 """
 
 from __future__ import annotations
@@ -13,16 +20,21 @@ import os
 import re
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import yaml
 
 from .assets import asset_path
 
 SPLIT_SEED = 20250619  # fixed: the same examples are test examples in every profile and every run
 FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+
+
+class TaskError(ValueError):
+    """A task or pool declaration, or its data, that cannot be used; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,9 @@ class Split:
         return len(self.texts)
 
 
+Examples = tuple[list[str], list[int]]
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -41,7 +56,8 @@ class Task:
     label_words: tuple[tuple[str, ...], ...]  # per class; each must be one token (with its leading space)
     template: str  # contains "{text}"; the next token after it is the prediction
     instruction: str  # natural-language task description, used to initialise prompts
-    load: Callable[[], tuple[list[str], list[int]]]  # all labelled examples
+    load: Callable[[], Examples | dict[str, Examples]]  # all labelled examples, or per split if the data come split
+    source: str = ""  # where the examples come from, as declared (``data``)
 
     def format(self, text: str) -> str:
         return self.template.format(text=text)
@@ -185,34 +201,251 @@ TWEET_INSTRUCTION = "Classify the sentiment of the tweet as negative, neutral or
 TREC_INSTRUCTION = "Classify what the question asks for: abbreviation, entity, description, person, location or number."
 
 
-def _task(name, classes, words, template, instruction, load) -> Task:
-    return Task(name, tuple(classes), tuple(tuple(w) for w in words), template, instruction, load)
+# --- data files: a user's examples and public texts -----------------------------------------------------------
+
+DATA_FILES = (".csv", ".jsonl", ".parquet")
 
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in [
-        _task("rotten_tomatoes", ["negative", "positive"], BINARY_WORDS, REVIEW, MOVIE_INSTRUCTION,
-              load_rotten_tomatoes),
-        _task("trec", TREC_CLASSES, TREC_WORDS, QUESTION, TREC_INSTRUCTION, load_trec),
-        _task("tweet_sentiment", ["negative", "neutral", "positive"], TERNARY_WORDS, TWEET, TWEET_INSTRUCTION,
-              load_tweet_sentiment),
-        _task("hf/sst2", ["negative", "positive"], BINARY_WORDS, REVIEW, MOVIE_INSTRUCTION,
-              HubSource("stanfordnlp/sst2", text="sentence", splits=("train", "validation")).load),
-        _task("hf/imdb", ["negative", "positive"], BINARY_WORDS, REVIEW, MOVIE_INSTRUCTION,
-              HubSource("stanfordnlp/imdb", splits=("train", "test")).load),
-        _task("hf/rotten_tomatoes", ["negative", "positive"], BINARY_WORDS, REVIEW, MOVIE_INSTRUCTION,
-              HubSource("cornell-movie-review-data/rotten_tomatoes").load),
-        _task("hf/tweet_eval", ["negative", "neutral", "positive"], TERNARY_WORDS, TWEET, TWEET_INSTRUCTION,
-              HubSource("cardiffnlp/tweet_eval", "sentiment").load),
-        _task("hf/ag_news", ["world", "sports", "business", "technology"],
-              ((" world", " politics"), (" sports",), (" business",), (" technology", " science")),
-              "Article: {text}\nTopic:", "Classify the topic of the news article: world, sports, business or technology.",
-              HubSource("fancyzhx/ag_news", splits=("train", "test")).load),
-        _task("hf/trec", TREC_CLASSES, TREC_WORDS, QUESTION, TREC_INSTRUCTION,
-              HubSource("CogComp/trec", label="coarse_label", splits=("train", "test")).load),
-    ]
+def _shown(path: Path) -> str:
+    """``path`` as a user would write it: relative to the working directory when it is under it."""
+    path = Path(os.path.abspath(path))
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def read_table(path: Path):
+    """A data file as a DataFrame, read by its suffix: CSV, JSON lines or Parquet."""
+    import pandas as pd
+
+    readers = {".csv": pd.read_csv, ".jsonl": partial(pd.read_json, lines=True, dtype=False),
+               ".parquet": pd.read_parquet}
+    if not Path(path).is_file():
+        raise TaskError(f"{_shown(path)}: no such data file")
+    try:
+        return readers[Path(path).suffix.lower()](path)
+    except (ValueError, OSError, ImportError) as err:
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TaskError(f"{_shown(path)} cannot be read as {Path(path).suffix[1:]}: {cause}") from None
+
+
+def _require_columns(frame, columns: list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise TaskError(f"{_shown(path)}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))})")
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Labelled rows of a local data file, checked as they are read (the provider never reads them).
+
+    Rows without a text or a label are skipped. A label is a class name, or a 0-based index into the classes
+    when the column is numeric.
+    """
+
+    path: Path
+    text: str
+    label: str
+    split: str  # the column naming each row's split (train / validation / test); "" = split with the fixed seed
+    classes: tuple[str, ...]
+
+    def load(self) -> Examples | dict[str, Examples]:
+        columns = [c for c in (self.text, self.label, self.split) if c]
+        frame = read_table(self.path)
+        _require_columns(frame, columns, self.path)
+        frame = frame[columns].dropna()
+        frame = frame.assign(**{self.text: frame[self.text].astype(str).str.strip()})
+        frame = frame[frame[self.text] != ""]
+        if frame.empty:
+            raise TaskError(f"{_shown(self.path)}: no rows with both a text ({self.text!r}) and a label "
+                            f"({self.label!r})")
+        labels = self._indices(frame[self.label])
+        empty = [c for c, n in zip(self.classes, np.bincount(labels, minlength=len(self.classes))) if not n]
+        if empty:
+            raise TaskError(f"{_shown(self.path)}: class {empty[0]!r} has no examples (classes: "
+                            f"{', '.join(self.classes)})")
+        texts, labels = frame[self.text].tolist(), labels.tolist()
+        if not self.split:
+            return texts, labels
+        where = frame[self.split].astype(str).str.strip().tolist()
+        if not set(where) <= set(FRACTIONS) or not {"train", "test"} <= set(where):
+            raise TaskError(f"{_shown(self.path)}: column {self.split!r} must say train, validation or test on "
+                            f"every row, with train and test rows present; it has {sorted(set(where))}")
+        return {s: ([t for t, w in zip(texts, where) if w == s], [l for l, w in zip(labels, where) if w == s])
+                for s in FRACTIONS if s in where}
+
+    def _indices(self, column) -> np.ndarray:
+        """Class indices of a label column; a label that is not a class stops the load, naming its row."""
+        import pandas as pd
+
+        if pd.api.types.is_numeric_dtype(column):
+            values = column.to_numpy(dtype=float)
+            ok = (values == np.round(values)) & (values >= 0) & (values < len(self.classes))
+            index = np.where(ok, values, 0).astype(int)
+        else:
+            lookup = {name: i for i, name in enumerate(self.classes)}
+            names = column.astype(str).str.strip()
+            ok = names.isin(list(lookup)).to_numpy()
+            index = np.array([lookup.get(n, 0) for n in names])
+        if not ok.all():
+            first = int(np.flatnonzero(~ok)[0])
+            value = column.iloc[first]
+            value = value.item() if isinstance(value, np.generic) else value  # 5, not np.int64(5)
+            raise TaskError(f"{_shown(self.path)}: label {value!r} (data row "
+                            f"{column.index[first] + 1}) is not a class ({', '.join(self.classes)}, or an index "
+                            f"0..{len(self.classes) - 1}); {int((~ok).sum())} row(s) like it")
+        return index
+
+
+@dataclass(frozen=True)
+class FilePool:
+    """Public texts from a file: one per line (``.txt``) or a column of a CSV / JSON lines / Parquet file."""
+
+    path: Path
+    text: str = "text"
+
+    def load(self) -> list[str]:
+        if self.path.suffix == ".txt":
+            if not self.path.is_file():
+                raise TaskError(f"{_shown(self.path)}: no such file of public texts")
+            texts = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        else:
+            frame = read_table(self.path)
+            _require_columns(frame, [self.text], self.path)
+            texts = frame[self.text].dropna().astype(str).tolist()
+        texts = [t.strip() for t in texts if t.strip()]
+        if not texts:
+            raise TaskError(f"{_shown(self.path)}: no public texts")
+        return texts
+
+
+# --- declarations: the built-in tasks and a user's task file are read by the same code ------------------------
+
+OFFLINE = {"rotten_tomatoes": load_rotten_tomatoes, "trec": load_trec, "tweet_sentiment": load_tweet_sentiment}
+REQUIRED = ("data", "classes", "template", "instruction")
+KEYS = {"offline": {*REQUIRED, "public_pool"}}  # the keys a task may set, by the kind of its data
+KEYS["hf"] = KEYS["offline"] | {"text", "label", "hub_splits"}
+KEYS["file"] = KEYS["offline"] | {"text", "label", "split"}
+NAME = re.compile(r"[A-Za-z0-9][\w.-]*")  # a declared task's or pool's name: also a directory name
+
+
+def _string(spec: dict, key: str, default: str, where: str) -> str:
+    value = spec.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise TaskError(f"{where}.{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _classes(value, where: str) -> dict[str, tuple[str, ...]]:
+    """Class name -> label words, in order; no label word may stand for two classes."""
+    if not isinstance(value, dict) or len(value) < 2:
+        raise TaskError(f"{where} must map at least two class names to their label words, got {value!r}")
+    classes, owner = {}, {}
+    for name, words in value.items():
+        if not isinstance(name, str):  # YAML reads an unquoted yes / no / 1 as a boolean or a number
+            raise TaskError(f"{where}: class name {name!r} is not a string; quote it")
+        words = [words] if isinstance(words, str) else words
+        if not isinstance(words, (list, tuple)) or not words or not all(isinstance(w, str) and w for w in words):
+            raise TaskError(f"{where}.{name} must be a label word or a list of them, got {value[name]!r}")
+        for word in words:
+            if owner.setdefault(word, name) != name:
+                raise TaskError(f"{where}: label word {word!r} stands for both {owner[word]!r} and {name!r}")
+        classes[name] = tuple(words)
+    return classes
+
+
+def _template(value, where: str) -> str:
+    if not isinstance(value, str) or "{text}" not in value:
+        raise TaskError(f"{where} must contain {{text}}, where each input text goes; got {value!r}")
+    try:
+        value.format(text="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise TaskError(f"{where} has a field other than {{text}} ({err}); write {{{{ and }}}} for a literal brace "
+                        f"in {value!r}") from None
+    return value
+
+
+def _loader(kind: str, data: str, spec: dict, classes: tuple[str, ...], base: Path,
+            where: str) -> tuple[Callable, str]:
+    """The task's ``load`` and where its data are (a file as the user would write its path)."""
+    if kind == "offline":
+        if data[8:] not in OFFLINE:
+            raise TaskError(f"{where}.data = {data!r}: offline data are {', '.join('offline:' + k for k in OFFLINE)}")
+        return OFFLINE[data[8:]], data
+    text, label = _string(spec, "text", "text", where), _string(spec, "label", "label", where)
+    if kind == "hf":
+        path, _, config = data[3:].partition(":")
+        splits = spec.get("hub_splits", HubSource.splits)
+        if not isinstance(splits, (list, tuple)) or not splits or not all(isinstance(s, str) for s in splits):
+            raise TaskError(f"{where}.hub_splits must list the hub splits to pool, got {splits!r}")
+        return HubSource(path, config or None, text, label, tuple(splits)).load, data
+    path = base / Path(data).expanduser()
+    if path.suffix.lower() not in DATA_FILES:
+        raise TaskError(f"{where}.data = {data!r}: a data file is {', '.join(DATA_FILES)} (or give "
+                        "hf:<dataset>[:<config>])")
+    split = _string(spec, "split", "", where) if "split" in spec else ""
+    return FileSource(path, text, label, split, classes).load, _shown(path)
+
+
+def declare(name: str, spec: dict, base: Path = Path("."), where: str = "") -> Task:
+    """The task a declaration describes; relative data paths start at ``base`` (the task file's folder).
+
+    Everything that can be checked without the data or a tokenizer is checked here; the data are checked
+    when first read (:class:`FileSource`), and the label words against a tokenizer by
+    :meth:`post.prompt.Verbalizer.for_task`.
+    """
+    where = where or f"task {name!r}"
+    if not isinstance(spec, dict):
+        raise TaskError(f"{where} must be a mapping with keys {', '.join(REQUIRED)}, ...; got {spec!r}")
+    data = spec.get("data", "")
+    if not isinstance(data, str):
+        raise TaskError(f"{where}.data must name a data file, hf:<dataset>[:<config>] or offline:<name>; got {data!r}")
+    kind = "offline" if data.startswith("offline:") else "hf" if data.startswith("hf:") else "file"
+    unknown = sorted(set(spec) - KEYS[kind])
+    if unknown:
+        raise TaskError(f"{where}: unknown key(s) {unknown} for {kind} data; valid keys: {sorted(KEYS[kind])}")
+    missing = [key for key in REQUIRED if not spec.get(key)]
+    if missing:
+        raise TaskError(f"{where}: missing {', '.join(missing)} (a task declares {', '.join(REQUIRED)})")
+    classes = _classes(spec["classes"], f"{where}.classes")
+    load, source = _loader(kind, data, spec, tuple(classes), base, where)
+    return Task(name, tuple(classes), tuple(classes.values()), _template(spec["template"], f"{where}.template"),
+                _string(spec, "instruction", "", where), load, source)
+
+
+def declare_pool(spec, base: Path, where: str) -> Callable[[], list[str]]:
+    """A public pool's loader from its declaration: a file of texts, or ``{data: FILE, text: COLUMN}``."""
+    spec = {"data": spec} if isinstance(spec, str) else spec
+    if not isinstance(spec, dict) or set(spec) - {"data", "text"} or not isinstance(spec.get("data"), str):
+        raise TaskError(f"{where} must be a file of texts, or data: FILE with text: COLUMN; got {spec!r}")
+    path = base / Path(spec["data"]).expanduser()
+    if path.suffix.lower() not in (".txt", *DATA_FILES):
+        raise TaskError(f"{where}: {spec['data']!r} is not a .txt file (one text per line) or a "
+                        f"{', '.join(DATA_FILES)}")
+    return FilePool(path, _string(spec, "text", "text", where)).load
+
+
+MOVIES = {"classes": dict(zip(("negative", "positive"), BINARY_WORDS)), "template": REVIEW,
+          "instruction": MOVIE_INSTRUCTION, "public_pool": "amazon_reviews"}
+TWEETS = {"classes": dict(zip(("negative", "neutral", "positive"), TERNARY_WORDS)), "template": TWEET,
+          "instruction": TWEET_INSTRUCTION, "public_pool": "amazon_reviews"}
+QUESTIONS = {"classes": dict(zip(TREC_CLASSES, TREC_WORDS)), "template": QUESTION, "instruction": TREC_INSTRUCTION,
+             "public_pool": "movie_questions"}
+BUILTIN = {  # task name -> declaration, in the schema of a task file
+    "rotten_tomatoes": {"data": "offline:rotten_tomatoes", **MOVIES},
+    "trec": {"data": "offline:trec", **QUESTIONS},
+    "tweet_sentiment": {"data": "offline:tweet_sentiment", **TWEETS},
+    "hf/sst2": {"data": "hf:stanfordnlp/sst2", "text": "sentence", "hub_splits": ["train", "validation"], **MOVIES},
+    "hf/imdb": {"data": "hf:stanfordnlp/imdb", "hub_splits": ["train", "test"], **MOVIES},
+    "hf/rotten_tomatoes": {"data": "hf:cornell-movie-review-data/rotten_tomatoes", **MOVIES},
+    "hf/tweet_eval": {"data": "hf:cardiffnlp/tweet_eval:sentiment", **TWEETS},
+    "hf/ag_news": {"data": "hf:fancyzhx/ag_news", "hub_splits": ["train", "test"],
+                   "classes": {"world": (" world", " politics"), "sports": (" sports",), "business": (" business",),
+                               "technology": (" technology", " science")},
+                   "template": "Article: {text}\nTopic:", "public_pool": "news",
+                   "instruction": "Classify the topic of the news article: world, sports, business or technology."},
+    "hf/trec": {"data": "hf:CogComp/trec", "label": "coarse_label", "hub_splits": ["train", "test"], **QUESTIONS},
 }
+
+TASKS: dict[str, Task] = {name: declare(name, spec) for name, spec in BUILTIN.items()}
 
 PUBLIC_POOLS: dict[str, Callable[[], list[str]]] = {
     "amazon_reviews": load_amazon_reviews,
@@ -222,9 +455,47 @@ PUBLIC_POOLS: dict[str, Callable[[], list[str]]] = {
 }
 
 # The public pool the provider transfers with when a profile names none: text of the same kind as the task's.
-DEFAULT_POOLS = {"rotten_tomatoes": "amazon_reviews", "tweet_sentiment": "amazon_reviews", "trec": "movie_questions",
-                 "hf/sst2": "amazon_reviews", "hf/imdb": "amazon_reviews", "hf/rotten_tomatoes": "amazon_reviews",
-                 "hf/tweet_eval": "amazon_reviews", "hf/trec": "movie_questions", "hf/ag_news": "news"}
+DEFAULT_POOLS = {name: spec["public_pool"] for name, spec in BUILTIN.items()}
+BUILTIN_NAMES = frozenset(TASKS) | frozenset(PUBLIC_POOLS)
+
+
+def register_file(path: str | Path) -> list[str]:
+    """Declare the tasks and public pools of a YAML task file (``examples/sms_spam.yaml`` is one).
+
+    Nothing is registered unless the whole file is valid; a built-in name cannot be declared again, a name
+    from another task file can (the latest declaration counts). The data are not read: a provider registers
+    the owner's task file for its template and label words, without the data. Returns the task names.
+    """
+    path = Path(os.path.abspath(path))
+    if not path.is_file():
+        raise TaskError(f"{_shown(path)}: no such task file")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise TaskError(f"{_shown(path)} is not valid YAML: {' '.join(str(err).split())}") from None
+    sections = ("tasks", "pools")
+    if (not isinstance(content, dict) or set(content) - set(sections) or not any(content.values())
+            or not all(isinstance(content.get(key) or {}, dict) for key in sections)):
+        raise TaskError(f"{_shown(path)} must hold tasks: (name -> declaration) and/or pools: (name -> file of texts)")
+    tasks, pools = content.get("tasks") or {}, content.get("pools") or {}
+    for name in [*tasks, *pools]:
+        if name in BUILTIN_NAMES or not (isinstance(name, str) and NAME.fullmatch(name)):
+            raise TaskError(f"{_shown(path)}: {name!r} cannot name a task or pool: built in, or not letters, digits "
+                            "and _ . - starting with a letter or digit")
+    pools = {name: declare_pool(spec, path.parent, f"{_shown(path)}: pools.{name}") for name, spec in pools.items()}
+    declared = {name: declare(name, spec, path.parent, f"{_shown(path)}: tasks.{name}") for name, spec in tasks.items()}
+    defaults = {name: spec["public_pool"] for name, spec in tasks.items() if "public_pool" in spec}
+    for name, pool in defaults.items():
+        if not isinstance(pool, str) or pool not in PUBLIC_POOLS and pool not in pools:
+            raise TaskError(f"{_shown(path)}: tasks.{name}.public_pool = {pool!r} is neither a pool of this file nor "
+                            f"one of {', '.join(PUBLIC_POOLS)}")
+    PUBLIC_POOLS.update(pools)
+    TASKS.update(declared)
+    for name in declared:
+        DEFAULT_POOLS.pop(name, None)
+    DEFAULT_POOLS.update(defaults)
+    _splits.cache_clear()
+    return list(declared)
 
 
 def get_task(name: str) -> Task:
@@ -280,25 +551,52 @@ def _deduplicate(texts: list[str], labels: list[int]) -> tuple[list[str], list[i
     return [t for t, _ in unique], [l for _, l in unique]
 
 
-@lru_cache(maxsize=None)
-def _splits(name: str) -> dict[str, Split]:
-    """Split a task once: a text lands in exactly one split (repeats would leak train into test)."""
-    texts, labels = _deduplicate(*get_task(name).load())
+def _carve(texts: list[str], labels: list[int], shares: dict[str, float],
+           rng: np.random.Generator) -> dict[str, Examples]:
+    """Cut each class's examples, in a seeded order, into ``shares`` of its size (in order); the rest is train."""
     y = np.asarray(labels)
-    rng = np.random.default_rng(SPLIT_SEED)
     parts: dict[str, list[int]] = {s: [] for s in FRACTIONS}
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        n_test = int(round(len(idx) * FRACTIONS["test"]))
-        n_val = int(round(len(idx) * FRACTIONS["validation"]))
-        parts["test"] += idx[:n_test].tolist()
-        parts["validation"] += idx[n_test:n_test + n_val].tolist()
-        parts["train"] += idx[n_test + n_val:].tolist()
+        start = 0
+        for split, share in shares.items():
+            n = int(round(len(idx) * share))
+            parts[split] += idx[start:start + n].tolist()
+            start += n
+        parts["train"] += idx[start:].tolist()
+    return {s: ([texts[i] for i in idx], [labels[i] for i in idx]) for s, idx in parts.items()}
+
+
+def _own_splits(data: dict[str, Examples], rng: np.random.Generator) -> dict[str, Examples]:
+    """The data's own splits with each text in one of them only (test first, then validation); data without
+    a validation split get one carved out of train, the same share of it as a seeded split would take."""
+    parts, taken = {}, set()
+    for split in ("test", "validation", "train"):
+        texts, labels = _deduplicate(*data.get(split, ([], [])))
+        keep = [i for i, t in enumerate(texts) if t not in taken]
+        taken.update(texts)
+        parts[split] = ([texts[i] for i in keep], [labels[i] for i in keep])
+    if "validation" not in data:
+        share = FRACTIONS["validation"] / (1 - FRACTIONS["test"])
+        carved = _carve(*parts["train"], {"validation": share}, rng)
+        parts["train"], parts["validation"] = carved["train"], carved["validation"]
+    return parts
+
+
+@lru_cache(maxsize=None)
+def _splits(name: str) -> dict[str, Split]:
+    """Split a task once: a text lands in exactly one split (repeats would leak train into test)."""
+    data = get_task(name).load()
+    rng = np.random.default_rng(SPLIT_SEED)
+    if isinstance(data, dict):
+        parts = _own_splits(data, rng)
+    else:
+        parts = _carve(*_deduplicate(*data), {"test": FRACTIONS["test"], "validation": FRACTIONS["validation"]}, rng)
     out = {}
-    for split, idx in parts.items():
-        idx = np.asarray(idx, dtype=int)
-        idx = idx[_stratified_order(y[idx], rng)]
-        out[split] = Split([texts[i] for i in idx], [int(y[i]) for i in idx])
+    for split in FRACTIONS:
+        texts, labels = parts[split]
+        order = _stratified_order(np.asarray(labels, dtype=int), rng)
+        out[split] = Split([texts[i] for i in order], [int(labels[i]) for i in order])
     return out
 
 
