@@ -16,6 +16,8 @@ numbers only; the owner selects on ``validation``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import zipfile
@@ -502,6 +504,17 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
     return TASKS[name]
+
+
+def fingerprint(name: str) -> str:
+    """Digest of a declared task's wording and examples: a prompt tuned before either changed is stale.
+
+    Built-in tasks are fixed by this package's version, so their prompts' run keys leave this out.
+    """
+    task, splits = get_task(name), _splits(name)
+    payload = [task.classes, task.label_words, task.template, task.instruction,
+               {split: [data.texts, list(map(int, data.labels))] for split, data in splits.items()}]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
 def public_texts(pool: str) -> list[str]:

@@ -38,7 +38,7 @@ from .evaluate import accuracy
 from .models import autocast, load, model_name, resolve_precision
 from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record
-from .tasks import Split, Task, get_task, load_split
+from .tasks import BUILTIN, Split, Task, fingerprint, get_task, load_split
 
 METHODS = {"compt": "CompPT", "fullpt": "FullPT"}  # prompt file name -> label in tables and figures
 SELECT = ("last", "validation")
@@ -218,6 +218,8 @@ def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
                "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("tasks", "task_files")},
                "eval_batch_size": cfg.eval.batch_size,
                "model": source_fingerprint(cfg.profile) if method == "compt" else cfg.model}
+    if task not in BUILTIN:  # a task from a file: its wording and data are part of what made the prompt
+        payload["declaration"] = fingerprint(task)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

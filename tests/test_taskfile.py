@@ -125,3 +125,23 @@ def test_built_in_names_and_broken_files_are_refused(declare, tmp_path):
         tasks.register_file(tmp_path / "broken.yaml")
     with pytest.raises(tasks.TaskError, match="nothing.yaml: no such task file"):
         tasks.register_file(tmp_path / "nothing.yaml")
+
+
+def test_editing_a_task_file_changes_the_prompts_run_key(declare, tmp_path, monkeypatch):
+    from post import tune
+    from post.config import load_config
+
+    monkeypatch.setattr(tune, "source_fingerprint", lambda profile: "source")
+    FRAME.to_csv(tmp_path / "data.csv", index=False)
+    declare({"spam": {**DECLARATION, "data": "data.csv"}})
+    cfg = load_config("smoke", {"data": {"tasks": ["spam"]}})
+    before = tune.run_key(cfg, "spam", "compt", 8.0)
+    assert tune.run_key(cfg, "spam", "compt", 8.0) == before
+    declare({"spam": {**DECLARATION, "data": "data.csv", "template": "Text: {text}\nSpam?"}})
+    tasks._splits.cache_clear()
+    reworded = tune.run_key(cfg, "spam", "compt", 8.0)
+    assert reworded != before  # reworded: the old prompt is stale
+    FRAME.assign(label=FRAME.label[::-1].values).to_csv(tmp_path / "data.csv", index=False)
+    declare({"spam": {**DECLARATION, "data": "data.csv", "template": "Text: {text}\nSpam?"}})
+    tasks._splits.cache_clear()
+    assert tune.run_key(cfg, "spam", "compt", 8.0) not in (before, reworded)  # relabelled data: stale too
