@@ -66,7 +66,7 @@ def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
     A rerun with the same model, data and eval settings returns the recorded rows instead of recomputing.
     """
     path = results_dir(cfg.profile) / "zero_shot.json"
-    key = cfg.section_hash("data", "eval")
+    key = f"{cfg.model}-{cfg.section_hash('data', 'eval')}"
     if path.exists() and read_json(path).get("key") == key:
         return read_json(path)["rows"]
     if model is None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from post import evaluate
+from post import artifacts, evaluate
 from post.config import load_config
 from post.tasks import Split, get_task
 
@@ -28,11 +28,16 @@ def test_scores_do_not_depend_on_batch_size(tiny):
     assert np.abs(a - b).max() < 1e-4
 
 
-def test_zero_shot_reuses_results_for_unchanged_settings(monkeypatch):
+def test_zero_shot_reuses_results_for_unchanged_settings(monkeypatch, tmp_path):
+    monkeypatch.setattr(artifacts, "RESULTS", tmp_path)  # no file from another run can answer for this one
     cfg = load_config("smoke", {"data": {"tasks": ["trec"], "max_test": 12}})
+    loads, real_load = [], evaluate.load
+    monkeypatch.setattr(evaluate, "load", lambda name: loads.append(name) or real_load(name))
     first = evaluate.zero_shot(cfg)
-    monkeypatch.setattr(evaluate, "load", lambda name: pytest.fail("recomputed unchanged zero-shot results"))
-    assert evaluate.zero_shot(cfg) == first
+    assert loads == ["tiny-random-llama"] and first[0]["n"] == 12
+    assert evaluate.zero_shot(cfg) == first and len(loads) == 1  # unchanged: read back, not recomputed
+    evaluate.zero_shot(load_config("smoke", {"data": {"tasks": ["trec"], "max_test": 8}}))
+    assert len(loads) == 2  # changed data settings: recomputed
 
 
 def test_bf16_scoring_mostly_agrees_with_fp32_and_bad_precision_is_refused(smol):
