@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import report
-from .artifacts import (artifact_dir, eps_tag, prompt_path, read_json, require, results_dir, source_model_dir,
-                        write_json, write_manifest)
-from .config import Config, TransferConfig
+from .artifacts import (artifact_dir, eps_tag, prompt_path, read_json, read_required, readable, relative, require,
+                        results_dir, source_model_dir, write_json, write_manifest)
+from .config import ROOT, Config, TransferConfig
 from .cost import Cost, Timer
 from .models import autocast, load, model_name
 from .plots import save_figure
@@ -407,23 +407,51 @@ def run_transfer(cfg: Config, progress: bool = True) -> list[dict]:
     to ``results/<profile>/transfer.json`` and the loss curves to ``transfer_history.json``. No private data.
     """
     source, target, tokenizer = load_models(cfg)
+    table, history_file = results_dir(cfg.profile) / "transfer.json", results_dir(cfg.profile) / "transfer_history.json"
+    done = {(r["task"], r["method"], r["epsilon"]): r for r in readable(table, read_json) or []}
+    done_histories = readable(history_file, read_json) or {}
     rows, histories = [], {}
     for name in tqdm(cfg.data.tasks, desc="tasks", disable=not progress):
-        prepared = prepare(cfg, source, target, tokenizer, name)
+        prepared = None
         for epsilon in cfg.transfer.epsilons:
             path = source_prompt_path(cfg, name, epsilon)
-            source_prompt = SoftPrompt.load(path, source)
+            source_prompt = read_required(path, "prompts", cfg.profile, SoftPrompt.load)
+            source_prompt.check(source)
+            run = f"{name}/{eps_tag(epsilon)}"
+            finished = finished_rows(cfg, done, name, epsilon, source_prompt)
+            if finished and run in done_histories:  # an earlier (interrupted) run made these: keep them
+                rows += finished
+                histories[run] = done_histories[run]
+                continue
+            prepared = prepared or prepare(cfg, source, target, tokenizer, name)
             result, row = post_transfer(cfg, source, target, tokenizer, prepared, source_prompt, progress=progress)
             out = result.prompt.save(prompt_path(cfg.profile, name, "post", epsilon, cfg.seed))
             torch.save(result.snapshots, snapshot_path(out))
-            rows.append({**row, "source_prompt": str(path), "prompt": str(out), "config_hash": settings_hash(cfg)})
-            histories[f"{name}/{eps_tag(epsilon)}"] = result.history
+            rows.append({**row, "source_prompt": relative(path), "prompt": relative(out),
+                         "config_hash": settings_hash(cfg)})
+            histories[run] = result.history
             prompt, row = ptfer_transfer(cfg, source, target, tokenizer, source_prompt)
             out = prompt.save(prompt_path(cfg.profile, name, "ptfer", epsilon, cfg.seed))
-            rows.append({"task": name, **row, "source_prompt": str(path), "prompt": str(out)})
-    write_json(results_dir(cfg.profile) / "transfer.json", rows)
-    write_json(results_dir(cfg.profile) / "transfer_history.json", histories)
+            rows.append({"task": name, **row, "source_prompt": relative(path), "prompt": relative(out),
+                         "config_hash": settings_hash(cfg)})
+            write_json(history_file, histories)  # progress: a rerun resumes after the last finished transfer
+            write_json(table, rows)
+    write_json(table, rows)
+    write_json(history_file, histories)
     write_manifest(artifact_dir(cfg.profile, "prompts"), cfg, stage="transfer", transfer_hash=settings_hash(cfg))
+    return rows
+
+
+def finished_rows(cfg: Config, done: dict, task: str, epsilon: float, source_prompt: SoftPrompt) -> list[dict]:
+    """The POST and PTfer rows of an earlier run of this transfer, if made from this prompt with these settings
+    and their prompt files are still readable; else []."""
+    rows = [done.get((task, method, eps_tag(epsilon))) for method in ("post", "ptfer")]
+    if any(r is None or r.get("config_hash") != settings_hash(cfg) for r in rows):
+        return []
+    for row in rows:
+        made = readable(ROOT / row["prompt"], SoftPrompt.load)
+        if made is None or made.meta.get("source_run_key") != source_prompt.meta.get("run_key"):
+            return []
     return rows
 
 
@@ -437,7 +465,7 @@ def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferRes
     table = results_dir(cfg.profile) / "transfer.json"
     if not (path.exists() and snapshot_path(path).exists() and table.exists()):
         return None
-    row = next((r for r in read_json(table) if r["method"] == "post" and r["prompt"] == str(path)), None)
+    row = next((r for r in read_json(table) if r["method"] == "post" and r["prompt"] == relative(path)), None)
     prompt = SoftPrompt.load(path)
     if (row is None or row.get("config_hash") != settings_hash(cfg)
             or prompt.meta.get("source_run_key") != source_prompt.meta.get("run_key")):

@@ -300,6 +300,13 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     chosen = [[(r["alpha"], r["selected_step"], r["public_examples"], r["public_pool"]) for r in run] for run in sweeps]
     assert chosen[0] == chosen[1] and {r["accuracy"] for r in sweeps[0]} == {0.5}
 
+    # a rerun (or a run resumed after an interruption) keeps the finished transfers and redoes only what changed
+    assert transfer.run_transfer(cfg, progress=False) == rows and len(runs) == 4 + 2 * 5
+    crashed = artifacts.prompt_path("smoke", names[0], "post", 8.0)
+    crashed.write_bytes(crashed.read_bytes()[:200])  # a write cut short: that transfer alone is redone
+    again = transfer.run_transfer(cfg, progress=False)
+    assert len(runs) == 4 + 2 * 5 + 1 and [r["task"] for r in again] == [r["task"] for r in rows]
+
 
 def test_recovery_uses_fullpt_at_the_same_epsilon_else_the_non_private_one():
     rows = [{"method": "ZS", "epsilon": "-", "accuracy": 0.6}, {"method": "FullPT", "epsilon": "inf", "accuracy": 0.8},
