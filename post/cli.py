@@ -270,8 +270,9 @@ def export_peft(prompt, model, task: Task, directory: Path) -> Path:
     from peft import PromptTuningConfig, get_peft_model
 
     from .models import model_name
-    from .prompt import provider_meta
+    from .prompt import check_release, provider_meta
 
+    check_release(prompt.meta)  # an export is a release: a DP prompt whose guarantee does not hold stays home
     config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.meta["length"],
                                 token_dim=prompt.meta["hidden_size"])
     adapter = get_peft_model(model, config)

@@ -125,7 +125,7 @@ def test_inspect_tells_the_owner_record_and_export_refuses_a_prompt_for_another_
     assert not (sandbox / "adapter").exists()
 
 
-def test_a_seeded_dp_prompt_is_not_transferred(sandbox, capsys):
+def test_a_seeded_dp_prompt_is_neither_transferred_nor_exported(sandbox, capsys):
     prompt = SoftPrompt(torch.randn(4, 64), model="artifacts/smoke/source_model", task="rotten_tomatoes",
                         template=tasks.REVIEW, epsilon=8.0, dp={"private": True, "randomness": dp.NOT_PRIVATE})
     path = prompt.save(sandbox / "compt_eps8_seed0.pt")
@@ -133,6 +133,10 @@ def test_a_seeded_dp_prompt_is_not_transferred(sandbox, capsys):
     assert code == 0 and "must stay with the owner" in out
     code, _, err = post_(capsys, "transfer", "--profile", "smoke", "--prompt", path)
     assert code == 2 and err.count("\n") == 1 and dp.NOT_PRIVATE in err and not (sandbox / "artifacts").exists()
+    target = SoftPrompt(torch.randn(4, 64), **{**prompt.meta, "model": "tiny-random-llama"})  # as 03 would make
+    code, _, err = post_(capsys, "export", "--profile", "smoke", "--prompt", target.save(sandbox / "post_eps8.pt"),
+                         "--peft", sandbox / "adapter")
+    assert code == 2 and err.count("\n") == 1 and dp.NOT_PRIVATE in err and not (sandbox / "adapter").exists()
 
 
 def test_a_step_that_is_not_ready_exits_3(sandbox, capsys):
