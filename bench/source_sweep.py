@@ -237,6 +237,14 @@ def plot(result: dict, profile: str):
         ax.axhline(value, color="grey", ls="--" if "ZS" in name else "-.", lw=1, label=name)
     for p in PAPER:
         right.plot([p["layer_fraction"]], [p["recovery"]], marker="*", ms=12, ls="", color="C3", label=p["label"])
+    if "levers" in result:  # the best transfer variant on the lever point, at that point's cost
+        lev = result["levers"]
+        best = max(lev["runs"], key=lambda r: r["recovery"])
+        shape_, mode = lev["point"].rsplit("-", 1)
+        at = data[(data["shape"] == shape_) & (data["mode"] == mode)].step_ratio
+        if len(at):
+            right.plot([at.iloc[0]], [best["recovery"]], marker="D", ms=7, ls="", color="C2",
+                       label=f"{lev['point']}, transfer {best['variant']}")
     right.axhline(0, color="grey", lw=0.8)
     left.set_ylabel("validation accuracy (source)")
     right.set_ylabel("POST recovery (POST-ZS)/(FullPT-ZS)")
