@@ -186,7 +186,7 @@ def main() -> None:
         begin = time.perf_counter()
         source, record = make_source(text, mode)
         point = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
-                 "layer_fraction": (first + last) / n_layers}
+                 "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads()}
         if record:
             point.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
                          distill_seconds=record["cost"]["total"]["wall_seconds"])

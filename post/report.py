@@ -18,8 +18,9 @@ import pandas as pd
 
 from .artifacts import artifact_dir, atomic_path, prompt_path, read_json, results_dir, source_model_dir
 from .config import ROOT
+from .cost import GPT2_XL, LLAMA2_7B, Workload, projected_costs
 from .plots import epsilon_panels, save_figure
-from .prompt import SoftPrompt
+from .prompt import SoftPrompt, read_record
 
 METHODS = ("ZS", "FullPT", "CompPT", "Direct", "PTfer", "POST")
 ON_SOURCE = {"CompPT"}  # scored on the source model; every other method on the target
@@ -79,8 +80,8 @@ def cost_table(profile: str, epsilon: float = math.inf, seed: int = 0) -> pd.Dat
     distill = read_json(source_model_dir(profile) / "cost.json")["total"]
     records = []
     for task in sorted({p.parent.name for p in artifact_dir(profile, "prompts").glob("*/post_*")}):
-        cost = {m: SoftPrompt.load(prompt_path(profile, task, m, epsilon, seed)).meta["cost"]
-                for m in ("fullpt", "compt", "post")}
+        cost = {m: read_record(prompt_path(profile, task, m, epsilon, seed))["cost"] for m in ("fullpt", "compt")}
+        cost["post"] = SoftPrompt.load(prompt_path(profile, task, "post", epsilon, seed)).meta["cost"]  # provider's
         post = {k: cost["compt"][k] + cost["post"][k] for k in cost["post"]}
         items = {"FullPT (tune on target)": cost["fullpt"], "CompPT (tune on source)": cost["compt"],
                  "POST transfer": cost["post"], "POST (tune + transfer)": post, "distillation (once)": distill,
@@ -301,6 +302,53 @@ def _benchmarks(bench: Path) -> list[str]:
             "to `bench/results/`:", "\n".join(lines)] if lines else []
 
 
+def _source_map(bench: Path) -> list[str]:
+    """The source sweep (``bench/source_sweep.py``): what each source shape and distillation gives POST."""
+    if not (bench / "source_sweep.json").exists():
+        return []
+    d = read_json(bench / "source_sweep.json")
+    ref, settings = d["reference"], d["settings"]
+    rows = pd.DataFrame([{"source": f"first {p['first']} + last {p['last']}", "layers": p["layers"],
+                          "distillation": p["mode"], "step cost / target": p["step_ratio"],
+                          "read-out KL": p["readout_agreement"]["kl"], "zero-shot": p["source_zero_shot"],
+                          "CompPT": p["compt"], "Direct": p["direct"], "POST": p["post"],
+                          "POST step": p["post_selected_step"], "recovery": p["recovery"]} for p in d["points"]])
+    parts = ["### How much source does a prompt transfer need? (the map)",
+             f"`python bench/source_sweep.py` (`bench/results/source_sweep.json`, `figures/cpu/source_sweep.png`): "
+             f"{settings['task']} validation ({settings['validation']} examples; the test split is not read), prompts "
+             f"tuned {settings['steps']} steps, POST {settings['transfer']['steps']} steps of "
+             f"{settings['transfer']['batch_size']} on public reviews. Target: zero-shot {ref['zero_shot']:.3f}, "
+             f"FullPT {ref['fullpt']:.3f} (majority class {ref['majority']:.3f}). Read-out distillation uses "
+             f"{settings['readout_examples']} public reviews in the task's template for {settings['readout_epochs']} "
+             "epochs; step cost is a prompt-tuning step's wall time on the source over the target's, same run.",
+             markdown_table(rows)]
+    if "levers" in d:
+        lev = d["levers"]
+        parts += [f"Transfer levers on the {lev['point']} source (CompPT {lev['compt']:.3f}, Direct {lev['direct']:.3f}):",
+                  markdown_table(pd.DataFrame([{"variant": r["variant"], "POST": r["post"], "step": r["post_selected_step"],
+                                                "POST last": r["post_last"], "last step": r["post_last_step"],
+                                                "recovery": r["recovery"]} for r in lev["runs"]]))]
+    return parts
+
+
+def _projection() -> list[str]:
+    """FullPT over POST in FLOPs at the paper's own settings, from ``post.cost``'s model."""
+    names = {"fullpt": "FullPT", "compt": "CompPT", "transfer": "transfer", "post": "POST"}
+    rows = [{"target": arch.name, "source layers": k, **{f"{names[key]} PFLOP": value / 1e15 for key, value in
+                                                        projected_costs(arch, k).items() if key in names},
+             "FullPT / POST": projected_costs(arch, k)["ratio"]} for arch, k in ((GPT2_XL, 4), (LLAMA2_7B, 2))]
+    w = Workload()
+    return ["### Cost at the paper's settings (projection)",
+            f"`post.cost.projected_costs`: sst2 ({w.train_examples} examples, {w.epochs} epochs, prompt "
+            f"{w.prompt_length}, an assumed ~{w.text_tokens:.0f} text tokens per example) and a transfer of {w.transfer_steps} steps of "
+            f"{w.transfer_batch}, counted in FLOPs (forward 2 per layer parameter per token, a prompt step 3 forwards).",
+            markdown_table(pd.DataFrame(rows), 2),
+            "The paper reports 6.5x in wall time. At its stated settings the transfer alone passes more examples "
+            f"through the target ({w.transfer_steps * w.transfer_batch:,}) than FullPT's {w.epochs} epochs "
+            f"({w.train_examples * w.epochs:,}), so FLOPs do not explain that ratio; it needs a cheaper transfer "
+            "(fewer steps) or a costlier FullPT than the stated settings."]
+
+
 def readme_results(profile: str = README_PROFILE) -> str:
     """Markdown of the study's results, from ``results/<profile>/`` only (what is committed)."""
     out = results_dir(profile)
@@ -330,7 +378,7 @@ def readme_results(profile: str = README_PROFILE) -> str:
                   f"{PAPER_COST['distillation']} min."]
     if (out / "audit.json").exists():
         parts += _audit(out)
-    parts += _benchmarks(ROOT / "bench" / "results")
+    parts += _projection() + _source_map(ROOT / "bench" / "results") + _benchmarks(ROOT / "bench" / "results")
     walls = out / "notebooks" / "wall_seconds.txt"
     if walls.exists():
         stages = dict(line.split() for line in walls.read_text().splitlines() if line.strip())
