@@ -382,23 +382,27 @@ def distill_loss(student_logits: torch.Tensor, student_hidden: torch.Tensor, inp
 
 
 @torch.no_grad()
+def top1_and_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[float, float]:
+    """Summed over positions: top-1 agreement of the model (``log_q``) with the teacher (``log_p``), and
+    KL(teacher || model); both given as log-probabilities at T = 1."""
+    return (log_q.argmax(-1) == log_p.argmax(-1)).sum().item(), (log_p.exp() * (log_p - log_q)).sum().item()
+
+
+@torch.no_grad()
 def agreement(model, cache: TeacherCache, batch_size: int) -> dict[str, float]:
     """On held-out public text: top-1 next-token agreement with the teacher, KL(teacher || model) at T=1,
-    and both models' next-token cross-entropy (nats per token)."""
-    was_training = model.training
-    model.eval()
+    and both models' next-token cross-entropy (nats per token). :func:`train` evaluates in eval mode."""
     ids_all = cache.eval_ids
     sums = {"top1": 0.0, "kl": 0.0, "nll": 0.0, "teacher_nll": 0.0}
     for start in range(0, len(ids_all), batch_size):
         ids = ids_all[start:start + batch_size]
-        logits = forward(model, ids.to(model.device))[0].float().cpu()
-        teacher = cache.eval_logits(slice(start, start + len(ids))).float().cpu()
-        log_q, log_p = F.log_softmax(logits, -1), F.log_softmax(teacher, -1)
-        sums["top1"] += (logits.argmax(-1) == teacher.argmax(-1)).sum().item()
-        sums["kl"] += (log_p.exp() * (log_p - log_q)).sum().item()
+        log_q = F.log_softmax(forward(model, ids.to(model.device))[0].float().cpu(), -1)
+        log_p = F.log_softmax(cache.eval_logits(slice(start, start + len(ids))).float().cpu(), -1)
+        top1, kl = top1_and_kl(log_p, log_q)
+        sums["top1"] += top1
+        sums["kl"] += kl
         for name, lp in (("nll", log_q), ("teacher_nll", log_p)):
             sums[name] -= lp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).sum().item()
-    model.train(was_training)
     n = ids_all.numel()
     return {"top1": sums["top1"] / n, "kl": sums["kl"] / n, "nll": sums["nll"] / (n - len(ids_all)),
             "teacher_nll": sums["teacher_nll"] / (n - len(ids_all))}
@@ -422,13 +426,14 @@ def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_
     return train, held
 
 
-def readout_hidden(model, texts: list[str], tokenizer) -> torch.Tensor:
-    """(B, D) final hidden state at the read-out position (the last token) of ``texts``, left-padded."""
+def readout_hidden(model, texts: list[str], tokenizer) -> tuple[torch.Tensor, int]:
+    """(B, D) final hidden state at the read-out position (the last token) of ``texts``, left-padded, and the
+    number of text tokens processed (for the cost record)."""
     batch = tokenizer(texts, padding=True, return_tensors="pt").to(model.device)
     mask = batch["attention_mask"]
     out = model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
                            position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
-    return out.last_hidden_state[:, -1]
+    return out.last_hidden_state[:, -1], int(mask.sum())
 
 
 @torch.inference_mode()
@@ -442,8 +447,9 @@ def teacher_readout(teacher, tokenizer, texts: list[str], batch_size: int, path:
     for start in tqdm(range(0, len(texts), batch_size), desc="teacher read-outs", disable=not progress):
         begin = time.perf_counter()
         chunk = texts[start:start + batch_size]
-        parts.append(readout_hidden(teacher, chunk, tokenizer).float().cpu())
-        cost.add(teacher, sum(len(i) for i in tokenizer(chunk).input_ids), len(chunk), "forward")
+        hidden, tokens = readout_hidden(teacher, chunk, tokenizer)
+        parts.append(hidden.float().cpu())
+        cost.add(teacher, tokens, len(chunk), "forward")
         cost.wall_seconds += time.perf_counter() - begin
     hidden = torch.cat(parts) if parts else torch.empty(0)
     with atomic_path(path) as tmp:
@@ -468,29 +474,27 @@ class Readout:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def _logits(self, model, texts: list[str]) -> torch.Tensor:
-        return self.head(readout_hidden(model, texts, self.tokenizer))
+    def _logits(self, model, texts: list[str]) -> tuple[torch.Tensor, int]:
+        hidden, tokens = readout_hidden(model, texts, self.tokenizer)
+        return self.head(hidden), tokens
 
     def losses(self, student, rows: np.ndarray) -> tuple[dict, int]:
-        texts = [self.texts[i] for i in rows]
         with autocast(self.dc, student.device):
-            logits = self._logits(student, texts)
+            logits, tokens = self._logits(student, [self.texts[i] for i in rows])
         with torch.no_grad():
             target = self.head(self.hidden[torch.from_numpy(rows)].to(student.device))
         kl = kd_kl(logits, {"logits": target}, self.dc.temperature)
-        return {"total": kl, "kl": kl}, sum(len(i) for i in self.tokenizer(texts).input_ids)
+        return {"total": kl, "kl": kl}, tokens
 
     @torch.no_grad()
     def evaluate(self, student) -> tuple[dict, int]:
-        top1 = kl = 0.0
+        sums = np.zeros(3)  # top-1 agreements, KL, tokens
         for start in range(0, len(self.held_texts), self.dc.batch_size):
-            texts = self.held_texts[start:start + self.dc.batch_size]
-            log_q = F.log_softmax(self._logits(student, texts).float(), -1)
-            log_p = F.log_softmax(self.head(self.held_hidden[start:start + len(texts)].to(student.device)), -1)
-            top1 += (log_q.argmax(-1) == log_p.argmax(-1)).sum().item()
-            kl += (log_p.exp() * (log_p - log_q)).sum().item()
+            logits, tokens = self._logits(student, self.held_texts[start:start + self.dc.batch_size])
+            teacher = self.head(self.held_hidden[start:start + len(logits)].to(student.device))
+            sums += (*top1_and_kl(F.log_softmax(teacher.float(), -1), F.log_softmax(logits.float(), -1)), tokens)
         n = len(self.held_texts)
-        return {"top1": top1 / n, "kl": kl / n}, sum(len(i) for i in self.tokenizer(self.held_texts).input_ids)
+        return {"top1": float(sums[0] / n), "kl": float(sums[1] / n)}, int(sums[2])
 
 
 # --- training with checkpoints ----------------------------------------------------------------------------

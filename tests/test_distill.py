@@ -315,7 +315,7 @@ def test_readout_loss_vanishes_for_the_teacher_and_is_batch_invariant(tmp_path):
     texts = [post.tasks.get_task("rotten_tomatoes").format(t) for t in ("a fine film", "dull and far too long", "ok")]
     hidden, cost = distill.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "r.pt", progress=False)
     assert hidden.shape == (3, teacher.config.hidden_size) and cost.examples == 3
-    one_by_one = torch.cat([distill.readout_hidden(teacher, [t], tokenizer) for t in texts])
+    one_by_one = torch.cat([distill.readout_hidden(teacher, [t], tokenizer)[0] for t in texts])
     torch.testing.assert_close(hidden, one_by_one.detach(), atol=1e-5, rtol=1e-5)  # left padding is invisible
     dc = smoke(precision="fp32").distill
     objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden), (texts, hidden))
