@@ -37,7 +37,7 @@ from post.evaluate import majority_accuracy
 from post.models import autocast, load
 from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
-from post.tasks import get_task, load_split
+from post.tasks import default_pool, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_sample
 from post.tune import example_losses, tune_prompt
 
@@ -131,8 +131,8 @@ def main() -> None:
     target_step = step_seconds(target, tokenizer, task, *timing_batch, tune.prompt_length, 3, context)
 
     # public data for the transfer and held-out read-outs for agreement: the same for every point
-    texts, held = public_sample(cfg.transfer.public_pool or "amazon_reviews", transfer.public_examples,
-                                transfer.holdout_examples, cfg.seed)
+    pool = cfg.transfer.public_pool or default_pool(task.name)
+    texts, held = public_sample(pool, transfer.public_examples, transfer.holdout_examples, cfg.seed)
     plain_target = {name: all_logits(target, tokenizer, view, x, None, cfg.eval.batch_size, transfer.max_text_tokens)
                     for name, x in (("train", texts), ("holdout", held))}
     rcfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, objective="readout",
@@ -163,7 +163,7 @@ def main() -> None:
 
     def transferred(source, prompt, settings) -> dict:
         """POST with ``settings``, scored on validation: held-out-selected and last step."""
-        prepared = Prepared(view, "amazon_reviews",
+        prepared = Prepared(view, pool,
                             *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
                                                        settings.max_text_tokens), plain_target[name])
                               for name, x in (("train", texts), ("holdout", held))), cost=Cost())

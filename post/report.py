@@ -334,9 +334,9 @@ def _source_map(bench: Path) -> list[str]:
 def _projection() -> list[str]:
     """FullPT over POST in FLOPs at the paper's own settings, from ``post.cost``'s model."""
     names = {"fullpt": "FullPT", "compt": "CompPT", "transfer": "transfer", "post": "POST"}
-    rows = [{"target": arch.name, "source layers": k, **{f"{names[key]} PFLOP": value / 1e15 for key, value in
-                                                        projected_costs(arch, k).items() if key in names},
-             "FullPT / POST": projected_costs(arch, k)["ratio"]} for arch, k in ((GPT2_XL, 4), (LLAMA2_7B, 2))]
+    costs = {(arch.name, k): projected_costs(arch, k) for arch, k in ((GPT2_XL, 4), (LLAMA2_7B, 2))}
+    rows = [{"target": name, "source layers": k, **{f"{names[key]} PFLOP": c[key] / 1e15 for key in names},
+             "FullPT / POST": c["ratio"]} for (name, k), c in costs.items()]
     w = Workload()
     return ["### Cost at the paper's settings (projection)",
             f"`post.cost.projected_costs`: sst2 ({w.train_examples} examples, {w.epochs} epochs, prompt "

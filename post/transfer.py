@@ -422,22 +422,21 @@ def run_transfer(cfg: Config, progress: bool = True) -> list[dict]:
             if finished and run in done_histories:  # an earlier (interrupted) run made these: keep them
                 rows += finished
                 histories[run] = done_histories[run]
-                continue
-            prepared = prepared or prepare(cfg, source, target, tokenizer, name)
-            result, row = post_transfer(cfg, source, target, tokenizer, prepared, source_prompt, progress=progress)
-            out = result.prompt.save(prompt_path(cfg.profile, name, "post", epsilon, cfg.seed))
-            torch.save(result.snapshots, snapshot_path(out))
-            rows.append({**row, "source_prompt": relative(path), "prompt": relative(out),
-                         "config_hash": settings_hash(cfg)})
-            histories[run] = result.history
-            prompt, row = ptfer_transfer(cfg, source, target, tokenizer, source_prompt)
-            out = prompt.save(prompt_path(cfg.profile, name, "ptfer", epsilon, cfg.seed))
-            rows.append({"task": name, **row, "source_prompt": relative(path), "prompt": relative(out),
-                         "config_hash": settings_hash(cfg)})
+            else:
+                prepared = prepared or prepare(cfg, source, target, tokenizer, name)
+                result, row = post_transfer(cfg, source, target, tokenizer, prepared, source_prompt,
+                                            progress=progress)
+                out = result.prompt.save(prompt_path(cfg.profile, name, "post", epsilon, cfg.seed))
+                torch.save(result.snapshots, snapshot_path(out))
+                rows.append({**row, "source_prompt": relative(path), "prompt": relative(out),
+                             "config_hash": settings_hash(cfg)})
+                histories[run] = result.history
+                prompt, row = ptfer_transfer(cfg, source, target, tokenizer, source_prompt)
+                out = prompt.save(prompt_path(cfg.profile, name, "ptfer", epsilon, cfg.seed))
+                rows.append({"task": name, **row, "source_prompt": relative(path), "prompt": relative(out),
+                             "config_hash": settings_hash(cfg)})
             write_json(history_file, histories)  # progress: a rerun resumes after the last finished transfer
             write_json(table, rows)
-    write_json(table, rows)
-    write_json(history_file, histories)
     write_manifest(artifact_dir(cfg.profile, "prompts"), cfg, stage="transfer", transfer_hash=settings_hash(cfg))
     return rows
 
