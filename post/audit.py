@@ -1,31 +1,19 @@
 """Privacy audit of soft prompts: does a tuned prompt give away which examples it was trained on?
 
-Two audits, both on prompts tuned by the owner's own code (``post.tune.tune_prompt``):
+Two audits, both on prompts tuned by the owner's own code (``post.tune.tune_prompt``) and read with the
+statistics of ``post.membership``:
 
-**LiRA** (Carlini et al. 2022, the attack of the POST paper's privacy table). K shadow prompts are tuned on the
-small source model with 02's settings (prompt length, learning rate, clipping norm, batch and steps, a DP run's
-larger Poisson batch and fewer steps included), each on a random half of an audit pool of private training
-examples (every example joins every prompt's training set independently with probability 1/2). The one
-difference from 02: a half of the pool is smaller than 02's training set, so each example is seen more often.
-Leave-one-out: each prompt in turn is the target and the other K-1 are reference models. The per-example
-statistic is the logit of the prompted model's probability of the true class, ``log p / (1 - p)``, which is
-close to Gaussian across prompts. For each example the references give its mean statistic with it (in) and
-without it (out); the variance is fixed (one variance for all examples, pooled from the references'
-deviations around each example's means), which is what works with few shadows. Online LiRA scores the
-likelihood ratio of the two Gaussians, offline LiRA the one-sided tail of the out-Gaussian only; "global"
-thresholds the raw statistic (the attack without reference models). Every (prompt, example) pair is one
-membership guess; the bootstrap CIs resample prompts and examples. A DP row carries evidence only when the
-no-DP row, same settings, is above chance: otherwise it reads "not informative".
+**LiRA**. K shadow prompts are tuned on the small source model with 02's settings (prompt length, learning
+rate, clipping norm, batch and steps, a DP run's larger Poisson batch and fewer steps included), each on a
+random half of an audit pool of private training examples (every example joins every prompt's training set
+independently with probability 1/2). The one difference from 02: a half of the pool is smaller than 02's
+training set, so each example is seen more often. Each prompt is attacked with the other K-1 as reference
+models. A DP row carries evidence only when the no-DP row, same settings, is above chance: otherwise it reads
+"not informative".
 
-**One run with canaries** (Steinke, Nasr, Jagielski 2023, "Privacy auditing with one (1) training run"). m
-canaries, texts of random tokens with random labels (a prompt can only fit one by memorising it), each join
-a single training run with probability 1/2, for many epochs. A canary's score is the change of its
-statistic from the initial prompt to the trained one, less the mean change of the canaries with its label
-(the prompt's shift toward a class is the same for members and non-members). The auditor guesses "in" for
-the canaries with the highest scores and "out" for the lowest, abstaining on the rest; under (eps, delta)-DP
-the number of correct guesses among r is dominated by Binomial(r, e^eps / (1 + e^eps)) plus a delta term, so
-the largest eps under which the observed count has probability <= 5% is a 95% lower bound ``eps_hat`` on the
-training's true epsilon. An ``eps_hat`` above the accountant's epsilon means a bug, never a result.
+**One run with canaries**. m canaries, texts of random tokens with random labels (a prompt can only fit one by
+memorising it), each join a single training run with probability 1/2, for many epochs; the canaries the
+trained prompt moves most give ``eps_hat``, a 95% lower bound on the training's true epsilon.
 
 Controls make the numbers mean something. LiRA: a positive control (a non-private prompt, small pool, many
 epochs) must show leakage, and a null control (the same prompts with the membership labels shuffled) must
@@ -35,35 +23,37 @@ Shadow prompts are also transferred to the target with POST exactly as 03 transf
 attacked there: transfer is post-processing, so it cannot add leakage about the private data, only keep or
 lose it. Not covered here: the choice of hyper-parameters with sight of private results, and the several
 prompts released per dataset (each epsilon of 02's grid, FullPT), whose guarantees compose.
+
+The audit trains dozens of prompts, so it resumes: each finished part (a setting's shadow prompts with their
+scores, their scores on the target after transfer, a canary run) is kept in ``artifacts/<profile>/audit/``
+under a digest of everything that determines it. A rerun with the same settings reads it back (a DP part with
+secret randomness could not be made again anyway); a changed setting misses it and makes it anew.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
-from scipy.optimize import brentq
-from scipy.special import expit, logsumexp
 from tqdm.auto import tqdm
 
 from . import dp, transfer
-from .artifacts import eps_tag, require, results_dir, source_model_dir, write_json
+from .artifacts import (artifact_dir, atomic_path, eps_tag, read_json, readable, require, results_dir,
+                        source_model_dir, write_json)
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
+from .membership import auc, canary_epsilon, canary_scores, lira, lira_metrics, membership_score, roc_curve, tpr_at
 from .models import load, model_name
-from .plots import save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from .tasks import Split, Task, get_task, load_split
-from .tune import run_settings, tune_prompt
+from .tune import run_settings, source_fingerprint, tune_prompt
 
-VARIANTS = ("online", "offline", "global")
-FPRS = (0.01, 0.001)
-MIN_FALSE_POSITIVES = 10  # a TPR at FPR f is reported only when n_out * f >= 10: fewer is a handful of outliers
 STREAMS = {"membership": 1, "null": 2, "canaries": 3, "canary_texts": 4, "shadows": 5}  # one per purpose
 CANARY_TOKENS = 16  # random vocabulary tokens per canary text
 NO_NOISE = "no noise (positive control)"  # the one-run row of the DP run with sigma = 0
@@ -78,21 +68,7 @@ def rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, STREAMS[purpose]])
 
 
-# --- the statistic: logit of the true class's probability ------------------------------------------------------
-
-
-def membership_score(class_scores: np.ndarray, labels) -> np.ndarray:
-    """``log p_y - log(1 - p_y)`` with ``p = softmax(class scores)``, computed as ``s_y - logsumexp_{c != y} s_c``.
-
-    ``class_scores`` is (..., N, C), ``labels`` (N,). The difference form stays finite where p is 0 or 1 in
-    floating point, which is where members and non-members differ most.
-    """
-    s = np.asarray(class_scores, dtype=np.float64)
-    index = np.broadcast_to(np.asarray(labels)[:, None], s.shape[:-1] + (1,))
-    own = np.take_along_axis(s, index, -1)[..., 0]
-    rest = s.copy()
-    np.put_along_axis(rest, index, -np.inf, -1)
-    return own - logsumexp(rest, axis=-1)
+# --- class scores under many prompts ----------------------------------------------------------------------------
 
 
 @torch.inference_mode()
@@ -159,188 +135,6 @@ def train_prompts(model, tokenizer, task: Task, pool: Split, membership: np.ndar
     return prompts
 
 
-# --- LiRA -------------------------------------------------------------------------------------------------------
-
-
-def _masked_mean_and_pooled_std(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-example mean over the rows in ``mask`` (NaN without any), and one std pooled from all deviations."""
-    count = mask.sum(0)
-    with np.errstate(invalid="ignore"):
-        mean = np.where(mask, scores, 0.0).sum(0) / count
-    squares = np.where(mask, (scores - np.nan_to_num(mean)) ** 2, 0.0).sum()
-    dof = max(int(count.sum() - (count > 0).sum()), 1)
-    return mean, max(math.sqrt(squares / dof), 1e-6)
-
-
-def lira(scores: np.ndarray, membership: np.ndarray, ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Leave-one-out LiRA with fixed variance: (K, N) attack scores per variant, higher = more likely a member.
-
-    Row k is prompt k attacked with the other prompts as reference models (its own membership is never used
-    for its own scores). ``ids`` names the prompt behind each row when rows repeat (a bootstrap over
-    prompts): a row's references are the rows of other prompts. Where the references hold no in- (or no out-)
-    model of an example, that guess is NaN in every variant and left out of the metrics (it depends on the
-    references only, so leaving it out biases nothing; with 16 shadows it is 2 in 2^15 examples).
-    """
-    scores, membership = np.asarray(scores, dtype=np.float64), np.asarray(membership, dtype=bool)
-    if scores.shape != membership.shape:
-        raise ValueError(f"scores {scores.shape} and membership {membership.shape} differ in shape")
-    ids = np.arange(len(scores)) if ids is None else np.asarray(ids)
-    out = {v: np.empty(scores.shape) for v in VARIANTS}
-    for k in range(len(scores)):
-        refs = ids != ids[k]
-        mu_in, sd_in = _masked_mean_and_pooled_std(scores[refs], membership[refs])
-        mu_out, sd_out = _masked_mean_and_pooled_std(scores[refs], ~membership[refs])
-        x = scores[k]
-        missing = np.isnan(mu_in) | np.isnan(mu_out)
-        out["online"][k] = stats.norm.logpdf(x, mu_in, sd_in) - stats.norm.logpdf(x, mu_out, sd_out)
-        out["offline"][k] = stats.norm.logcdf((x - mu_out) / sd_out)
-        out["global"][k] = x
-        for attack in out.values():
-            attack[k, missing] = np.nan
-    return out
-
-
-# --- metrics ----------------------------------------------------------------------------------------------------
-
-
-def roc_curve(scores: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
-    scores, members = np.asarray(scores), np.asarray(members, dtype=bool)
-    if members.all() or not members.any():
-        raise ValueError("a ROC curve needs members and non-members")
-    order = np.argsort(-scores, kind="stable")
-    s, m = scores[order], members[order]
-    last = np.r_[s[1:] != s[:-1], True]  # the end of each group of tied scores
-    tp, fp = np.cumsum(m)[last], np.cumsum(~m)[last]
-    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
-
-
-def tpr_at(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
-    """The best TPR of a threshold whose FPR is at most ``target``."""
-    return float(tpr[np.searchsorted(fpr, target, side="right") - 1])
-
-
-def auc(scores: np.ndarray, members: np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half, as in the Mann-Whitney statistic)."""
-    return float(np.trapezoid(*roc_curve(scores, members)[::-1]))
-
-
-def _metrics(attack: np.ndarray, membership: np.ndarray, fprs: list[float]) -> list[float]:
-    valid = np.isfinite(attack)
-    fpr, tpr = roc_curve(attack[valid], membership[valid])
-    return [float(np.trapezoid(tpr, fpr))] + [tpr_at(fpr, tpr, f) for f in fprs]
-
-
-def lira_metrics(scores: np.ndarray, membership: np.ndarray, bootstrap: int = 1000, seed: int = 0,
-                 confidence: float = 0.95) -> dict[str, dict]:
-    """Per LiRA variant: AUC and TPR at low FPR over all (prompt, example) guesses, with bootstrap CIs.
-
-    Each bootstrap resample draws K prompts and N examples with replacement (the guesses of one prompt, and
-    those on one example, are correlated) and reruns the attack on it, so the CIs carry the variance over
-    shadow prompts, over examples, and of the fitted variances. TPR at FPR f is ``None`` when fewer than
-    MIN_FALSE_POSITIVES non-members would be allowed.
-    """
-    attacks = lira(scores, membership)
-    valid = np.isfinite(attacks["online"])
-    n_in, n_out = int(membership[valid].sum()), int((~membership[valid]).sum())
-    fprs = [f for f in FPRS if n_out * f >= MIN_FALSE_POSITIVES]
-    keys = ["auc"] + [f"tpr_at_{f:g}" for f in fprs]
-    samples = {v: [] for v in VARIANTS}
-    draw = np.random.default_rng(seed)
-    k, n = scores.shape
-    for _ in range(bootstrap):
-        rows, cols = draw.integers(0, k, k), draw.integers(0, n, n)
-        m = membership[np.ix_(rows, cols)]
-        try:
-            for variant, attack in lira(scores[np.ix_(rows, cols)], m, rows).items():
-                samples[variant].append(_metrics(attack, m, fprs))
-        except ValueError:  # a resample without members, without non-members, or of a single prompt
-            continue
-    result = {}
-    for variant, attack in attacks.items():
-        row = {"n_in": n_in, "n_out": n_out, **dict(zip(keys, _metrics(attack, membership, fprs)))}
-        row.update({f"tpr_at_{f:g}": None for f in FPRS if f not in fprs})
-        if samples[variant]:
-            low, high = np.quantile(samples[variant], [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
-            row.update({f"{key}_ci": [float(lo), float(hi)] for key, lo, hi in zip(keys, low, high)})
-        result[variant] = row
-    return result
-
-
-# --- the one-run epsilon lower bound ------------------------------------------------------------------------
-
-
-def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float = 0.0) -> float:
-    """P[at least v of r guesses correct] bounded under (epsilon, delta)-DP (Steinke et al. 2023, Thm 3.3).
-
-    With ``f(u) = P[Binomial(r, q) >= u]``, ``q = e^eps / (1 + e^eps)``, the bound is
-    ``f(v) + 2 m delta max_{i >= 1} (f(v - i) - f(v)) / i``; with delta = 0 it is the binomial tail.
-    """
-    if not 0 <= v <= r <= m:
-        raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}")
-    if epsilon < 0 or not 0 <= delta <= 1:
-        raise ValueError(f"need epsilon >= 0 and 0 <= delta <= 1, got {epsilon}, {delta}")
-    q = expit(epsilon)
-    tail = stats.binom.sf(v - 1, r, q)
-    if delta == 0 or v == 0:
-        return float(min(tail, 1.0))
-    i = np.arange(1, v + 1)  # beyond i = v the numerator stays 1 - f(v) while i grows
-    alpha = np.max((stats.binom.sf(v - i - 1, r, q) - tail) / i)
-    return float(min(tail + 2 * m * delta * alpha, 1.0))
-
-
-def one_run_epsilon(m: int, r: int, v: int, delta: float = 0.0, significance: float = 0.05) -> float:
-    """The largest epsilon that r guesses with v correct reject at level ``significance`` (0 if none)."""
-    def excess(eps: float) -> float:  # > 0 while (eps, delta)-DP is rejected
-        return significance - one_run_p_value(m, r, v, eps, delta)
-
-    if excess(0.0) <= 0:
-        return 0.0
-    high = 1.0
-    while excess(high) > 0:
-        high *= 2
-        if high > 1e4:
-            return math.inf
-    return float(brentq(excess, 0.0, high, xtol=1e-7))
-
-
-def canary_guesses(scores: np.ndarray, included: np.ndarray, r: int) -> int:
-    """Correct guesses when the r/2 highest-scoring canaries are called in and the r/2 lowest out."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    top, bottom = order[:(r + 1) // 2], order[len(order) - r // 2:]
-    included = np.asarray(included, dtype=bool)
-    return int(included[top].sum() + (~included[bottom]).sum())
-
-
-def canary_epsilon(scores: np.ndarray, included: np.ndarray, delta: float, guesses: tuple[int, ...],
-                   confidence: float = 0.95) -> dict:
-    """eps_hat: the best lower bound over the numbers of guesses tried, Bonferroni-corrected over them."""
-    m = len(scores)
-    counts = sorted({min(r, m) for r in guesses})
-    significance = (1 - confidence) / len(counts)
-    rows = []
-    for r in counts:
-        v = canary_guesses(scores, included, r)
-        rows.append({"r": r, "v": v, "eps_hat": one_run_epsilon(m, r, v, delta, significance)})
-    best = max(rows, key=lambda row: row["eps_hat"])
-    return {"eps_hat": best["eps_hat"], "r": best["r"], "v": best["v"], "m": m, "delta": delta,
-            "confidence": confidence, "guesses": rows}
-
-
-def canary_scores(statistic: np.ndarray, labels) -> np.ndarray:
-    """Calibrated canary scores from the (2, m) statistic under the initial and the trained prompt.
-
-    The change from the initial prompt takes out what the model makes of each canary on its own; taking out
-    the mean change of the canaries with the same label removes the prompt's shift toward a class, which
-    moves members and non-members alike. Neither uses which canaries were included.
-    """
-    change = np.asarray(statistic[1] - statistic[0], dtype=np.float64)
-    labels = np.asarray(labels)
-    for label in np.unique(labels):
-        change[labels == label] -= change[labels == label].mean()
-    return change
-
-
 # --- the experiments --------------------------------------------------------------------------------------------
 
 
@@ -359,6 +153,22 @@ class ShadowRun:
     @property
     def scores(self) -> np.ndarray:
         return membership_score(self.class_scores, self.pool.labels)
+
+    def save(self, path: Path) -> Path:
+        """Everything but the pool, which the caller has (and keys the file by); prompts without their records."""
+        state = {"setting": self.setting, "epsilon": self.epsilon, "membership": torch.from_numpy(self.membership),
+                 "prompts": [{"weight": p.weight.detach().cpu(), "meta": p.meta} for p in self.prompts],
+                 "class_scores": torch.from_numpy(self.class_scores), "cost": self.cost.to_dict()}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path, pool: Split) -> "ShadowRun":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        prompts = [SoftPrompt(p["weight"], **p["meta"]) for p in state["prompts"]]
+        return cls(state["setting"], state["epsilon"], pool, state["membership"].numpy(), prompts,
+                   state["class_scores"].numpy(), Cost(**state["cost"]))
 
 
 def shadow_run(model, tokenizer, task: Task, pool: Split, setting: str, settings: TuneConfig, epsilon: float,
@@ -452,7 +262,8 @@ def canary_run(model, tokenizer, task: Task, canaries: Split, settings: TuneConf
     return {"setting": setting, "epsilon": eps_tag(epsilon), **bound, "train_examples": len(train),
             "steps": steps, "batch_size": settings.batch_size, "canaries_included": int(included.sum()),
             "noise_multiplier": privacy.get("noise_multiplier"), "prv_epsilon": privacy.get("prv_epsilon"),
-            "auc": auc(scores, included), "cost": cost, "scores": scores.tolist(), "included": included.tolist()}
+            "auc": auc(scores, included), "cost": cost.to_dict(), "scores": scores.tolist(),
+            "included": included.tolist()}
 
 
 def transferred_scores(cfg: Config, source, target, tokenizer, task_name: str, prompts: list[SoftPrompt],
@@ -520,17 +331,29 @@ def readings(rows: list[dict]) -> list[dict]:
     return out
 
 
+def checkpoint(profile: str, part: str, suffix: str, payload: dict) -> Path:
+    """Where run_audit keeps a finished part: ``artifacts/<profile>/audit/<part>_<digest><suffix>``, the digest
+    of ``payload``, everything that determines the part, so that a changed setting names another file."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return artifact_dir(profile, "audit") / f"{part}_{digest}{suffix}"
+
+
 def run_audit(cfg: Config, progress: bool = True) -> dict:
     """The whole audit: LiRA per setting and controls on the source, on the target after transfer, canaries.
 
     Writes ``results/<profile>/audit.json`` (everything but the ROC points, which go with the figure), with a
-    cost record (wall time, examples, tokens, FLOPs) per part. DP runs follow ``tune.dp_randomness``, so with
-    secret randomness a rerun gives other numbers (within the CIs).
+    cost record (wall time, examples, tokens, FLOPs) per part. Finished parts are read back from their
+    checkpoints (see ``checkpoint``) with the cost of their making; only the attack and bootstrap always rerun.
+    DP runs follow ``tune.dp_randomness``, so with secret randomness a DP part made anew gives other numbers
+    (within the CIs).
     """
     a = cfg.audit
     name = audit_task(cfg)
     task = get_task(name)
     source_dir = require(source_model_dir(cfg.profile), "source_model", cfg.profile)
+    identity = {"source": source_fingerprint(cfg.profile), "max_text_tokens": cfg.data.max_text_tokens,
+                "eval_batch_size": cfg.eval.batch_size,
+                "task": [name, task.classes, task.label_words, task.template, task.instruction]}
     costs: dict[str, Cost] = {}
     rows, curves, tuning = [], [], {}
     analysis = Cost()
@@ -545,8 +368,15 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
     def shadows(pool: Split, setting: str, settings: TuneConfig, epsilon: float, steps: int, seed: int) -> ShadowRun:
         tuning[setting] = {**dataclasses.asdict(settings), "steps": steps, "pool": len(pool),
                            "passes_per_example": steps * settings.batch_size / (len(pool) / 2)}  # 02: / N
-        return shadow_run(source, tokenizer, task, pool, setting, settings, epsilon, steps, a.shadows, seed,
-                          cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
+        path = checkpoint(cfg.profile, "shadows", ".pt", {
+            **identity, "pool": [pool.texts, pool.labels], "setting": setting, "epsilon": eps_tag(epsilon),
+            "settings": dataclasses.asdict(settings), "steps": steps, "shadows": a.shadows, "seed": seed})
+        run = readable(path, lambda p: ShadowRun.load(p, pool))
+        if run is None:
+            run = shadow_run(source, tokenizer, task, pool, setting, settings, epsilon, steps, a.shadows, seed,
+                             cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
+            run.save(path)
+        return run
 
     with Timer() as total:
         source, tokenizer = load(source_dir)
@@ -569,10 +399,19 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
             for key in a.transfer_settings:
                 run = runs[key]
                 part = restrict(run, np.arange(min(a.transfer_pool or len(run.pool), len(run.pool))))
-                scores, cost = transferred_scores(cfg, source, target, tokenizer, name, run.prompts,
-                                                  part.pool.texts, progress)
-                costs[f"transfer and target scoring, {run.setting}"] = cost
-                add(dataclasses.replace(part, class_scores=scores), "target (POST)")
+                weights = torch.stack([p.weight.detach().cpu() for p in run.prompts]).numpy()
+                path = checkpoint(cfg.profile, "transfer", ".json", {
+                    **identity, "prompts": hashlib.sha256(weights.tobytes()).hexdigest(), "texts": part.pool.texts,
+                    "transfer": transfer.settings_hash(cfg)})
+                scored = readable(path, read_json)
+                if scored is None:
+                    scores, cost = transferred_scores(cfg, source, target, tokenizer, name, run.prompts,
+                                                      part.pool.texts, progress)
+                    scored = {"class_scores": scores.tolist(), "cost": cost.to_dict()}
+                    write_json(path, scored)
+                costs[f"transfer and target scoring, {run.setting}"] = Cost(**scored["cost"])
+                add(dataclasses.replace(part, class_scores=np.asarray(scored["class_scores"], np.float32)),
+                    "target (POST)")
                 if len(part.pool) < len(run.pool):  # the source prompts on the same examples, for a paired read
                     add(part, "source (same examples)")
             del target
@@ -581,10 +420,17 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         control = [(min(finite), False)] if finite else []  # the smallest epsilon claimed, no noise added
         settings = dataclasses.replace(cfg.tune, batch_size=a.canary_batch_size)
         for epsilon, noise in [(e, True) for e in a.epsilons] + control:
-            row = canary_run(source, tokenizer, task, data["canaries"], settings, epsilon, a.canary_epochs,
-                             a.canary_guesses, a.confidence, cfg.seed, cfg.data.max_text_tokens, cfg.eval.batch_size,
-                             progress, noise)
-            costs[f"canaries, {row['setting']}"] = row.pop("cost")
+            path = checkpoint(cfg.profile, "canaries", ".json", {
+                **identity, "canaries": [data["canaries"].texts, data["canaries"].labels],
+                "epsilon": eps_tag(epsilon), "noise": noise, "settings": dataclasses.asdict(settings),
+                "epochs": a.canary_epochs, "guesses": a.canary_guesses, "confidence": a.confidence, "seed": cfg.seed})
+            row = readable(path, read_json)
+            if row is None:
+                row = canary_run(source, tokenizer, task, data["canaries"], settings, epsilon, a.canary_epochs,
+                                 a.canary_guesses, a.confidence, cfg.seed, cfg.data.max_text_tokens,
+                                 cfg.eval.batch_size, progress, noise)
+                write_json(path, row)
+            costs[f"canaries, {row['setting']}"] = Cost(**row.pop("cost"))
             canaries.append(row)
         costs["attack and bootstrap"] = analysis
     result = {
@@ -598,7 +444,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
     return {**result, "roc": curves}
 
 
-# --- tables and figures -----------------------------------------------------------------------------------------
+# --- tables ----------------------------------------------------------------------------------------------------
 
 
 def shadow_table(result: dict) -> pd.DataFrame:
@@ -657,46 +503,3 @@ def paper_comparison(result: dict) -> pd.DataFrame:
     return pd.DataFrame([{"setting": p["setting"], "paper AUC (RoBERTa-base, sst2, 8 shadows)": p["auc"],
                           f"our AUC ({result['task']}, {result['settings']['shadows']} shadows)":
                               ours.get(p["setting"], float("nan"))} for p in result["paper"]])
-
-
-def plot_roc(result: dict, profile: str):
-    """ROC curves on log-log axes, one panel per setting: online (solid) and offline (dashed) LiRA per model."""
-    data = pd.DataFrame(result["roc"])
-    data = data[data.variant.isin(["online", "offline"])]
-    settings = list(dict.fromkeys(data.setting))
-    models = list(dict.fromkeys(data.model))
-    fig, axes = plt.subplots(1, len(settings), figsize=(3.0 * len(settings), 3.2), squeeze=False, sharey=True)
-    floor = data.fpr.min()
-    for ax, setting in zip(axes[0], settings):
-        for (model, variant), part in data[data.setting == setting].groupby(["model", "variant"], sort=False):
-            ax.plot(part.fpr, part.tpr.clip(lower=floor), color=f"C{models.index(model)}", lw=1.3,
-                    ls="-" if variant == "online" else "--", label=f"{model}, {variant}")
-        ax.plot([floor, 1], [floor, 1], color="grey", lw=0.8, ls=":")
-        ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1.05), xlabel="false positive rate",
-               title=setting)
-    axes[0][0].set_ylabel("true positive rate")
-    handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()
-               if not line.get_label().startswith("_")}
-    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7, frameon=False, loc="upper left")
-    save_figure(fig, data, "audit_roc", profile)
-    return fig
-
-
-def plot_eps_hat(result: dict, profile: str):
-    """eps_hat (95% lower bound) against the claimed epsilon, with y = x: DP runs must stay below it, the run
-    without noise (the positive control) must not."""
-    data = pd.DataFrame(result["canaries"])[["setting", "epsilon", "eps_hat", "prv_epsilon", "r", "v", "m",
-                                             "delta"]]
-    finite = data[data.epsilon != "inf"].assign(claimed=lambda d: d.epsilon.astype(float))
-    control = finite.setting == NO_NOISE
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    top = max([1.0, *finite.claimed, *data.eps_hat]) * 1.1
-    ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="y = x (the DP guarantee)")
-    ax.plot(finite.claimed[~control], finite.eps_hat[~control], "o", label="one-run audit, DP prompts")
-    ax.plot(finite.claimed[control], finite.eps_hat[control], "x", color="C3", ms=8, label=NO_NOISE)
-    for _, row in data[data.epsilon == "inf"].iterrows():
-        ax.axhline(row.eps_hat, color="C3", ls=":", lw=1.2, label=f"no DP: eps_hat = {row.eps_hat:.2f}")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="claimed epsilon", ylabel="eps_hat (95% lower bound)")
-    ax.legend(fontsize=7, frameon=False)
-    save_figure(fig, data, "audit_eps_hat", profile)
-    return fig

@@ -1,7 +1,12 @@
-"""Figures that always come with the data behind them: every PNG/PDF has a CSV of the plotted numbers."""
+"""Figures that always come with the data behind them: every PNG/PDF has a CSV of the plotted numbers.
+
+03's and 05's figures are drawn here from the rows their stages return, on the figure side: the stages that
+make the rows (``post.transfer``, ``post.audit``) draw nothing.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -65,4 +70,130 @@ def epsilon_panels(data: pd.DataFrame, label, reference: dict[str, float] | None
         ax.set_xlabel("epsilon")
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return fig
+
+
+# --- 03: the transfer -----------------------------------------------------------------------------------------
+
+
+def _references(ax, compared: list[dict]) -> None:
+    """Dashed lines for ZS, Direct and FullPT (no DP) accuracy."""
+    for method, style in (("ZS", ":"), ("Direct", "--"), ("FullPT", "-.")):
+        value = next((r["accuracy"] for r in compared if r["method"] == method and r["epsilon"] in ("-", "inf")), None)
+        if value is not None:
+            ax.axhline(value, color="grey", ls=style, lw=1, label=method)
+
+
+def plot_steps(sweeps: list[dict], compared: list[dict], history: list[dict], profile: str):
+    """Test accuracy of the default run's snapshots (figure only) next to the held-out public loss it selects on."""
+    steps = pd.DataFrame([r for r in sweeps if r["kind"] == "steps"])[["value", "accuracy"]].rename(
+        columns={"value": "step"})
+    held = pd.DataFrame([h for h in history if "holdout_loss" in h])
+    data = steps.merge(held, on="step", how="left") if len(held) else steps.assign(holdout_loss=math.nan)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.1))
+    left.plot(data.step, data.accuracy, marker="o", label="POST (test, figure only)")
+    _references(left, compared)
+    left.set_xlabel("transfer step")
+    left.set_ylabel("test accuracy")
+    left.legend(fontsize=8, frameon=False)
+    right.plot(data.step, data.holdout_loss, marker="o", color="C1")
+    selected = next((r["selected_step"] for r in sweeps if r["kind"] == "steps"), None)
+    if selected is not None:
+        right.axvline(selected, color="grey", ls="--", lw=1, label=f"selected step {selected}")
+        right.legend(fontsize=8, frameon=False)
+    right.set_xlabel("transfer step")
+    right.set_ylabel("held-out public transfer loss")
+    save_figure(fig, data, "transfer_accuracy_vs_steps", profile)
+    return fig
+
+
+def plot_sweep(sweeps: list[dict], compared: list[dict], kind: str, profile: str, xlabel: str, log: bool = False):
+    """Test accuracy against one swept setting (figure only); alpha also marks the public-data proxy's choice."""
+    data = pd.DataFrame([r for r in sweeps if r["kind"] == kind])[
+        ["value", "accuracy", "alpha", "public_examples", "public_pool", "init", "selected_step", "holdout_loss"]]
+    fig, ax = plt.subplots(figsize=(4.2, 3.1))
+    numeric = kind in ("alpha", "public_examples")
+    if numeric:
+        data = data.sort_values("value")
+        ax.plot(data.value, data.accuracy, marker="o", label="POST")
+    else:
+        ax.bar(data.value.astype(str), data.accuracy, color="C0", width=0.6)
+        everything = list(data.accuracy) + [r["accuracy"] for r in compared]
+        ax.set_ylim(min(everything) - 0.05, max(everything) + 0.05)
+        for x, y in zip(data.value.astype(str), data.accuracy):
+            ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", fontsize=8)
+    if kind == "alpha":
+        default = next(r for r in sweeps if r["kind"] == "default")
+        ax.plot([default["alpha"]], [default["accuracy"]], marker="*", ms=12, ls="", color="C3",
+                label=f"{default['alpha_rule']} alpha = {default['alpha']:.2f}")
+    if log:
+        ax.set_xscale("log")
+    _references(ax, compared)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, frameon=False)
+    save_figure(fig, data, f"transfer_accuracy_vs_{kind}", profile)
+    return fig
+
+
+def plot_losses(histories: dict[str, list[dict]], profile: str, smooth: int = 5):
+    """Transfer loss and its two terms per task and epsilon (moving average over ``smooth`` steps)."""
+    data = pd.DataFrame([{"run": run, **h} for run, history in histories.items() for h in history if "loss" in h])
+    terms = ("loss", "absolute", "shift")
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), sharex=True)
+    for ax, term in zip(axes, terms):
+        for run, part in data.groupby("run", sort=False):
+            ax.plot(part.step, part[term].rolling(smooth, min_periods=1).mean(), label=run)
+        ax.set_title({"loss": "POST loss", "absolute": "KL(P_s || P_t)", "shift": "KL(Q_s || Q_t)"}[term])
+        ax.set_xlabel("transfer step")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7, frameon=False)
+    save_figure(fig, data, "transfer_losses", profile)
+    return fig
+
+
+# --- 05: the privacy audit ------------------------------------------------------------------------------------
+
+
+def plot_roc(result: dict, profile: str):
+    """ROC curves on log-log axes, one panel per setting: online (solid) and offline (dashed) LiRA per model."""
+    data = pd.DataFrame(result["roc"])
+    data = data[data.variant.isin(["online", "offline"])]
+    settings = list(dict.fromkeys(data.setting))
+    models = list(dict.fromkeys(data.model))
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.0 * len(settings), 3.2), squeeze=False, sharey=True)
+    floor = data.fpr.min()
+    for ax, setting in zip(axes[0], settings):
+        for (model, variant), part in data[data.setting == setting].groupby(["model", "variant"], sort=False):
+            ax.plot(part.fpr, part.tpr.clip(lower=floor), color=f"C{models.index(model)}", lw=1.3,
+                    ls="-" if variant == "online" else "--", label=f"{model}, {variant}")
+        ax.plot([floor, 1], [floor, 1], color="grey", lw=0.8, ls=":")
+        ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1.05), xlabel="false positive rate",
+               title=setting)
+    axes[0][0].set_ylabel("true positive rate")
+    handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()
+               if not line.get_label().startswith("_")}
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7, frameon=False, loc="upper left")
+    save_figure(fig, data, "audit_roc", profile)
+    return fig
+
+
+def plot_eps_hat(result: dict, profile: str):
+    """eps_hat (95% lower bound) against the claimed epsilon, with y = x: DP runs must stay below it, the run
+    without noise (the positive control) must not."""
+    data = pd.DataFrame(result["canaries"])[["setting", "epsilon", "eps_hat", "prv_epsilon", "noise_multiplier", "r",
+                                             "v", "m", "delta"]]
+    finite = data[data.epsilon != "inf"].assign(claimed=lambda d: d.epsilon.astype(float))
+    control = finite.noise_multiplier == 0  # the DP run without its noise
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    top = max([1.0, *finite.claimed, *data.eps_hat]) * 1.1
+    ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="y = x (the DP guarantee)")
+    ax.plot(finite.claimed[~control], finite.eps_hat[~control], "o", label="one-run audit, DP prompts")
+    for setting, part in finite[control].groupby("setting"):
+        ax.plot(part.claimed, part.eps_hat, "x", color="C3", ms=8, label=setting)
+    for _, row in data[data.epsilon == "inf"].iterrows():
+        ax.axhline(row.eps_hat, color="C3", ls=":", lw=1.2, label=f"no DP: eps_hat = {row.eps_hat:.2f}")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="claimed epsilon", ylabel="eps_hat (95% lower bound)")
+    ax.legend(fontsize=7, frameon=False)
+    save_figure(fig, data, "audit_eps_hat", profile)
     return fig

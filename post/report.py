@@ -4,6 +4,9 @@ Table 1 analogue: test accuracy of every method per task, without DP and at each
 FullPT's gain that POST recovers. Table 4 analogue: what FullPT and POST cost, with and without the one-off
 distillation. ``python -m post.report`` rewrites the README's results section from the committed files of the
 cpu profile; a test regenerates it and fails when the README differs, so the README cannot drift.
+
+03's comparison (``compare``, ``recovery``) is the one part that reads prompts rather than results: it scores
+every prompt of the sweep task on the target, once the stages have made them.
 """
 
 from __future__ import annotations
@@ -11,16 +14,19 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .artifacts import artifact_dir, atomic_path, prompt_path, read_json, results_dir, source_model_dir
-from .config import ROOT
+from .artifacts import (artifact_dir, atomic_path, eps_tag, prompt_path, read_json, require, results_dir,
+                        source_model_dir)
+from .config import ROOT, Config
 from .cost import GPT2_XL, LLAMA2_7B, Workload, projected_costs
 from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, read_record
+from .transfer import source_prompt_path
 
 METHODS = ("ZS", "FullPT", "CompPT", "Direct", "PTfer", "POST")
 ON_SOURCE = {"CompPT"}  # scored on the source model; every other method on the target
@@ -42,7 +48,7 @@ def column(method: str, epsilon: str) -> str:
     return method if epsilon in ("inf", "-") else f"{method} eps={epsilon}"
 
 
-def recovery(zs: float, full: float, post: float) -> float:
+def recovery_share(zs: float, full: float, post: float) -> float:
     """(POST - ZS) / (FullPT - ZS); undefined (nan) when FullPT does not beat zero-shot."""
     return (post - zs) / (full - zs) if full > zs else math.nan
 
@@ -63,7 +69,7 @@ def accuracy_table(rows: list[dict], epsilons: tuple[str, ...] = ("inf", "8")) -
         post, full = column("POST", epsilon), column("FullPT", epsilon)
         full = full if full in table else "FullPT"
         if post in table and full in table:
-            table[column("recovery", epsilon)] = [recovery(z, f, p) for z, f, p in
+            table[column("recovery", epsilon)] = [recovery_share(z, f, p) for z, f, p in
                                                   zip(table.ZS, table[full], table[post])]
     if (stats["count"] > 1).any():  # several seeds: a std column per method
         for name, part in stats.groupby("column", sort=False):
@@ -144,6 +150,50 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
+# --- 03: every prompt of the sweep task on the target -------------------------------------------------------
+
+
+def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) -> list[dict]:
+    """Every prompt of the sweep task on the target, scored by the caller (figures and the recovery check).
+
+    ZS (no prompt), Direct (the CompPT prompt pasted unchanged), PTfer, POST and, when 02 made it, FullPT.
+    ``wall_seconds`` is what the method costs the owner and provider after distillation: the source tuning
+    plus the transfer for Direct / PTfer / POST, the tuning on the target for FullPT.
+    """
+    task, rows = cfg.transfer.sweep_task, [{"method": "ZS", "epsilon": "-", "accuracy": score(None),
+                                             "wall_seconds": 0.0}]
+    for epsilon in cfg.transfer.epsilons:
+        compt = SoftPrompt.load(source_prompt_path(cfg, task, epsilon), target, same_model=False)
+        tuning = read_record(source_prompt_path(cfg, task, epsilon))["cost"]["wall_seconds"]  # the owner's record
+        rows.append({"method": "Direct", "epsilon": eps_tag(epsilon), "accuracy": score(compt),
+                     "wall_seconds": tuning})
+        for method in ("ptfer", "post"):
+            prompt = SoftPrompt.load(require(prompt_path(cfg.profile, task, method, epsilon, cfg.seed), "transferred",
+                                             cfg.profile), target)
+            rows.append({"method": {"ptfer": "PTfer", "post": "POST"}[method], "epsilon": eps_tag(epsilon),
+                         "accuracy": score(prompt), "wall_seconds": tuning + prompt.meta["cost"]["wall_seconds"]})
+        full = prompt_path(cfg.profile, task, "fullpt", epsilon, cfg.seed)
+        if full.exists():
+            prompt = SoftPrompt.load(full, target)
+            rows.append({"method": "FullPT", "epsilon": eps_tag(epsilon), "accuracy": score(prompt),
+                         "wall_seconds": read_record(full)["cost"]["wall_seconds"]})
+    return rows
+
+
+def recovery(rows: list[dict]) -> dict[str, float]:
+    """(POST - ZS) / (FullPT - ZS) per epsilon, from ``compare`` rows (FullPT at the same epsilon, else no DP).
+
+    Defined only where FullPT beats zero-shot; otherwise there is no gain to recover.
+    """
+    acc = {(r["method"], r["epsilon"]): r["accuracy"] for r in rows}
+    zs, out = acc[("ZS", "-")], {}
+    for (method, epsilon), value in acc.items():
+        full = acc.get(("FullPT", epsilon), acc.get(("FullPT", "inf")))
+        if method == "POST" and full is not None and not math.isnan(share := recovery_share(zs, full, value)):
+            out[epsilon] = share
+    return out
+
+
 # --- figures ---------------------------------------------------------------------------------------------------
 
 
@@ -211,7 +261,7 @@ def paper_comparison(table: pd.DataFrame, task: str = "rotten_tomatoes") -> pd.D
     mine = {"target": f"SmolLM2-135M (ours, {task})",
             **{c: 100 * ours[c] for c in PAPER.columns[1:] if c in ours.index}}
     both = pd.concat([PAPER.assign(target=PAPER.target + " (paper, sst2)"), pd.DataFrame([mine])], ignore_index=True)
-    both["recovery"] = [recovery(z, f, p) for z, f, p in zip(both.ZS, both.FullPT, both.POST)]
+    both["recovery"] = [recovery_share(z, f, p) for z, f, p in zip(both.ZS, both.FullPT, both.POST)]
     return both
 
 

@@ -28,21 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import report
 from .artifacts import (artifact_dir, eps_tag, prompt_path, read_json, read_required, readable, relative, require,
                         results_dir, source_model_dir, write_json, write_manifest)
 from .config import ROOT, Config, TransferConfig
 from .cost import Cost, Timer
 from .models import autocast, load, model_name
-from .plots import save_figure
-from .prompt import SoftPrompt, Verbalizer, check_release, encode, next_token_logits, provider_meta, read_record
+from .prompt import SoftPrompt, Verbalizer, check_release, encode, next_token_logits, provider_meta
 from .tasks import Task, default_pool, get_task, public_sample
 
 
@@ -512,123 +508,3 @@ def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool
                      for step, weight in result.snapshots.items()]
     write_json(results_dir(cfg.profile) / "transfer_sweeps.json", rows)
     return rows
-
-
-def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) -> list[dict]:
-    """Every prompt of the sweep task on the target, scored by the caller (figures and the recovery check).
-
-    ZS (no prompt), Direct (the CompPT prompt pasted unchanged), PTfer, POST and, when 02 made it, FullPT.
-    ``wall_seconds`` is what the method costs the owner and provider after distillation: the source tuning
-    plus the transfer for Direct / PTfer / POST, the tuning on the target for FullPT.
-    """
-    task, rows = cfg.transfer.sweep_task, [{"method": "ZS", "epsilon": "-", "accuracy": score(None),
-                                             "wall_seconds": 0.0}]
-    for epsilon in cfg.transfer.epsilons:
-        compt = SoftPrompt.load(source_prompt_path(cfg, task, epsilon), target, same_model=False)
-        tuning = read_record(source_prompt_path(cfg, task, epsilon))["cost"]["wall_seconds"]  # the owner's record
-        rows.append({"method": "Direct", "epsilon": eps_tag(epsilon), "accuracy": score(compt),
-                     "wall_seconds": tuning})
-        for method in ("ptfer", "post"):
-            prompt = SoftPrompt.load(require(prompt_path(cfg.profile, task, method, epsilon, cfg.seed), "transferred",
-                                             cfg.profile), target)
-            rows.append({"method": {"ptfer": "PTfer", "post": "POST"}[method], "epsilon": eps_tag(epsilon),
-                         "accuracy": score(prompt), "wall_seconds": tuning + prompt.meta["cost"]["wall_seconds"]})
-        full = prompt_path(cfg.profile, task, "fullpt", epsilon, cfg.seed)
-        if full.exists():
-            prompt = SoftPrompt.load(full, target)
-            rows.append({"method": "FullPT", "epsilon": eps_tag(epsilon), "accuracy": score(prompt),
-                         "wall_seconds": read_record(full)["cost"]["wall_seconds"]})
-    return rows
-
-
-def recovery(rows: list[dict]) -> dict[str, float]:
-    """(POST - ZS) / (FullPT - ZS) per epsilon, from ``compare`` rows (FullPT at the same epsilon, else no DP).
-
-    Defined only where FullPT beats zero-shot; otherwise there is no gain to recover.
-    """
-    acc = {(r["method"], r["epsilon"]): r["accuracy"] for r in rows}
-    zs, out = acc[("ZS", "-")], {}
-    for (method, epsilon), value in acc.items():
-        full = acc.get(("FullPT", epsilon), acc.get(("FullPT", "inf")))
-        if method == "POST" and full is not None and not math.isnan(share := report.recovery(zs, full, value)):
-            out[epsilon] = share
-    return out
-
-
-# --- figures (each saved with its CSV) -----------------------------------------------------------------------
-
-
-def _references(ax, compared: list[dict]) -> None:
-    """Dashed lines for ZS, Direct and FullPT (no DP) accuracy."""
-    for method, style in (("ZS", ":"), ("Direct", "--"), ("FullPT", "-.")):
-        value = next((r["accuracy"] for r in compared if r["method"] == method and r["epsilon"] in ("-", "inf")), None)
-        if value is not None:
-            ax.axhline(value, color="grey", ls=style, lw=1, label=method)
-
-
-def plot_steps(sweeps: list[dict], compared: list[dict], history: list[dict], profile: str):
-    """Test accuracy of the default run's snapshots (figure only) next to the held-out public loss it selects on."""
-    steps = pd.DataFrame([r for r in sweeps if r["kind"] == "steps"])[["value", "accuracy"]].rename(
-        columns={"value": "step"})
-    held = pd.DataFrame([h for h in history if "holdout_loss" in h])
-    data = steps.merge(held, on="step", how="left") if len(held) else steps.assign(holdout_loss=math.nan)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.1))
-    left.plot(data.step, data.accuracy, marker="o", label="POST (test, figure only)")
-    _references(left, compared)
-    left.set_xlabel("transfer step")
-    left.set_ylabel("test accuracy")
-    left.legend(fontsize=8, frameon=False)
-    right.plot(data.step, data.holdout_loss, marker="o", color="C1")
-    selected = next((r["selected_step"] for r in sweeps if r["kind"] == "steps"), None)
-    if selected is not None:
-        right.axvline(selected, color="grey", ls="--", lw=1, label=f"selected step {selected}")
-        right.legend(fontsize=8, frameon=False)
-    right.set_xlabel("transfer step")
-    right.set_ylabel("held-out public transfer loss")
-    save_figure(fig, data, "transfer_accuracy_vs_steps", profile)
-    return fig
-
-
-def plot_sweep(sweeps: list[dict], compared: list[dict], kind: str, profile: str, xlabel: str, log: bool = False):
-    """Test accuracy against one swept setting (figure only); alpha also marks the public-data proxy's choice."""
-    data = pd.DataFrame([r for r in sweeps if r["kind"] == kind])[
-        ["value", "accuracy", "alpha", "public_examples", "public_pool", "init", "selected_step", "holdout_loss"]]
-    fig, ax = plt.subplots(figsize=(4.2, 3.1))
-    numeric = kind in ("alpha", "public_examples")
-    if numeric:
-        data = data.sort_values("value")
-        ax.plot(data.value, data.accuracy, marker="o", label="POST")
-    else:
-        ax.bar(data.value.astype(str), data.accuracy, color="C0", width=0.6)
-        everything = list(data.accuracy) + [r["accuracy"] for r in compared]
-        ax.set_ylim(min(everything) - 0.05, max(everything) + 0.05)
-        for x, y in zip(data.value.astype(str), data.accuracy):
-            ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", fontsize=8)
-    if kind == "alpha":
-        default = next(r for r in sweeps if r["kind"] == "default")
-        ax.plot([default["alpha"]], [default["accuracy"]], marker="*", ms=12, ls="", color="C3",
-                label=f"{default['alpha_rule']} alpha = {default['alpha']:.2f}")
-    if log:
-        ax.set_xscale("log")
-    _references(ax, compared)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8, frameon=False)
-    save_figure(fig, data, f"transfer_accuracy_vs_{kind}", profile)
-    return fig
-
-
-def plot_losses(histories: dict[str, list[dict]], profile: str, smooth: int = 5):
-    """Transfer loss and its two terms per task and epsilon (moving average over ``smooth`` steps)."""
-    data = pd.DataFrame([{"run": run, **h} for run, history in histories.items() for h in history if "loss" in h])
-    terms = ("loss", "absolute", "shift")
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), sharex=True)
-    for ax, term in zip(axes, terms):
-        for run, part in data.groupby("run", sort=False):
-            ax.plot(part.step, part[term].rolling(smooth, min_periods=1).mean(), label=run)
-        ax.set_title({"loss": "POST loss", "absolute": "KL(P_s || P_t)", "shift": "KL(Q_s || Q_t)"}[term])
-        ax.set_xlabel("transfer step")
-        ax.set_yscale("log")
-    axes[0].legend(fontsize=7, frameon=False)
-    save_figure(fig, data, "transfer_losses", profile)
-    return fig

@@ -1,15 +1,17 @@
-"""The privacy audit: the one-run bound against hand-derived values, LiRA on a planted leak and on a null,
-the metrics by hand, and the canary audit catching a DP run whose noise is gone while a real one passes."""
+"""The privacy audit stage: LiRA rows on a planted leak and on a null, shadow prompts tuned as 02 tunes, the
+canary audit catching a DP run whose noise is gone while a real one passes, and a rerun that resumes."""
 
 import dataclasses
 import math
 
 import numpy as np
 import pytest
-from scipy.special import logit
 
+import post.artifacts as artifacts
+import post.transfer as transfer
 from post import audit
 from post.config import ConfigError, load_config
+from post.membership import VARIANTS
 from post.models import load
 from post.tasks import Split, get_task, load_split
 
@@ -18,70 +20,7 @@ TASK = get_task("rotten_tomatoes")
 pytestmark = pytest.mark.usefixtures("one_thread")  # also keeps the seeded runs below on one trajectory
 
 
-# --- the one-run bound ------------------------------------------------------------------------------------------
-
-
-def test_bound_without_delta_is_the_binomial_tail():
-    # all r guesses right: P[Bin(r, q) >= r] = q^r = 0.05  =>  q = 0.05^(1/r), eps = log(q / (1 - q))
-    for r in (5, 10, 40):
-        assert audit.one_run_epsilon(1000, r, r) == pytest.approx(logit(0.05 ** (1 / r)), abs=1e-6)
-    # r = 3, v = 2 at eps = log 3 (q = 3/4): 3 q^2 (1 - q) + q^3 = 27/64 + 27/64
-    assert audit.one_run_p_value(10, 3, 2, math.log(3)) == pytest.approx(54 / 64)
-    # two guesses, both right: q^2 <= 0.05 needs q < 1/2, i.e. no positive epsilon is rejected
-    assert audit.one_run_epsilon(10, 2, 2) == 0.0
-    assert audit.one_run_epsilon(100, 10, 5) == 0.0  # chance-level guessing proves nothing
-
-
-def test_bound_delta_term_by_hand():
-    # r = v = 2, q = 3/4: f(2) = 9/16; max_i (f(2 - i) - f(2)) / i = max(P[B=1], (P[B=1] + P[B=0]) / 2) = 3/8
-    assert audit.one_run_p_value(10, 2, 2, math.log(3), 0.001) == pytest.approx(9 / 16 + 2 * 10 * 0.001 * 3 / 8)
-    assert audit.one_run_p_value(10, 2, 0, math.log(3), 0.001) == 1.0
-    # delta only weakens the conclusion, and more correct guesses only strengthen it
-    assert 0 < audit.one_run_epsilon(1000, 100, 90, 1e-4) < audit.one_run_epsilon(1000, 100, 90, 0.0)
-    assert audit.one_run_epsilon(1000, 100, 80) < audit.one_run_epsilon(1000, 100, 90)
-    with pytest.raises(ValueError):
-        audit.one_run_p_value(10, 5, 6, 1.0)
-
-
-def test_canary_guesses_and_bonferroni():
-    included = np.array([True, True, False, True, False, False])
-    scores = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
-    assert audit.canary_guesses(scores, included, 2) == 2  # 6 called in (right), 1 called out (right)
-    assert audit.canary_guesses(scores, included, 6) == 4  # wrong: 4 (out, called in), 3 (in, called out)
-    rng = np.random.default_rng(0)
-    included = rng.random(400) < 0.5
-    perfect = audit.canary_epsilon(included.astype(float), included, 0.0, (100,))
-    assert perfect["v"] == 100 and perfect["eps_hat"] == pytest.approx(logit(0.05 ** (1 / 100)), abs=1e-6)
-    corrected = audit.canary_epsilon(included.astype(float), included, 0.0, (100, 50))
-    assert corrected["eps_hat"] == pytest.approx(logit(0.025 ** (1 / 100)), abs=1e-6)  # two tries: 2.5% each
-
-
-# --- the statistic and the metrics ------------------------------------------------------------------------------
-
-
-def test_membership_score_is_a_stable_logit():
-    scores = np.array([[0.3, -0.2, 1.0], [2.0, 0.0, -1.0]])
-    p = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
-    labels = [2, 0]
-    assert audit.membership_score(scores, labels) == pytest.approx(logit(p[[0, 1], labels]))
-    extreme = audit.membership_score(np.array([[800.0, -800.0], [-800.0, 800.0]]), [0, 0])
-    assert extreme.tolist() == [1600.0, -1600.0]  # p rounds to 1 and 0; the logit does not overflow
-    stacked = np.stack([scores, 2 * scores])  # (K, N, C) works row by row
-    expected = [audit.membership_score(scores, labels), audit.membership_score(2 * scores, labels)]
-    assert audit.membership_score(stacked, labels) == pytest.approx(np.stack(expected))
-
-
-def test_auc_and_tpr_by_hand():
-    scores, members = np.array([4.0, 3.0, 2.0, 1.0]), np.array([True, False, True, False])
-    assert audit.auc(scores, members) == 0.75
-    assert audit.auc(np.zeros(4), members) == 0.5  # all tied
-    fpr, tpr = audit.roc_curve(scores, members)
-    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1] and tpr.tolist() == [0, 0.5, 0.5, 1, 1]
-    assert audit.tpr_at(fpr, tpr, 0.0) == 0.5  # threshold above 3: one of two members, no false one
-    assert audit.tpr_at(fpr, tpr, 0.49) == 0.5 and audit.tpr_at(fpr, tpr, 0.5) == 1.0
-    membership = audit.membership_matrix(6, 10, 0)
-    metrics = audit.lira_metrics(np.random.default_rng(0).normal(size=(6, 10)), membership, bootstrap=0)
-    assert metrics["online"]["tpr_at_0.01"] is None  # ~30 non-members cannot resolve a 1% false-positive rate
+# --- the design ---------------------------------------------------------------------------------------------------
 
 
 def test_membership_matrix_is_independent_bernoulli_halves():
@@ -116,7 +55,7 @@ def test_lira_finds_a_planted_leak():
     assert by["online"]["tpr_at_0.01"] > 0.1  # ten times chance at 1% FPR
     assert by["offline"]["auc"] > 0.8
     assert by["global"]["auc"] < by["online"]["auc"] - 0.15  # the references are what finds it
-    assert {c["variant"] for c in curves} == set(audit.VARIANTS)
+    assert {c["variant"] for c in curves} == set(VARIANTS)
 
 
 def test_null_control_covers_one_half():
@@ -125,20 +64,6 @@ def test_null_control_covers_one_half():
         assert row["setting"] == "null control"
         low, high = row["auc_ci"]
         assert low < 0.5 < high, row
-
-
-def test_a_repeated_prompt_is_never_its_own_reference():
-    """The bootstrap draws prompts with replacement: a copy of the target among its references would hand it
-    its own membership. With ``ids``, prompt 0 drawn twice is attacked exactly as without the copy."""
-    run = memorising_run(shadows=6, n=50)
-    once = audit.lira(run.scores, run.membership)
-    rows = np.array([0, 0, 1, 2, 3, 4, 5])
-    twice = audit.lira(run.scores[rows], run.membership[rows], rows)
-    for variant in audit.VARIANTS:
-        np.testing.assert_allclose(twice[variant][0], once[variant][0])
-        np.testing.assert_allclose(twice[variant][1], once[variant][0])
-    naive = audit.lira(run.scores[rows], run.membership[rows])  # the copy as a reference: the bias prevented
-    assert audit.auc(naive["online"][0], run.membership[0]) > audit.auc(once["online"][0], run.membership[0])
 
 
 def test_dp_rows_are_not_informative_when_no_dp_is_at_chance():
@@ -153,14 +78,6 @@ def test_dp_rows_are_not_informative_when_no_dp_is_at_chance():
                               row("eps=8", [0.47, 0.52], "target (POST)")])
     assert [r["reading"] for r in leaking] == ["above chance", "at chance",
                                                "not informative: no DP is not above chance"]
-
-
-def test_lira_leaves_guesses_without_references_out():
-    membership = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 0]], dtype=bool)  # example 0: never out
-    scores = np.random.default_rng(0).normal(size=membership.shape)
-    attacks = audit.lira(scores, membership)
-    assert np.isnan(attacks["online"][:, 0]).all() and np.isfinite(attacks["online"][:, 1:]).all()
-    assert np.isnan(attacks["global"][:, 0]).all()  # every variant sees the same guesses
 
 
 # --- the real pipeline on the tiny model ------------------------------------------------------------------------
@@ -182,10 +99,35 @@ def test_shadows_tune_with_02s_settings_on_their_halves(tiny):
     assert len({p.record["seed"] for p in run.prompts}) == 4
 
 
-def test_canary_scores_are_calibrated_per_canary_and_centred_per_label():
-    statistic = np.array([[1.0, 5.0, -2.0, 0.0], [2.0, 9.0, -2.0, 3.0]])  # (initial, trained) x 4 canaries
-    # changes 1, 4 (label 0) and 0, 3 (label 1); each label's mean change taken out
-    assert audit.canary_scores(statistic, [0, 0, 1, 1]).tolist() == [-1.5, 1.5, -1.5, 1.5]
+def test_a_rerun_reads_finished_parts_back_and_redoes_only_what_changed(tiny, tmp_path, monkeypatch):
+    """A second run_audit with the same settings trains and transfers nothing and returns the same rows (with
+    secret DP randomness only reading the shadows back can); a changed epsilon trains that setting's shadows and
+    canary runs again, and nothing else."""
+    model, tok = tiny
+    monkeypatch.setattr(artifacts, "ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
+    model.save_pretrained(artifacts.source_model_dir("smoke"))  # the tiny model stands in for the source too
+    tok.save_pretrained(artifacts.source_model_dir("smoke"))
+    fast = {"canary_epochs": 4, "bootstrap": 10}
+    trained, transferred = [], []  # the epsilon of every prompt tuned, and every POST transfer
+    tune_prompt, post_transfer = audit.tune_prompt, transfer.post_transfer
+    monkeypatch.setattr(audit, "tune_prompt", lambda *a, **k: trained.append(a[5]) or tune_prompt(*a, **k))
+    monkeypatch.setattr(transfer, "post_transfer", lambda *a, **k: transferred.append(a) or post_transfer(*a, **k))
+    cfg = load_config("smoke", {"audit": fast})
+    first = audit.run_audit(cfg, progress=False)
+    assert len(trained) == 3 * 4 + 3 and len(transferred) == 4  # shadows of no DP, eps=1, positive; 3 canary runs
+    kept = sorted(p.name.split("_")[0] for p in artifacts.artifact_dir("smoke", "audit").iterdir())
+    assert kept == ["canaries"] * 3 + ["shadows"] * 3 + ["transfer"]
+    again = audit.run_audit(cfg, progress=False)
+    assert len(trained) == 15 and len(transferred) == 4
+    assert again["lira"] == first["lira"] and again["canaries"] == first["canaries"]
+    assert again["cost"] == first["cost"] | {"attack and bootstrap": again["cost"]["attack and bootstrap"]}
+
+    changed = audit.run_audit(load_config("smoke", {"audit": {**fast, "epsilons": [math.inf, 2]}}), progress=False)
+    assert trained[15:] == [2.0] * 6 and len(transferred) == 4  # 4 shadows, the DP canary run and its control
+    unchanged = [r for r in first["lira"] if r["setting"] != "eps=1"]
+    assert [r for r in changed["lira"] if r["setting"] != "eps=2"] == unchanged
+    assert changed["canaries"][0] == first["canaries"][0]  # no DP
 
 
 def test_canaries_are_random_token_texts_with_random_labels(tiny):

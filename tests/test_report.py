@@ -50,6 +50,14 @@ def test_paper_rows_are_labelled_and_their_recovery_matches_the_paper():
     assert paper.recovery.iloc[3] == pytest.approx(2 / 3)
 
 
+def test_recovery_uses_fullpt_at_the_same_epsilon_else_the_non_private_one():
+    rows = [{"method": "ZS", "epsilon": "-", "accuracy": 0.6}, {"method": "FullPT", "epsilon": "inf", "accuracy": 0.8},
+            {"method": "POST", "epsilon": "inf", "accuracy": 0.75}, {"method": "POST", "epsilon": "8", "accuracy": 0.65},
+            {"method": "FullPT", "epsilon": "4", "accuracy": 0.5}, {"method": "POST", "epsilon": "4", "accuracy": 0.7}]
+    out = report.recovery(rows)
+    assert out == pytest.approx({"inf": 0.75, "8": 0.25})  # eps=4: FullPT below ZS, nothing to recover
+
+
 def test_update_readme_replaces_only_the_generated_block(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n\n{report.BEGIN}\nold numbers\n{report.END}\n\nafter\n")

@@ -306,11 +306,3 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     crashed.write_bytes(crashed.read_bytes()[:200])  # a write cut short: that transfer alone is redone
     again = transfer.run_transfer(cfg, progress=False)
     assert len(runs) == 4 + 2 * 5 + 1 and [r["task"] for r in again] == [r["task"] for r in rows]
-
-
-def test_recovery_uses_fullpt_at_the_same_epsilon_else_the_non_private_one():
-    rows = [{"method": "ZS", "epsilon": "-", "accuracy": 0.6}, {"method": "FullPT", "epsilon": "inf", "accuracy": 0.8},
-            {"method": "POST", "epsilon": "inf", "accuracy": 0.75}, {"method": "POST", "epsilon": "8", "accuracy": 0.65},
-            {"method": "FullPT", "epsilon": "4", "accuracy": 0.5}, {"method": "POST", "epsilon": "4", "accuracy": 0.7}]
-    out = transfer.recovery(rows)
-    assert out == pytest.approx({"inf": 0.75, "8": 0.25})  # eps=4: FullPT below ZS, nothing to recover
