@@ -147,3 +147,31 @@ def spent(accountant: PRVAccountant, delta: float) -> dict:
         prv = accountant.get_epsilon(delta)
     return {"prv_epsilon": float(prv), "rdp_epsilon": float(rdp.get_epsilon(delta, alphas=RDP_ORDERS)),
             "steps_taken": taken}
+
+
+def clipped_norms(optimizer: DPOptimizer, param: torch.nn.Parameter, grad_sample: torch.Tensor) -> torch.Tensor:
+    """(B,) norms of the per-example gradients after opacus' clipping to C (for showing what clipping does).
+
+    Each example goes alone through the optimizer's own ``clip_and_accumulate``; nothing is kept or stepped.
+    """
+    norms = []
+    for one in grad_sample:
+        set_grad_sample(param, one[None])
+        optimizer.clip_and_accumulate()
+        norms.append(param.summed_grad.norm())
+        optimizer.zero_grad()
+    return torch.stack(norms)
+
+
+def traced_step(optimizer: DPOptimizer, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    """``optimizer.step()`` after ``set_grad_sample``, and what it made on the way (for showing one step).
+
+    ``clipped_sum``: the sum of the clipped per-example gradients; ``noise``: the N(0, sigma^2 C^2) draw added
+    to it; ``noisy_mean``: (sum + noise) / (q N), what the base optimizer steps with; ``update``: the change
+    of ``param``.
+    """
+    before = param.detach().clone()
+    optimizer.step()
+    clipped_sum, noisy_mean = param.summed_grad.detach().clone(), param.grad.detach().clone()
+    return {"clipped_sum": clipped_sum, "noise": noisy_mean * optimizer.expected_batch_size - clipped_sum,
+            "noisy_mean": noisy_mean, "update": param.detach() - before}

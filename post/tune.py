@@ -245,6 +245,14 @@ def _owner_data(cfg: Config, task: str) -> tuple[Split, Split | None]:
     return train, load_split(task, "validation", min(limits, default=0))
 
 
+def stage_plan(cfg: Config, task: str, epsilon: float) -> dp.DPPlan:
+    """The DP plan ``run_tune`` calibrates for CompPT on ``task`` at ``epsilon``: the owner's training-set size,
+    the DP batch and steps of ``run_settings`` and the profile's C, as ``tune_prompt`` passes them to ``dp.plan``."""
+    train, _ = _owner_data(cfg, task)
+    settings, steps = run_settings(cfg.tune, epsilon, cfg.tune.steps)
+    return dp.plan(epsilon, len(train), min(settings.batch_size, len(train)), steps, settings.max_grad_norm)
+
+
 def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | None = None) -> list[dict]:
     """Tune (or reuse) every prompt of ``method`` and score it on the test split with the model it was tuned on.
 
@@ -384,4 +392,5 @@ def summary(rows: list[dict]) -> pd.DataFrame:
     data = pd.DataFrame(rows)
     data["run"] = data.method + " eps=" + data.epsilon
     return data.pivot_table(index="task", columns="run", values="accuracy", sort=False)
+
 
