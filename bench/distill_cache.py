@@ -2,7 +2,8 @@
 
 On a few public sequences of a profile's shape it times, per token: the teacher's forward pass in fp32 and
 under bf16 autocast, filling each kind of cache (forward + write), and one student training step fed from
-each cache or from the live teacher (in the profile's precision, plus the hidden cache in the other one).
+each cache or from the live teacher (in the profile's precision, ``auto`` resolved as the stage resolves it and
+recorded with whether the CPU has avx512_bf16, plus the hidden cache in the other precision).
 Each time is the median over batches after a warm-up, as wall and as process CPU time (on a shared machine
 the CPU time is the steadier number). It also reports the disk each cache needs per token, how far the bf16
 teacher is from the fp32 one, how much of the teacher's temperature-T probability mass the top-k logits cover
@@ -28,7 +29,13 @@ import torch.nn.functional as F
 
 from post import distill
 from post.config import load_config
-from post.models import PRECISIONS, load
+from post.models import load, resolve_precision
+
+
+def has_avx512_bf16() -> bool:
+    """Whether the CPU has native bf16 instructions, without which bf16 autocast is slower than fp32."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text().split()
 
 
 class Clock:
@@ -57,8 +64,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "distill_cache.json"))
     args = parser.parse_args()
     cfg = load_config(args.profile)
-    dc = cfg.distill
     teacher, tokenizer = load(cfg.model)
+    # the precision the stage would train in: "auto" becomes what the probe chose for this machine
+    dc = dataclasses.replace(cfg.distill, precision=resolve_precision(cfg.distill.precision, teacher.device.type,
+                                                                       "distill.precision"))
     layers = distill.student_layers(dc, len(distill.layer_list(teacher)[1]))
     small = dataclasses.replace(dc, train_sequences=args.sequences, eval_sequences=dc.batch_size)
     train_ids, eval_ids = distill.public_sequences(small, tokenizer, cfg.seed)
@@ -67,7 +76,7 @@ def main() -> None:
 
     batches = train_ids.split(dc.batch_size)
     with torch.inference_mode():
-        for precision in PRECISIONS:
+        for precision in ("fp32", "bf16"):
             clock = Clock(batch_tokens)
             with distill.autocast(dataclasses.replace(dc, precision=precision), teacher.device):
                 distill.forward(teacher, batches[0])  # warm-up
@@ -123,6 +132,7 @@ def main() -> None:
                          for k in ("wall", "cpu")}
             projected[f"{mode}, {epochs} epoch(s)"] = {k: v * tokens / 1e3 for k, v in per_token.items()}
     result = {"profile": args.profile, "model": cfg.model, "precision": dc.precision,
+              "precision_setting": cfg.distill.precision, "avx512_bf16": has_avx512_bf16(),
               "threads": torch.get_num_threads(), "batch": [dc.batch_size, dc.seq_len],
               "student_layers": list(layers), "ms_per_token": ms, "disk_bytes_per_token": disk,
               "bf16_teacher_vs_fp32": bf16_vs_fp32, "teacher_mass_in_top_k": mass,

@@ -11,6 +11,7 @@ compared; the per-sample gradients of the two DP variants are checked against ea
 Writes ``bench/results/dp_step.json``.
 
     python bench/dp_step.py [--model artifacts/cpu/source_model] [--batch B] [--prompt-length P]
+                             [--precision auto|fp32|bf16]
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from torch import nn
 
 from post import dp
 from post.artifacts import require, source_model_dir
-from post.config import load_config
-from post.models import load, model_name
+from post.config import PRECISIONS, load_config
+from post.models import load, model_name, resolve_precision
 from post.prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from post.tasks import get_task, load_split
 from post.tune import example_losses, per_sample_grads
@@ -70,10 +71,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=cpu.tune.batch_size)
     parser.add_argument("--prompt-length", type=int, default=cpu.tune.prompt_length)
     parser.add_argument("--max-text-tokens", type=int, default=cpu.data.max_text_tokens)
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default=cpu.tune.precision)
+    parser.add_argument("--precision", choices=PRECISIONS, default=cpu.tune.precision,
+                        help="default: the cpu profile's tune.precision; auto resolves as the stages resolve it")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "dp_step.json"))
     args = parser.parse_args()
+    precision = resolve_precision(args.precision, "cpu", "--precision")
     name = args.model or str(require(source_model_dir("cpu"), "source_model", "cpu"))
     model, tok = load(name)
     task = get_task(args.task)
@@ -85,7 +88,7 @@ def main() -> None:
     plan = dp.DPPlan(8.0, 1e-5, 0.5, 1.0, args.batch / 10_000, 100, 10_000)  # sigma, C as in a typical run
 
     # as post.tune trains: forward and backward under autocast, the optimizer step in fp32
-    autocast = torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16")
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
     plain_weight = nn.Parameter(init.detach().clone())
     plain_opt = torch.optim.Adam([plain_weight], lr=0.01)
 
@@ -146,7 +149,8 @@ def main() -> None:
     cpu_median = {key: statistics.median(values) for key, values in cpu_times.items()}
     result = {
         "model": model_name(model), "layers": model.config.num_hidden_layers, "task": args.task,
-        "batch": args.batch, "prompt_length": args.prompt_length, "precision": args.precision,
+        "batch": args.batch, "prompt_length": args.prompt_length, "precision": precision,
+        "precision_setting": args.precision,
         "sequence_length": batch["input_ids"].shape[1],
         "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
         "seconds_median": median, "seconds_all": times, "cpu_seconds_median": cpu_median,

@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,7 +39,7 @@ from .cost import Cost, n_params
 from .models import load_model, load_tokenizer, resolve_device, resolve_precision
 from .models import autocast as precision_autocast
 from .prompt import shorten
-from .tasks import default_pool, get_task, public_sample, public_texts
+from .tasks import default_pool, get_task, load_hub_dataset, public_sample, public_texts
 
 CACHE_MODES = ("hidden", "topk", "none")
 MAX_GRAD_NORM = 1.0
@@ -180,19 +179,13 @@ def trainable(student, train_embeddings: bool) -> list[nn.Parameter]:
 def corpus_texts(pool: str, text_column: str = "text") -> list[str]:
     """Public documents: an offline pool of ``post.tasks`` (``news``) or ``hf:<dataset>[:<config>]``.
 
-    A hub dataset is read from its ``train`` split; with ``POST_HUB_MIRROR=<dir>`` from ``<dir>/<dataset>``
-    (config as data_dir), the same local-mirror convention as the hub tasks.
+    A hub dataset is read from its ``train`` split by :func:`post.tasks.load_hub_dataset` (which honours
+    ``POST_HUB_MIRROR``), as the hub tasks are.
     """
     if not pool.startswith("hf:"):
         return public_texts(pool)
-    import datasets
-
     path, _, name = pool[3:].partition(":")
-    mirror = os.environ.get("POST_HUB_MIRROR")
-    if mirror:
-        data = datasets.load_dataset(str(Path(mirror) / path), data_dir=name or None, split="train")
-    else:
-        data = datasets.load_dataset(path, name or None, split="train")
+    data = load_hub_dataset(path, name or None, split="train")
     if text_column not in data.column_names:
         raise KeyError(f"{pool}: no column {text_column!r} (columns: {data.column_names}); set distill.text_column")
     return [t.strip() for t in data[text_column] if t and t.strip()]

@@ -12,6 +12,8 @@
 - SIGTERM, SIGHUP, SIGINT, and on Linux the death of ``make`` itself, end this process in an orderly way, and
   papermill's client shuts the kernel down on the way out: no stage keeps writing after ``make`` has stopped.
 - Each stage's wall time replaces its line in ``results/<profile>/notebooks/wall_seconds.txt``.
+- ``artifacts/<profile>/stages/<stage>.done``, the target by which ``make`` knows what is stale (see the
+  Makefile), is removed when a stage starts and written, dated when it started, only when it ran to the end.
 """
 
 from __future__ import annotations
@@ -84,6 +86,18 @@ def execute(notebook: Path, profile: str) -> float:
     return seconds
 
 
+def stamp(profile: str, stage: str) -> Path:
+    """The file whose presence and date tell make that ``stage`` ran to the end, and when it started."""
+    return artifacts.artifact_dir(profile, "stages") / f"{stage}.done"
+
+
+def mark_done(path: Path, started: float) -> None:
+    """Write the stamp dated ``started``: an input edited while the stage ran is newer, so it is still stale."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    os.utime(path, (started, started))
+
+
 def record_wall(profile: str, stage: str, seconds: float) -> None:
     """Replace ``stage``'s line in ``wall_seconds.txt``: one line per stage, its latest successful run."""
     path = artifacts.RESULTS / profile / "notebooks" / "wall_seconds.txt"
@@ -114,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         with profile_lock(profile, " ".join(Path(n).stem for n in notebooks)):
             for notebook in map(Path, notebooks):
                 print(f"== {notebook.stem} (PROFILE={profile})", flush=True)
+                done = stamp(profile, notebook.stem)
+                done.unlink(missing_ok=True)  # a stage stopped halfway may have changed its artifacts
+                started = time.time()
                 seconds = execute(notebook, profile)
                 record_wall(profile, notebook.stem, seconds)
+                mark_done(done, started)
                 print(f"== {notebook.stem} done in {seconds:.0f} s", flush=True)
     except ConfigError as err:
         print(f"PROFILE={profile}: {err}", file=sys.stderr)

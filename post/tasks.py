@@ -157,6 +157,20 @@ def load_movie_questions() -> list[str]:
 # --- hub tasks: the same schema through `datasets.load_dataset` -------------------------------------------
 
 
+def load_hub_dataset(path: str, name: str | None = None, split: str | None = None):
+    """``datasets.load_dataset(path, name, split=split)``: a hub dataset, all splits unless ``split`` is named.
+
+    With ``POST_HUB_MIRROR=<dir>`` it is read from ``<dir>/<path>`` (``name`` as data_dir): a local copy in the
+    hub's layout, which is how the tests run the hub code paths offline.
+    """
+    import datasets
+
+    mirror = os.environ.get("POST_HUB_MIRROR")
+    if mirror:
+        return datasets.load_dataset(str(Path(mirror) / path), data_dir=name, split=split)
+    return datasets.load_dataset(path, name, split=split)
+
+
 @dataclass(frozen=True)
 class HubSource:
     path: str  # hub id, e.g. "stanfordnlp/sst2"
@@ -166,18 +180,8 @@ class HubSource:
     splits: tuple[str, ...] = ("train", "validation", "test")
 
     def load(self) -> tuple[list[str], list[int]]:
-        """All labelled rows of ``splits`` (unlabelled rows, label < 0, are dropped).
-
-        With ``POST_HUB_MIRROR=<dir>`` the dataset is read from ``<dir>/<path>`` (``name`` as data_dir):
-        a local copy in the hub's layout, which is how the tests run this code offline.
-        """
-        import datasets
-
-        mirror = os.environ.get("POST_HUB_MIRROR")
-        if mirror:
-            dataset = datasets.load_dataset(str(Path(mirror) / self.path), data_dir=self.name)
-        else:
-            dataset = datasets.load_dataset(self.path, self.name)
+        """All labelled rows of ``splits`` (unlabelled rows, label < 0, are dropped); see :func:`load_hub_dataset`."""
+        dataset = load_hub_dataset(self.path, self.name)
         texts, labels = [], []
         for split in self.splits:
             if split not in dataset:

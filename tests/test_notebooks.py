@@ -35,7 +35,7 @@ def test_notebook_hygiene(path):
 def test_make_reproduce_runs_every_notebook_in_order_on_smoke():
     """`make reproduce` itself (not just papermill): every notebook, in order, each stage's wall time recorded."""
     walls = RESULTS / "smoke" / "notebooks" / "wall_seconds.txt"
-    done = subprocess.run(["make", "-o", ".venv/.post-setup", "reproduce", "PROFILE=smoke", f"PY={sys.executable}"],
+    done = subprocess.run(["make", "-o", ".venv/.post-setup", "reproduce", "PROFILE=smoke", "FORCE=1", f"PY={sys.executable}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert [line.split()[0] for line in walls.read_text().splitlines()] == [p.stem for p in NOTEBOOKS]

@@ -1,7 +1,10 @@
-"""What `make` does around a stage (post.run): a mistyped profile creates nothing, one run per profile at a
-time, a failed stage keeps the last good executed notebook and ends with its one-line cause, and a stopped
-run stops its kernel. Small notebooks stand in for the stages, in a temporary artifacts/results tree."""
+"""What `make` does around a stage (post.run): it reruns exactly the stale stages, a mistyped profile creates
+nothing, one run per profile at a time, a failed stage keeps the last good executed notebook and ends with its
+one-line cause, and a stopped run stops its kernel. Small notebooks stand in for the stages, in a temporary
+artifacts/results tree."""
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,8 +60,44 @@ def wait_for(path, timeout=90.0):
     return int(path.read_text())
 
 
-def test_a_mistyped_profile_stops_make_before_anything_is_created():
-    done = subprocess.run([*MAKE, "tune", "PROFILE=smoek"], cwd=ROOT, capture_output=True, text=True)
+STAGES = ["01_distill", "02_tune", "03_transfer", "04_evaluate", "05_privacy_audit"]
+
+
+def planned(tree, *args) -> list[str]:
+    """The stages `make -n reproduce PROFILE=smoke` would run in ``tree`` (a stand-in checkout), in order."""
+    done = subprocess.run([*MAKE, "-n", "-C", str(tree), "-f", str(ROOT / "Makefile"), "reproduce", "PROFILE=smoke",
+                           *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return re.findall(r"-m post\.run smoke notebooks/(\w+)\.ipynb", done.stdout)
+
+
+def test_make_reruns_exactly_the_stale_stages(tmp_path):
+    inputs = [*(f"notebooks/{stage}.ipynb" for stage in STAGES), "params/smoke.yaml", "post/tune.py"]
+    for i, name in enumerate(inputs):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    assert planned(tmp_path) == STAGES  # a fresh clone: no artifacts, so no stamps
+    stamps = tmp_path / "artifacts" / "smoke" / "stages"
+    stamps.mkdir(parents=True)
+    for i, stage in enumerate(STAGES):  # as one run of every stage leaves them
+        (stamps / f"{stage}.done").touch()
+        os.utime(stamps / f"{stage}.done", (2000 + i, 2000 + i))
+    assert planned(tmp_path) == []
+    assert planned(tmp_path, "-W", "notebooks/04_evaluate.ipynb") == ["04_evaluate"]
+    assert planned(tmp_path, "-W", "notebooks/02_tune.ipynb") == ["02_tune", "03_transfer", "04_evaluate"]
+    assert planned(tmp_path, "-W", "post/tune.py") == STAGES
+    assert planned(tmp_path, "-W", "params/smoke.yaml") == STAGES
+    assert planned(tmp_path, "FORCE=1") == STAGES
+    (stamps / "03_transfer.done").unlink()  # its artifacts are gone
+    assert planned(tmp_path) == ["03_transfer", "04_evaluate"]
+    os.utime(stamps / "01_distill.done", (3000, 3000))  # `make distill` ran it alone since
+    assert planned(tmp_path) == ["02_tune", "03_transfer", "04_evaluate", "05_privacy_audit"]
+
+
+@pytest.mark.parametrize("target", ["tune", "reproduce"])
+def test_a_mistyped_profile_stops_make_before_anything_is_created(target):
+    done = subprocess.run([*MAKE, target, "PROFILE=smoek"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert done.stderr.splitlines()[0].startswith("PROFILE=smoek: no profile 'smoek': params/smoek.yaml does not")
     assert not any((root / "smoek").exists() for root in (artifacts.ARTIFACTS, artifacts.RESULTS, artifacts.FIGURES))
@@ -86,6 +125,8 @@ def test_a_failed_stage_keeps_the_last_good_notebook_and_ends_with_its_cause(tmp
     assert first.wait(timeout=180) == 0, first.communicate()
     executed = tmp_path / "results" / "smoke" / "notebooks" / "02_stage.ipynb"
     assert "good run smoke" in executed.read_text()
+    stamp = tmp_path / "artifacts" / "smoke" / "stages" / "02_stage.done"  # what make goes by
+    assert stamp.stat().st_mtime <= executed.stat().st_mtime  # dated when the stage started
     notebook(stage, "x = 1", "raise ValueError('tune.steps went wrong\\nwhile tuning')")
     second = runner(tmp_path, "smoke", stage)
     assert second.wait(timeout=180) == 1
@@ -93,6 +134,7 @@ def test_a_failed_stage_keeps_the_last_good_notebook_and_ends_with_its_cause(tmp
     failed = tmp_path / "artifacts" / "smoke" / "notebooks" / "02_stage.ipynb"
     assert last == f"02_stage failed (PROFILE=smoke): ValueError: tune.steps went wrong while tuning  [see {failed}]"
     assert "good run smoke" in executed.read_text() and "tune.steps went wrong" in failed.read_text()
+    assert not stamp.exists()  # so make runs the stage again
     assert (executed.parent / "wall_seconds.txt").read_text().split()[0] == "02_stage"
 
 
@@ -102,6 +144,7 @@ def test_a_dead_kernel_is_said_in_one_line(tmp_path):
     assert process.wait(timeout=180) == 1
     assert "03_stage failed (PROFILE=smoke): the kernel died" in process.communicate()[1].splitlines()[-1]
     assert not (tmp_path / "results" / "smoke" / "notebooks" / "03_stage.ipynb").exists()
+    assert not (tmp_path / "artifacts" / "smoke" / "stages" / "03_stage.done").exists()
 
 
 @pytest.mark.parametrize("how", ["SIGTERM to the run", "SIGKILL to make"])

@@ -59,6 +59,16 @@ def test_hub_tasks_load_from_a_local_mirror_in_the_hubs_schema(monkeypatch, tiny
     tasks._splits.cache_clear()
 
 
+def test_without_a_mirror_hub_data_come_from_the_hub(monkeypatch):
+    import datasets
+
+    calls = []
+    monkeypatch.delenv("POST_HUB_MIRROR", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or "rows")
+    assert tasks.load_hub_dataset("cardiffnlp/tweet_eval", "sentiment", split="train") == "rows"
+    assert calls == [(("cardiffnlp/tweet_eval", "sentiment"), {"split": "train"})]
+
+
 def test_public_pools_have_text():
     for pool in tasks.PUBLIC_POOLS:
         texts = tasks.public_texts(pool)
