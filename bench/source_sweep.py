@@ -37,6 +37,7 @@ from post.evaluate import majority_accuracy
 from post.models import autocast, load
 from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
+from post.report import PAPER, recovery_share
 from post.tasks import default_pool, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_sample
 from post.tune import example_losses, tune_prompt
@@ -44,7 +45,9 @@ from post.tune import example_losses, tune_prompt
 OUT = Path(__file__).parent / "results" / "source_sweep.json"
 # what makes points comparable: the sweep's own settings (profile defaults may move; each point keeps its own)
 SWEEP_KEYS = ("task", "steps", "validation", "readout_examples", "readout_epochs", "generic_sequences", "model", "seed")
-PAPER = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48, "recovery": 0.74}]
+PAPER_GPT2_XL = PAPER["accuracy"].set_index("target").loc["GPT2-XL"]  # the paper's 4-layer source of a 48-layer target
+PAPER_POINTS = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48,
+                 "recovery": recovery_share(PAPER_GPT2_XL.ZS, PAPER_GPT2_XL.FullPT, PAPER_GPT2_XL.POST)}]
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -235,7 +238,7 @@ def plot(result: dict, profile: str):
         right.plot(part.step_ratio, part.recovery, marker="o", color=f"C{i}", label=mode)
     for ax, value, name in ((left, ref["zero_shot"], "target ZS"), (left, ref["fullpt"], "target FullPT")):
         ax.axhline(value, color="grey", ls="--" if "ZS" in name else "-.", lw=1, label=name)
-    for p in PAPER:
+    for p in PAPER_POINTS:
         right.plot([p["layer_fraction"]], [p["recovery"]], marker="*", ms=12, ls="", color="C3", label=p["label"])
     if "levers" in result:  # the best transfer variant on the lever point, at that point's cost
         lev = result["levers"]

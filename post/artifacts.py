@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -35,8 +36,28 @@ STAGES = {  # artifact name -> (notebook, make target) that makes it
     "prompts": ("02_tune.ipynb", "make tune"),
     "transferred": ("03_transfer.ipynb", "make transfer"),
 }
-METHOD_STAGE = {"compt": "prompts", "fullpt": "prompts", "post": "transferred", "ptfer": "transferred"}
 PACKAGES = ("torch", "transformers", "datasets", "opacus", "numpy", "post")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the study: the one place that says what it is called, which prompt it scores and where."""
+
+    key: str  # in code, in a prompt's meta and in 03's rows
+    label: str  # in results rows, tables and figures
+    prompt: str | None  # the prompt file it scores (its method in ``prompt_path``); None: no prompt
+    stage: str | None  # the STAGES artifact that prompt file belongs to
+    model: str  # the model it is scored on: "source" or "target"
+
+
+METHODS = {m.key: m for m in (  # in the order of the tables' columns
+    Method("zs", "ZS", None, None, "target"),
+    Method("fullpt", "FullPT", "fullpt", "prompts", "target"),
+    Method("compt", "CompPT", "compt", "prompts", "source"),
+    Method("direct", "Direct", "compt", "prompts", "target"),  # the CompPT prompt pasted onto the target unchanged
+    Method("ptfer", "PTfer", "ptfer", "transferred", "target"),
+    Method("post", "POST", "post", "transferred", "target"),
+)}
 
 
 T = TypeVar("T")
@@ -74,14 +95,16 @@ def source_model_dir(profile: str) -> Path:
 
 
 def prompt_path(profile: str, task: str, method: str, epsilon: float, seed: int = 0) -> Path:
-    """Where a prompt lives: ``artifacts/<profile>/prompts/<task>/<method>_eps<eps>_seed<seed>.pt``.
+    """Where the prompt a method scores lives: ``artifacts/<profile>/prompts/<task>/<file>_eps<eps>_seed<seed>.pt``.
 
-    Methods: ``compt`` (tuned on the source), ``fullpt`` (tuned on the target), ``post`` and ``ptfer``
-    (transferred to the target). Task names may contain "/" (hub tasks); it becomes "__" on disk.
+    Files: ``compt`` (tuned on the source; Direct scores it too), ``fullpt`` (tuned on the target), ``post`` and
+    ``ptfer`` (transferred to the target). Task names may contain "/" (hub tasks); it becomes "__" on disk.
     """
-    if method not in METHOD_STAGE:
-        raise KeyError(f"unknown prompt method {method!r}; methods: {sorted(METHOD_STAGE)}")
-    name = f"{method}_eps{eps_tag(epsilon)}_seed{seed}.pt"
+    file = METHODS[method].prompt if method in METHODS else None
+    if file is None:
+        scored = sorted(key for key, m in METHODS.items() if m.prompt)
+        raise KeyError(f"unknown prompt method {method!r}; methods: {scored}")
+    name = f"{file}_eps{eps_tag(epsilon)}_seed{seed}.pt"
     return artifact_dir(profile, "prompts") / task.replace("/", "__") / name
 
 

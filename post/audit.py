@@ -50,45 +50,19 @@ from .config import Config, TuneConfig
 from .cost import Cost, Timer
 from .membership import auc, canary_epsilon, canary_scores, lira, lira_metrics, membership_score, roc_curve, tpr_at
 from .models import load, model_name
-from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
+from .prompt import SoftPrompt, prompt_class_scores
+from .report import PAPER, ci_text
 from .tasks import Split, Task, get_task, load_split
 from .tune import run_settings, source_fingerprint, tune_prompt
 
 STREAMS = {"membership": 1, "null": 2, "canaries": 3, "canary_texts": 4, "shadows": 5}  # one per purpose
 CANARY_TOKENS = 16  # random vocabulary tokens per canary text
 NO_NOISE = "no noise (positive control)"  # the one-run row of the DP run with sigma = 0
-PAPER_LIRA = (  # POST paper, LiRA on prompts of RoBERTa-base, private task sst2, 8 shadow models
-    {"setting": "no DP", "epsilon": "inf", "auc": 0.561},
-    {"setting": "eps=8", "epsilon": "8", "auc": 0.526},
-)
 
 
 def rng(seed: int, purpose: str) -> np.random.Generator:
     """A generator for one purpose: draws made from the same seed for different purposes never line up."""
     return np.random.default_rng([seed, STREAMS[purpose]])
-
-
-# --- class scores under many prompts ----------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def prompt_class_scores(model, tokenizer, task: Task, texts: list[str], prompts: list[torch.Tensor],
-                        batch_size: int = 32, max_text_tokens: int = 64, progress: bool = True,
-                        cost: Cost | None = None) -> np.ndarray:
-    """(K, N, C) class scores of every prompt on every text; each batch is tokenised once for all K prompts."""
-    verbalizer = Verbalizer.for_task(task, tokenizer)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(prompts), len(texts), len(task.classes)), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc=f"score {len(prompts)} prompts",
-                      disable=not progress, leave=False):
-        idx = order[start:start + batch_size]
-        batch = encode(task, tokenizer, [texts[i] for i in idx], max_text_tokens)
-        for k, weight in enumerate(prompts):
-            logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], weight)
-            out[k, idx] = verbalizer.scores(logits).numpy()
-            if cost is not None:
-                cost.add(model, int(batch["attention_mask"].sum()) + weight.shape[0] * len(idx), len(idx))
-    return out
 
 
 # --- shadow prompts ---------------------------------------------------------------------------------------------
@@ -436,7 +410,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
     result = {
         "profile": cfg.profile, "task": name, "source_model": model_name(source), "target_model": cfg.model,
         "settings": dataclasses.asdict(a), "shadow_tuning": tuning, "owner_train_examples": owner_examples,
-        "lira": readings(rows), "canaries": canaries, "paper": list(PAPER_LIRA),
+        "lira": readings(rows), "canaries": canaries, "paper": list(PAPER["lira"]),
         "cost": {part: cost.to_dict() for part, cost in costs.items()},
         "wall_seconds": {**{part: cost.wall_seconds for part, cost in costs.items()}, "total": total.seconds},
     }
@@ -462,9 +436,8 @@ def lira_table(result: dict, variant: str = "online") -> pd.DataFrame:
     members / non-members."""
     data = pd.DataFrame(result["lira"])
     data = data[data.variant == variant].copy()
-    fmt = lambda ci: "" if not isinstance(ci, list) else f"[{ci[0]:.3f}, {ci[1]:.3f}]"  # noqa: E731
-    data["auc 95% CI"] = data["auc_ci"].map(fmt)
-    data["tpr@1%fpr 95% CI"] = data.get("tpr_at_0.01_ci", pd.Series(index=data.index, dtype=object)).map(fmt)
+    data["auc 95% CI"] = data["auc_ci"].map(ci_text)
+    data["tpr@1%fpr 95% CI"] = data.get("tpr_at_0.01_ci", pd.Series(index=data.index, dtype=object)).map(ci_text)
     columns = ["setting", "model", "auc", "auc 95% CI", "reading", "tpr_at_0.01", "tpr@1%fpr 95% CI",
                "tpr_at_0.001", "train_accuracy", "heldout_accuracy", "n_in", "n_out"]
     return data[columns].reset_index(drop=True)
@@ -481,9 +454,9 @@ def control_checks(result: dict) -> pd.DataFrame:
         checks.append({"check": "positive control leaks (AUC CI above 0.5)", "value": f"CI low {low:.3f}",
                        "passed": bool(low > 0.5)})
     if "null control" in online.index:
-        low, high = online.loc["null control", "auc_ci"]
-        checks.append({"check": "null control does not (AUC CI covers 0.5)", "value": f"[{low:.3f}, {high:.3f}]",
-                       "passed": bool(low <= 0.5 <= high)})
+        ci = online.loc["null control", "auc_ci"]
+        checks.append({"check": "null control does not (AUC CI covers 0.5)", "value": ci_text(ci),
+                       "passed": bool(ci[0] <= 0.5 <= ci[1])})
     for row in result["canaries"]:
         if row["setting"] == NO_NOISE:
             checks.append({"check": f"one run without noise: eps_hat > claimed epsilon {row['epsilon']}",

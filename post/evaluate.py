@@ -6,30 +6,18 @@ import hashlib
 import time
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .artifacts import METHOD_STAGE, eps_tag, prompt_path, read_json, require, results_dir, write_json
+from .artifacts import METHODS, eps_tag, prompt_path, read_json, require, results_dir, write_json
 from .models import autocast, load
-from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits
+from .prompt import SoftPrompt, prompt_class_scores
 from .tasks import Split, Task, get_task, load_split
 
 
-@torch.inference_mode()
 def class_scores(model, tokenizer, task: Task, texts: list[str], prompt: SoftPrompt | None = None,
                  batch_size: int = 32, max_text_tokens: int = 64, progress: bool = True) -> np.ndarray:
-    """(N, C) class scores; batches are formed from length-sorted texts to waste little on padding."""
-    verbalizer = Verbalizer.for_task(task, tokenizer)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    scores = np.zeros((len(texts), len(task.classes)), dtype=np.float32)
+    """(N, C) class scores of one prompt (None: zero-shot)."""
     weight = None if prompt is None else prompt.weight
-    for start in tqdm(range(0, len(texts), batch_size), desc=f"eval {task.name}", disable=not progress,
-                      leave=False):
-        idx = order[start:start + batch_size]
-        batch = encode(task, tokenizer, [texts[i] for i in idx], max_text_tokens)
-        logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], weight)
-        scores[idx] = verbalizer.scores(logits).numpy()
-    return scores
+    return prompt_class_scores(model, tokenizer, task, texts, [weight], batch_size, max_text_tokens, progress)[0]
 
 
 def accuracy(model, tokenizer, task: Task, split: Split, prompt: SoftPrompt | None = None,
@@ -76,15 +64,15 @@ def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
         test = load_split(name, "test", cfg.data.max_test)
         result = accuracy(model, tokenizer, get_task(name), test, None, cfg.eval.batch_size,
                           cfg.data.max_text_tokens, precision=cfg.eval.precision)
-        rows.append({"task": name, "method": "ZS", "model": cfg.model, "majority": majority_accuracy(test),
-                     **result})
+        rows.append({"task": name, "method": METHODS["zs"].label, "model": cfg.model,
+                     "majority": majority_accuracy(test), **result})
     write_json(path, {"key": key, "rows": rows})
     return rows
 
 
 # --- the study's scoreboard (04) -----------------------------------------------------------------------------
 
-TRANSFERRED = {"Direct": "compt", "PTfer": "ptfer", "POST": "post"}  # table label -> prompt file scored on target
+SCORED_HERE = ("direct", "ptfer", "post")  # 02 scored CompPT and FullPT on the models they were tuned on
 
 
 def prompt_digest(prompt: SoftPrompt) -> str:
@@ -111,20 +99,20 @@ def scoreboard(cfg, progress: bool = True) -> list[dict]:
     for name in cfg.data.tasks:
         test, task = None, get_task(name)
         for epsilon in cfg.transfer.epsilons:
-            for method, kind in TRANSFERRED.items():
-                path = require(prompt_path(cfg.profile, name, kind, epsilon, cfg.seed), METHOD_STAGE[kind],
+            for method in map(METHODS.get, SCORED_HERE):
+                path = require(prompt_path(cfg.profile, name, method.key, epsilon, cfg.seed), method.stage,
                                cfg.profile)
                 prompt = SoftPrompt.load(path)
-                key = f"{name}/{method}/{prompt_digest(prompt)}/{settings}"
+                key = f"{name}/{method.label}/{prompt_digest(prompt)}/{settings}"
                 if key not in cache:
                     if model is None:
                         model, tokenizer = load(cfg.model)
                     test = test or load_split(name, "test", cfg.data.max_test)
-                    prompt.check(model, same_model=kind != "compt")
+                    prompt.check(model, same_model=METHODS[method.prompt].model == method.model)
                     result = accuracy(model, tokenizer, task, test, prompt, cfg.eval.batch_size,
                                       cfg.data.max_text_tokens, progress, cfg.eval.precision)
                     cache[key] = {"accuracy": result["accuracy"], "n": result["n"], "seconds": result["seconds"]}
                     write_json(cache_path, cache)
-                rows.append({"task": name, "method": method, "epsilon": eps_tag(epsilon), "model": cfg.model,
+                rows.append({"task": name, "method": method.label, "epsilon": eps_tag(epsilon), "model": cfg.model,
                              "seed": cfg.seed, **{k: cache[key][k] for k in ("accuracy", "n")}})
     return rows

@@ -3,7 +3,8 @@
 Layout under left padding: ``[prompt (P) | pads | text tokens]``. The attention mask is 1 on the prompt and
 the text and 0 on the pads; position ids count only attended tokens, so an example gets the same positions
 (prompt 0..P-1, text from P) whether it is alone or padded in a batch. The prediction position is the last
-one, so the model computes logits there only (``logits_to_keep=1``).
+one, so the model computes logits there only (``logits_to_keep=1``). :func:`prompt_class_scores` is the one
+loop that scores many texts: evaluation, the transfer's fixed logits and the audit all read them through it.
 
 What leaves the data owner is the prompt file: the weights and ``meta``, whitelisted public facts
 (:data:`PROVIDER_KEYS`). Whatever else the owner learnt while tuning (training curves, validation scores, batch
@@ -17,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import dp
 from .artifacts import atomic_path, read_json, relative, write_json
+from .cost import Cost
 from .models import model_name
 from .tasks import Task
 
@@ -166,7 +170,8 @@ class Verbalizer:
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, V) next-token logits -> (B, C) class scores: the mean logit of each class's label words."""
         picked = logits[:, self.token_ids]  # (B, C, W)
-        return (picked * self.mask).sum(-1) / self.mask.sum(-1)
+        mask = self.mask.to(logits.device)
+        return (picked * mask).sum(-1) / mask.sum(-1)
 
 
 def shorten(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
@@ -191,9 +196,11 @@ def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     ``prompt`` is (P, D), shared by the batch, or (B, P, D), one copy per example: with a per-example copy
     that requires grad, one backward pass gives each example's own gradient (exact per-sample gradients).
     """
-    embeds = model.get_input_embeddings()(input_ids)
-    mask = attention_mask
+    device = model.get_input_embeddings().weight.device  # batches are built on the CPU; the model may be on a GPU
+    embeds = model.get_input_embeddings()(input_ids.to(device))
+    mask = attention_mask.to(device)
     if prompt is not None:
+        prompt = prompt.to(device)
         if prompt.dim() == 2:
             prompt = prompt.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
         embeds = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
@@ -202,3 +209,30 @@ def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, logits_to_keep=1,
                 use_cache=False)
     return out.logits[:, -1].float()
+
+
+@torch.inference_mode()
+def prompt_class_scores(model, tokenizer, task: Task, texts: list[str], prompts: list[torch.Tensor | None],
+                        batch_size: int = 32, max_text_tokens: int = 64, progress: bool = True,
+                        cost: Cost | None = None, logits: bool = False) -> np.ndarray:
+    """(K, N, C) class scores of every prompt (None: no prompt) on every text, or with ``logits`` the (K, N, V)
+    next-token logits they are read from (the transfer compares whole-vocabulary distributions).
+
+    Batches are length-sorted texts, so little is spent on padding, and each is tokenised once for all K
+    prompts. Runs under the caller's autocast; ``cost`` counts every forward pass.
+    """
+    verbalizer = Verbalizer.for_task(task, tokenizer)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    width = model.get_output_embeddings().weight.shape[0] if logits else len(task.classes)
+    out = np.zeros((len(prompts), len(texts), width), dtype=np.float32)
+    for start in tqdm(range(0, len(texts), batch_size), desc=f"score {task.name}", disable=not progress,
+                      leave=False):
+        idx = order[start:start + batch_size]
+        batch = encode(task, tokenizer, [texts[i] for i in idx], max_text_tokens)
+        for k, prompt in enumerate(prompts):
+            read = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
+            out[k, idx] = (read if logits else verbalizer.scores(read)).cpu().numpy()
+            if cost is not None:
+                prompt_tokens = 0 if prompt is None else prompt.shape[-2] * len(idx)
+                cost.add(model, int(batch["attention_mask"].sum()) + prompt_tokens, len(idx), "forward")
+    return out

@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import (artifact_dir, eps_tag, prompt_path, read_json, read_required, readable, relative, require,
-                        results_dir, source_model_dir, write_json, write_manifest)
+from .artifacts import (METHODS, artifact_dir, eps_tag, prompt_path, read_json, read_required, readable, relative,
+                        require, results_dir, source_model_dir, write_json, write_manifest)
 from .config import ROOT, Config, TransferConfig
 from .cost import Cost, Timer
 from .models import autocast, load, model_name
-from .prompt import SoftPrompt, Verbalizer, check_release, encode, next_token_logits, provider_meta
+from .prompt import (SoftPrompt, Verbalizer, check_release, encode, next_token_logits, prompt_class_scores,
+                     provider_meta)
 from .tasks import Task, default_pool, get_task, public_sample
 
 
@@ -58,23 +58,11 @@ def provider_view(task: Task) -> Task:
 # --- the constant terms -------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def all_logits(model, tokenizer, task: Task, texts: list[str], prompt: torch.Tensor | None = None,
                batch_size: int = 32, max_text_tokens: int = 64, cost: Cost | None = None) -> torch.Tensor:
-    """(N, V) next-token logits at the prediction position, batched over length-sorted texts."""
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = None
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        batch = encode(task, tokenizer, [texts[i] for i in idx], max_text_tokens)
-        logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
-        if out is None:
-            out = torch.empty(len(texts), logits.shape[1])
-        out[torch.as_tensor(idx)] = logits
-        if cost is not None:
-            prompt_tokens = 0 if prompt is None else prompt.shape[-2] * len(idx)
-            cost.add(model, int(batch["attention_mask"].sum()) + prompt_tokens, len(idx), "forward")
-    return out
+    """(N, V) next-token logits at the prediction position, from the one scoring loop (``prompt_class_scores``)."""
+    return torch.from_numpy(prompt_class_scores(model, tokenizer, task, texts, [prompt], batch_size, max_text_tokens,
+                                                False, cost, logits=True)[0])
 
 
 @dataclass
@@ -322,7 +310,7 @@ def load_models(cfg: Config):
 
 
 def source_prompt_path(cfg: Config, task: str, epsilon: float) -> Path:
-    return require(prompt_path(cfg.profile, task, "compt", epsilon, cfg.seed), "prompts", cfg.profile)
+    return require(prompt_path(cfg.profile, task, "compt", epsilon, cfg.seed), METHODS["compt"].stage, cfg.profile)
 
 
 def snapshot_path(prompt_file: Path) -> Path:
@@ -411,7 +399,7 @@ def run_transfer(cfg: Config, progress: bool = True) -> list[dict]:
         prepared = None
         for epsilon in cfg.transfer.epsilons:
             path = source_prompt_path(cfg, name, epsilon)
-            source_prompt = read_required(path, "prompts", cfg.profile, SoftPrompt.load)
+            source_prompt = read_required(path, METHODS["compt"].stage, cfg.profile, SoftPrompt.load)
             source_prompt.check(source)
             run = f"{name}/{eps_tag(epsilon)}"
             finished = finished_rows(cfg, done, name, epsilon, source_prompt)

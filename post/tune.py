@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import dp
-from .artifacts import (eps_tag, prompt_path, read_json, relative, require, results_dir, source_model_dir,
+from .artifacts import (METHODS, eps_tag, prompt_path, read_json, relative, require, results_dir, source_model_dir,
                         write_json)
 from .config import ROOT, Config, TuneConfig
 from .cost import Cost, Timer
@@ -40,7 +40,6 @@ from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record
 from .tasks import BUILTIN, Split, Task, fingerprint, get_task, load_split
 
-METHODS = {"compt": "CompPT", "fullpt": "FullPT"}  # prompt file name -> label in tables and figures
 SELECT = ("last", "validation")
 
 
@@ -217,7 +216,7 @@ def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
     payload = {"task": task, "method": method, "epsilon": eps_tag(epsilon), "seed": cfg.seed, "tune": tune,
                "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("tasks", "task_files")},
                "eval_batch_size": cfg.eval.batch_size,
-               "model": source_fingerprint(cfg.profile) if method == "compt" else cfg.model}
+               "model": source_fingerprint(cfg.profile) if METHODS[method].model == "source" else cfg.model}
     if task not in BUILTIN:  # a task from a file: its wording and data are part of what made the prompt
         payload["declaration"] = fingerprint(task)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -261,13 +260,13 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
     ``cached`` (run key -> row of an earlier run) has its row scored at the current eval precision, not
     rescored either.
     """
-    if method == "compt":
-        name, epsilons, steps = str(require(source_model_dir(cfg.profile), "source_model", cfg.profile)), \
-            cfg.tune.epsilons, cfg.tune.steps
-    elif method == "fullpt":
-        name, epsilons, steps = cfg.model, cfg.tune.full_pt_epsilons, cfg.tune.full_pt_steps
-    else:
-        raise KeyError(f"tune methods are {sorted(METHODS)}, not {method!r}")
+    grids = {"compt": (cfg.tune.epsilons, cfg.tune.steps),
+             "fullpt": (cfg.tune.full_pt_epsilons, cfg.tune.full_pt_steps)}
+    if method not in grids:
+        raise KeyError(f"tune methods are {sorted(grids)}, not {method!r}")
+    epsilons, steps = grids[method]
+    name = str(require(source_model_dir(cfg.profile), "source_model", cfg.profile)) \
+        if METHODS[method].model == "source" else cfg.model
     cached = cached or {}
     model = tokenizer = None
     rows = []
@@ -302,7 +301,7 @@ def _row(record: dict, test: dict, key: str, path: Path) -> dict:
     """One results row from the owner's record of a prompt and its test score."""
     privacy = record["dp"]
     return {
-        "task": record["task"], "method": METHODS[record["method"]], "model": record["model"],
+        "task": record["task"], "method": METHODS[record["method"]].label, "model": record["model"],
         "epsilon": eps_tag(record["epsilon"]), "seed": record["seed"], "accuracy": test["accuracy"],
         "n": test["n"], "predicted_share": test["predicted_share"], "eval_seconds": test["seconds"],
         "train_seconds": record["cost"]["wall_seconds"], "train_flops": record["cost"]["flops"],

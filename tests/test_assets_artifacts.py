@@ -48,6 +48,18 @@ def test_prompt_paths():
         artifacts.prompt_path("smoke", "trec", "lora", 8.0)
 
 
+def test_one_registry_names_every_method_and_its_prompt_file():
+    methods = artifacts.METHODS.values()
+    assert [m.label for m in methods] == ["ZS", "FullPT", "CompPT", "Direct", "PTfer", "POST"]  # as results carry them
+    assert {m.key for m in methods if m.model == "source"} == {"compt"}
+    for method in methods:
+        assert method.model in ("source", "target") and method.stage in (None, *artifacts.STAGES)
+        assert (method.prompt is None) == (method.stage is None)
+    assert artifacts.prompt_path("cpu", "trec", "direct", 8.0) == artifacts.prompt_path("cpu", "trec", "compt", 8.0)
+    with pytest.raises(KeyError, match="methods"):
+        artifacts.prompt_path("cpu", "trec", "zs", 8.0)  # zero-shot has no prompt
+
+
 def test_missing_predecessor_hint_keeps_the_profile(tmp_path):
     with pytest.raises(artifacts.MissingArtifact) as err:
         artifacts.require(tmp_path / "prompt.pt", "prompts", "quick")

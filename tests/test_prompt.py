@@ -1,11 +1,14 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from post import dp
+from post.cost import Cost
 from post.prompt import (PROVIDER_DP_KEYS, PROVIDER_KEYS, NotReleasable, PromptMismatch, SoftPrompt, Verbalizer,
-                         check_release, encode, next_token_logits, provider_meta, read_record, record_path)
+                         check_release, encode, next_token_logits, prompt_class_scores, provider_meta, read_record,
+                         record_path)
 from post.tasks import get_task
 
 TASK = get_task("rotten_tomatoes")
@@ -46,6 +49,44 @@ def test_per_example_prompt_copy_matches_shared_prompt(tiny):
     shared = scores(model, tok, LONGER, prompt)
     copied = scores(model, tok, LONGER, prompt.unsqueeze(0).repeat(len(LONGER), 1, 1))
     assert torch.allclose(shared, copied)
+
+
+def by_hand(model, tok, text, prompt=None):
+    """Class scores of one text built without the library: unpadded, default positions, the mean label-word logit."""
+    ids = tok(TASK.format(text), return_tensors="pt").input_ids
+    embeds = model.get_input_embeddings()(ids)
+    if prompt is not None:
+        embeds = torch.cat([prompt.unsqueeze(0), embeds], dim=1)
+    with torch.no_grad():
+        last = model(inputs_embeds=embeds).logits[0, -1]
+    return np.array([float(last[[tok(w, add_special_tokens=False).input_ids[0] for w in words]].mean())
+                     for words in TASK.label_words])
+
+
+@pytest.mark.parametrize("with_prompt", [False, True])
+def test_the_scoring_loop_is_batch_invariant_and_matches_a_hand_built_forward(tiny, with_prompt):
+    model, tok = tiny
+    texts = [SHORT, *LONGER, "Meh.", "A joy from start to finish.", "Not for me, though the actors try hard."]
+    prompt = SoftPrompt.from_vocab(model, 4, seed=1).weight.detach() if with_prompt else None
+    one, seven = (prompt_class_scores(model, tok, TASK, texts, [prompt], batch_size=size, progress=False)[0]
+                  for size in (1, 7))
+    assert one.shape == (7, 2) and np.abs(one - seven).max() < 1e-4
+    assert np.abs(seven - np.stack([by_hand(model, tok, t, prompt) for t in texts])).max() < 1e-4
+
+
+def test_the_scoring_loop_reads_many_prompts_and_full_logits_alike(tiny):
+    model, tok = tiny
+    prompts = [None, SoftPrompt.from_vocab(model, 4, seed=1).weight.detach()]
+    cost = Cost()
+    scores = prompt_class_scores(model, tok, TASK, LONGER, prompts, batch_size=2, progress=False, cost=cost)
+    logits = prompt_class_scores(model, tok, TASK, LONGER, prompts, batch_size=2, progress=False, logits=True)
+    assert scores.shape == (2, 3, 2) and logits.shape == (2, 3, model.config.vocab_size)
+    verbalizer = Verbalizer.for_task(TASK, tok)
+    for k, prompt in enumerate(prompts):
+        assert np.array_equal(scores[k], verbalizer.scores(torch.from_numpy(logits[k])).numpy())
+        assert np.array_equal(scores[k], prompt_class_scores(model, tok, TASK, LONGER, [prompt], 2, progress=False)[0])
+    text_tokens = int(encode(TASK, tok, LONGER)["attention_mask"].sum())
+    assert cost.examples == 6 and cost.tokens == 2 * text_tokens + 4 * len(LONGER)
 
 
 def test_init_from_text_uses_the_instruction_embeddings(tiny):

@@ -50,6 +50,11 @@ def test_paper_rows_are_labelled_and_their_recovery_matches_the_paper():
     assert paper.recovery.iloc[3] == pytest.approx(2 / 3)
 
 
+def test_confidence_intervals_print_alike_in_every_table():
+    assert report.ci_text([0.43, 0.6]) == "[0.430, 0.600]" and report.ci_text((0.1, 0.25)) == "[0.100, 0.250]"
+    assert report.ci_text(None) == report.ci_text(float("nan")) == "-"
+
+
 def test_recovery_uses_fullpt_at_the_same_epsilon_else_the_non_private_one():
     rows = [{"method": "ZS", "epsilon": "-", "accuracy": 0.6}, {"method": "FullPT", "epsilon": "inf", "accuracy": 0.8},
             {"method": "POST", "epsilon": "inf", "accuracy": 0.75}, {"method": "POST", "epsilon": "8", "accuracy": 0.65},
