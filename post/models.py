@@ -99,7 +99,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0, dev
 
 def _stable_name(name: str) -> str:
     """Offline names and hub ids as given; a local directory relative to the repository when inside it."""
-    path = Path(name).resolve()
+    path = Path(name).absolute()  # not resolved: artifacts/ may be a link to a larger disk
     return relative(path) if name not in GGUF and name != TINY and path.is_dir() else name
 
 
