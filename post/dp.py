@@ -22,6 +22,7 @@ and the noise is drawn in opacus' secure mode (a sum of Gaussians, against float
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import warnings
@@ -77,6 +78,7 @@ class DPPlan:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=256)  # calibration is deterministic and costs ~0.3 s; shadows and reruns repeat it
 def plan(epsilon: float, n: int, batch_size: int, steps: int, max_grad_norm: float) -> DPPlan:
     """Calibrate sigma so that ``steps`` Poisson-sampled steps of expected size ``batch_size`` reach epsilon."""
     if not (0 < epsilon < math.inf):
