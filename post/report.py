@@ -450,6 +450,11 @@ def readme_results(profile: str = README_PROFILE) -> str:
             stages = {"01_distill *": read_json(out / "distill.json")["cost"]["total"]["wall_seconds"], **stages}
             note = ("\n\n\\* not rerun with the other stages (its inputs did not change): the distillation's own "
                     "recorded cost, from an earlier run on a shared machine.")
+        elif "01_distill" in stages and (out / "distill.json").exists():
+            recorded = read_json(out / "distill.json")["cost"]["total"]["wall_seconds"]
+            if recorded > float(stages["01_distill"]):  # the run resumed a distillation made before it
+                note = (f"\n\n01's line is the notebook's last run, which reused a finished distillation (resumable, "
+                        f"same settings): the distillation itself recorded {recorded:.0f} s.")
         table = pd.DataFrame([(s, int(float(t))) for s, t in sorted(stages.items())], columns=["stage", "seconds"])
         table.loc[len(table)] = ["total", int(table.seconds.sum())]
         parts += ["### Stage wall times", f"`results/{profile}/notebooks/wall_seconds.txt` (`make <stage>` or "
