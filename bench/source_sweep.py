@@ -37,7 +37,8 @@ from post.evaluate import majority_accuracy
 from post.models import autocast, load
 from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
-from post.report import PAPER, recovery_share
+from post.paper import PAPER
+from post.report import recovery_share
 from post.tasks import default_pool, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_sample
 from post.tune import example_losses, tune_prompt

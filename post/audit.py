@@ -48,10 +48,11 @@ from .artifacts import (artifact_dir, atomic_path, eps_tag, read_json, readable,
                         source_model_dir, write_json)
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
-from .membership import auc, canary_epsilon, canary_scores, lira, lira_metrics, membership_score, roc_curve, tpr_at
+from .membership import (auc, canary_epsilon, canary_scores, ci_text, lira, lira_metrics, membership_score, roc_curve,
+                         tpr_at)
 from .models import load, model_name
+from .paper import PAPER
 from .prompt import SoftPrompt, prompt_class_scores
-from .report import PAPER, ci_text
 from .tasks import Split, Task, get_task, load_split
 from .tune import run_settings, source_fingerprint, tune_prompt
 

@@ -240,3 +240,8 @@ def canary_scores(statistic: np.ndarray, labels) -> np.ndarray:
     for label in np.unique(labels):
         change[labels == label] -= change[labels == label].mean()
     return change
+
+
+def ci_text(ci) -> str:
+    """A confidence interval as every table prints it, ``[0.488, 0.526]``; "-" where there is none."""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, (list, tuple)) else "-"

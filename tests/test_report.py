@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from post import report
+from post.membership import ci_text
 
 
 def rows(task, zs, full, post, seed=0, epsilon="inf"):
@@ -51,8 +52,8 @@ def test_paper_rows_are_labelled_and_their_recovery_matches_the_paper():
 
 
 def test_confidence_intervals_print_alike_in_every_table():
-    assert report.ci_text([0.43, 0.6]) == "[0.430, 0.600]" and report.ci_text((0.1, 0.25)) == "[0.100, 0.250]"
-    assert report.ci_text(None) == report.ci_text(float("nan")) == "-"
+    assert ci_text([0.43, 0.6]) == "[0.430, 0.600]" and ci_text((0.1, 0.25)) == "[0.100, 0.250]"
+    assert ci_text(None) == ci_text(float("nan")) == "-"
 
 
 def test_recovery_uses_fullpt_at_the_same_epsilon_else_the_non_private_one():
