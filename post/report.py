@@ -279,11 +279,14 @@ def _distillation(out: Path) -> list[str]:
     d = read_json(out / "distill.json")
     val = pd.DataFrame(d["zero_shot_validation"]).pivot(index="task", columns="model", values="accuracy")
     val = val[["target", "undistilled cut", "distilled source", "majority class"]].reset_index()
+    data, held_out = (("of public text in each task's template (each task's default public pool), matched at the "
+                       "read-out position only", "On held-out public texts in the same templates, read-out")
+                      if d["objective"] == "readout" else ("of public news", "On held-out news,"))
     return ["### Distillation (01)",
             f"`results/{out.name}/distill.json`, `figures/{out.name}/distill_*.png`: a "
             f"{len(d['student_layers'])}-layer student (target layers {', '.join(map(str, d['student_layers']))}; "
             f"{d['trainable_params'] / 1e6:.1f}M of its {d['student_params'] / 1e6:.1f}M parameters trained) "
-            f"distilled for {d['steps']} steps over {d['train_tokens']:,} tokens of public news. On held-out news, "
+            f"distilled for {d['steps']} steps over {d['train_tokens']:,} tokens {data}. {held_out} "
             f"top-1 agreement with the target went from {d['before']['top1']:.3f} to {d['after']['top1']:.3f} and "
             f"KL(target || student) from {d['before']['kl']:.2f} to {d['after']['kl']:.2f}; stage cost "
             f"{d['cost']['total']['wall_seconds']:.0f} s. Zero-shot accuracy on the validation splits:",
