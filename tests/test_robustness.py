@@ -170,3 +170,45 @@ def test_a_stopped_run_stops_its_kernel(tmp_path, how):
         process.wait(timeout=30)
     assert gone(kernel), "the kernel outlived the run"
     assert not (tmp_path / "results" / "smoke" / "notebooks" / "05_stage.ipynb").exists()
+
+
+MOVED_STAGES = textwrap.dedent("""
+    import json, sys
+    from post import distill, transfer, tune
+    from post.artifacts import RESULTS
+    from post.config import ROOT, load_config
+    assert str(ROOT) == sys.argv[1], (ROOT, sys.argv[1])  # the copy's own package, not the installed one
+    cfg = load_config("smoke")
+    if sys.argv[2] == "owner":
+        distill.run_distill(cfg, progress=False)
+        tune.run_tune(cfg, progress=False)
+    else:
+        tune.training_curves(json.loads((RESULTS / "smoke" / "tune.json").read_text()))
+        transfer.run_transfer(cfg, progress=False)
+""")
+
+
+@pytest.mark.e2e
+def test_a_moved_checkout_reruns_a_stage_from_its_own_files(tmp_path):
+    """Distil and tune in one checkout, move it, then transfer: every path the later stage reads back (prompts in
+    tune.json, the source model named in prompt metadata) must be relative, or it would reach the old place."""
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    for name in ("post", "params", "examples"):
+        subprocess.run(["cp", "-r", str(ROOT / name), str(first / name)], check=True)
+    (first / "artifacts").mkdir()
+    (first / "artifacts" / "cache").symlink_to(ROOT / "artifacts" / "cache")  # converted weights, read only
+    script = tmp_path / "stages.py"
+    script.write_text(MOVED_STAGES)
+
+    def stage(root, side):
+        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, str(script), str(root), side], cwd=root, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    stage(first, "owner")
+    first.rename(moved)
+    stage(moved, "provider")
+    for written in (moved / "results" / "smoke").glob("*.json"):
+        assert str(tmp_path) not in written.read_text(), f"{written.name} holds a path of the machine"
