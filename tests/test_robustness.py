@@ -197,7 +197,8 @@ def test_a_moved_checkout_reruns_a_stage_from_its_own_files(tmp_path):
     for name in ("post", "params", "examples"):
         subprocess.run(["cp", "-r", str(ROOT / name), str(first / name)], check=True)
     (first / "artifacts").mkdir()
-    (first / "artifacts" / "cache").symlink_to(ROOT / "artifacts" / "cache")  # converted weights, read only
+    (ROOT / "artifacts" / "cache").mkdir(parents=True, exist_ok=True)  # a fresh clone converts its weights there
+    (first / "artifacts" / "cache").symlink_to(ROOT / "artifacts" / "cache")  # shared, as two checkouts may
     script = tmp_path / "stages.py"
     script.write_text(MOVED_STAGES)
 
