@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from .config import ROOT, Config, eps_tag
+from .config import ROOT, Config, content_key, eps_tag
 
 ARTIFACTS = ROOT / "artifacts"
 RESULTS = ROOT / "results"
@@ -106,6 +106,13 @@ def prompt_path(profile: str, task: str, method: str, epsilon: float, seed: int 
         raise KeyError(f"unknown prompt method {method!r}; methods: {scored}")
     name = f"{file}_eps{eps_tag(epsilon)}_seed{seed}.pt"
     return artifact_dir(profile, "prompts") / task.replace("/", "__") / name
+
+
+def keyed_path(profile: str, folder: str, part: str, suffix: str, payload: Any) -> Path:
+    """Where a stage keeps a finished part of its work: ``artifacts/<profile>/<folder>/<part>_<key><suffix>``,
+    the key being ``content_key(payload)`` of everything that determines the part; a rerun finds it there, a
+    changed setting names another file."""
+    return artifact_dir(profile, folder) / f"{part}_{content_key(payload)}{suffix}"
 
 
 def relative(path: str | Path) -> str:

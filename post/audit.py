@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -44,8 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dp, transfer
-from .artifacts import (artifact_dir, atomic_path, eps_tag, read_json, readable, require, results_dir,
-                        source_model_dir, write_json)
+from .artifacts import (artifact_dir, atomic_path, eps_tag, keyed_path, read_json, readable, require,
+                        results_dir, source_model_dir, write_json)
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
 from .membership import (auc, canary_epsilon, canary_scores, ci_text, lira, lira_metrics, membership_score, roc_curve,
@@ -306,19 +305,12 @@ def readings(rows: list[dict]) -> list[dict]:
     return out
 
 
-def checkpoint(profile: str, part: str, suffix: str, payload: dict) -> Path:
-    """Where run_audit keeps a finished part: ``artifacts/<profile>/audit/<part>_<digest><suffix>``, the digest
-    of ``payload``, everything that determines the part, so that a changed setting names another file."""
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return artifact_dir(profile, "audit") / f"{part}_{digest}{suffix}"
-
-
 def run_audit(cfg: Config, progress: bool = True) -> dict:
     """The whole audit: LiRA per setting and controls on the source, on the target after transfer, canaries.
 
     Writes ``results/<profile>/audit.json`` (everything but the ROC points, which go with the figure), with a
     cost record (wall time, examples, tokens, FLOPs) per part. Finished parts are read back from their
-    checkpoints (see ``checkpoint``) with the cost of their making; only the attack and bootstrap always rerun.
+    checkpoints (``keyed_path``) with the cost of their making; only the attack and bootstrap always rerun.
     DP runs follow ``tune.dp_randomness``, so with secret randomness a DP part made anew gives other numbers
     (within the CIs).
     """
@@ -343,7 +335,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
     def shadows(pool: Split, setting: str, settings: TuneConfig, epsilon: float, steps: int, seed: int) -> ShadowRun:
         tuning[setting] = {**dataclasses.asdict(settings), "steps": steps, "pool": len(pool),
                            "passes_per_example": steps * settings.batch_size / (len(pool) / 2)}  # 02: / N
-        path = checkpoint(cfg.profile, "shadows", ".pt", {
+        path = keyed_path(cfg.profile, "audit", "shadows", ".pt", {
             **identity, "pool": [pool.texts, pool.labels], "setting": setting, "epsilon": eps_tag(epsilon),
             "settings": dataclasses.asdict(settings), "steps": steps, "shadows": a.shadows, "seed": seed})
         run = readable(path, lambda p: ShadowRun.load(p, pool))
@@ -375,7 +367,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
                 run = runs[key]
                 part = restrict(run, np.arange(min(a.transfer_pool or len(run.pool), len(run.pool))))
                 weights = torch.stack([p.weight.detach().cpu() for p in run.prompts]).numpy()
-                path = checkpoint(cfg.profile, "transfer", ".json", {
+                path = keyed_path(cfg.profile, "audit", "transfer", ".json", {
                     **identity, "prompts": hashlib.sha256(weights.tobytes()).hexdigest(), "texts": part.pool.texts,
                     "transfer": transfer.settings_hash(cfg)})
                 scored = readable(path, read_json)
@@ -395,7 +387,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         control = [(min(finite), False)] if finite else []  # the smallest epsilon claimed, no noise added
         settings = dataclasses.replace(cfg.tune, batch_size=a.canary_batch_size)
         for epsilon, noise in [(e, True) for e in a.epsilons] + control:
-            path = checkpoint(cfg.profile, "canaries", ".json", {
+            path = keyed_path(cfg.profile, "audit", "canaries", ".json", {
                 **identity, "canaries": [data["canaries"].texts, data["canaries"].labels],
                 "epsilon": eps_tag(epsilon), "noise": noise, "settings": dataclasses.asdict(settings),
                 "epochs": a.canary_epochs, "guesses": a.canary_guesses, "confidence": a.confidence, "seed": cfg.seed})

@@ -170,7 +170,7 @@ class Config:
 
                 section["precision"] = resolve_precision("auto", resolve_device(self.device).type)
             payload[name] = section
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return content_key(payload)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,6 +248,15 @@ POSITIVE = {
 }
 FRACTIONS = {"transfer.alpha", "transfer.alphas"}  # in [0, 1]
 NON_EMPTY = {"data.tasks", "tune.epsilons", "transfer.epsilons", "audit.epsilons", "audit.canary_guesses"}
+
+
+def content_key(payload: Any) -> str:
+    """Sixteen hex digits of a digest of ``payload`` (JSON, keys sorted): every stage's skip-if-done key.
+
+    An artifact is stored under, or stamped with, the key of everything that determines it; a rerun whose key
+    matches reads it back, and any changed input gives another key, so the artifact is made anew.
+    """
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def eps_tag(epsilon: float) -> str:

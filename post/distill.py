@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .artifacts import (artifact_dir, atomic_dir, atomic_path, read_json, readable, results_dir, source_model_dir,
                         write_json, write_manifest)
-from .config import Config, DistillConfig
+from .config import Config, DistillConfig, content_key
 from .cost import Cost, n_params
 from .models import load_model, load_tokenizer, resolve_device, resolve_precision
 from .models import autocast as precision_autocast
@@ -669,7 +667,7 @@ def readout_key(cfg: Config) -> str:
     dc = cfg.distill
     payload = {"model": cfg.model, "seed": cfg.seed, "tasks": list(cfg.data.tasks), "examples": dc.readout_examples,
                "holdout": dc.readout_holdout, "max_text_tokens": cfg.data.max_text_tokens}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return content_key(payload)
 
 
 def distill_hash(cfg: Config) -> str:

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import (METHODS, artifact_dir, eps_tag, prompt_path, read_json, read_required, readable, relative,
-                        require, results_dir, source_model_dir, write_json, write_manifest)
+from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, keyed_path, prompt_path, read_json, read_required,
+                        readable, relative, require, results_dir, source_model_dir, write_json, write_manifest)
 from .config import ROOT, Config, TransferConfig
 from .cost import Cost, Timer
 from .models import autocast, load, model_name
@@ -456,13 +456,27 @@ def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferRes
     return row, TransferResult(prompt, [], torch.load(snapshot_path(path)), row["selected_step"])
 
 
+def write_sweep_run(path: Path, result: TransferResult, row: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"weight": result.prompt.weight.detach().cpu(), "meta": result.prompt.meta, "row": row,
+                    "snapshots": result.snapshots, "selected_step": result.selected_step}, tmp)
+
+
+def read_sweep_run(path: Path) -> tuple[TransferResult, dict]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    prompt = SoftPrompt(state["weight"], **state["meta"])
+    return TransferResult(prompt, [], state["snapshots"], state["selected_step"]), state["row"]
+
+
 def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool = True) -> list[dict]:
     """Figures only: transfer the sweep task's non-private CompPT prompt, changing one setting at a time.
 
     Rows carry ``kind`` (steps / alpha / public_examples / pool / init), ``value``, the run's record and
     ``accuracy = score(prompt)``, the caller's measurement (test accuracy in the notebook). The default run
     (the profile's settings; run_transfer's own run when it matches) also gives the accuracy-vs-steps curve
-    from its snapshots; a variant equal to it is not run twice. Writes ``results/<profile>/transfer_sweeps.json``.
+    from its snapshots; a variant equal to it is not run twice. Each finished variant is kept in
+    ``artifacts/<profile>/sweeps/`` under the key of its settings (``keyed_path``), so a rerun or an interrupted
+    sweep redoes only what is missing or changed. Writes ``results/<profile>/transfer_sweeps.json``.
     """
     s = cfg.transfer
     source, target, tokenizer = load_models(cfg)
@@ -482,11 +496,18 @@ def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool
         done[(s, default_pool_name)] = ({**saved[0], "accuracy": score(saved[1].prompt)}, saved[1])
     for kind, value, settings, pool in [("default", "default", s, default_pool_name)] + variants:
         key = (settings, pool)
-        if key not in done:
-            if pool not in prepared:
-                prepared[pool] = prepare(cfg, source, target, tokenizer, s.sweep_task, pool)
-            result, row = post_transfer(cfg, source, target, tokenizer, prepared[pool], source_prompt, settings,
-                                        progress)
+        if key not in done:  # a finished variant is kept, so an interrupted sweep resumes after it
+            path = keyed_path(cfg.profile, "sweeps", "transfer", ".pt", {
+                "settings": dataclasses.asdict(settings), "pool": pool, "config": settings_hash(cfg),
+                "source_prompt": source_prompt.meta.get("run_key")})
+            kept = readable(path, read_sweep_run)
+            if kept is None:
+                if pool not in prepared:
+                    prepared[pool] = prepare(cfg, source, target, tokenizer, s.sweep_task, pool)
+                kept = post_transfer(cfg, source, target, tokenizer, prepared[pool], source_prompt, settings,
+                                     progress)
+                write_sweep_run(path, *kept)
+            result, row = kept
             done[key] = ({**row, "accuracy": score(result.prompt)}, result)
         row, result = done[key]
         rows.append({**row, "kind": kind, "value": value})

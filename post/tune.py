@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from . import dp
 from .artifacts import (METHODS, eps_tag, prompt_path, read_json, relative, require, results_dir, source_model_dir,
                         write_json)
-from .config import ROOT, Config, TuneConfig
+from .config import ROOT, Config, TuneConfig, content_key
 from .cost import Cost, Timer
 from .evaluate import accuracy
 from .models import autocast, load, model_name, resolve_precision
@@ -219,7 +218,7 @@ def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
                "model": source_fingerprint(cfg.profile) if METHODS[method].model == "source" else cfg.model}
     if task not in BUILTIN:  # a task from a file: its wording and data are part of what made the prompt
         payload["declaration"] = fingerprint(task)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_key(payload)
 
 
 def run_settings(tune: TuneConfig, epsilon: float, steps: int) -> tuple[TuneConfig, int]:

@@ -292,7 +292,8 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
 
     # the sweeps: the stage's own run is reused as the default, variants equal to it are not rerun, and the
     # caller's score (test accuracy in the notebook) changes no choice: rerun with random scores, same runs
-    assert len(runs) == 4 + 2 * 5  # per sweep: alpha 0 and 1, 8 public examples, movie_questions, instruction init
+    assert len(runs) == 4 + 5  # alpha 0 and 1, 8 public examples, movie_questions, instruction init; the second
+    # sweep read all five back from artifacts/smoke/sweeps/
     kinds = [(r["kind"], r["value"]) for r in sweeps[0]]
     assert kinds == [("default", "default"), ("steps", 0), ("steps", 1), ("steps", 2), ("alpha", 0.0), ("alpha", 1.0),
                      ("public_examples", 8), ("public_examples", 16), ("pool", "amazon_reviews"),
@@ -300,9 +301,21 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     chosen = [[(r["alpha"], r["selected_step"], r["public_examples"], r["public_pool"]) for r in run] for run in sweeps]
     assert chosen[0] == chosen[1] and {r["accuracy"] for r in sweeps[0]} == {0.5}
 
-    # a rerun (or a run resumed after an interruption) keeps the finished transfers and redoes only what changed
-    assert transfer.run_transfer(cfg, progress=False) == rows and len(runs) == 4 + 2 * 5
+    # a rerun (or a run resumed after an interruption) keeps the finished transfers and redoes only what changed,
+    # to the same prompt and the same record
+    assert transfer.run_transfer(cfg, progress=False) == rows and len(runs) == 4 + 5
     crashed = artifacts.prompt_path("smoke", names[0], "post", 8.0)
+    before = SoftPrompt.load(crashed).weight
     crashed.write_bytes(crashed.read_bytes()[:200])  # a write cut short: that transfer alone is redone
     again = transfer.run_transfer(cfg, progress=False)
-    assert len(runs) == 4 + 2 * 5 + 1 and [r["task"] for r in again] == [r["task"] for r in rows]
+    assert len(runs) == 4 + 5 + 1 and torch.equal(SoftPrompt.load(crashed).weight, before)
+    assert without_cost(again) == without_cost(rows)
+    kept = sorted((artifacts.ARTIFACTS / "smoke" / "sweeps").glob("transfer_*.pt"))
+    assert len(kept) == 5  # the variants; the default is run_transfer's own transfer
+    kept[0].write_bytes(kept[0].read_bytes()[:100])  # an interrupted sweep: one variant is missing
+    redone = transfer.run_sweeps(cfg, lambda p: 0.5, progress=False)
+    assert len(runs) == 4 + 5 + 1 + 1 and without_cost(redone) == without_cost(sweeps[0])
+
+
+def without_cost(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "cost"} for r in rows]
