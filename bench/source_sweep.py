@@ -10,6 +10,7 @@ the source relative to the target's, measured in this run. Points are appended t
 an interrupted sweep resumes at the next point; distillation itself resumes from its checkpoint.
 
     python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
+    python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
     python bench/source_sweep.py --plot      # the figure from the JSON only
 """
 
@@ -49,6 +50,16 @@ SWEEP_KEYS = ("task", "steps", "validation", "readout_examples", "readout_epochs
 PAPER_GPT2_XL = PAPER["accuracy"].set_index("target").loc["GPT2-XL"]  # the paper's 4-layer source of a 48-layer target
 PAPER_POINTS = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48,
                  "recovery": recovery_share(PAPER_GPT2_XL.ZS, PAPER_GPT2_XL.FullPT, PAPER_GPT2_XL.POST)}]
+
+
+def distillation(mode: str, args) -> tuple[str, int, int]:
+    """``(objective, read-out texts per task, epochs)`` of a mode: ``readout`` is the sweep's read-out budget,
+    ``readout:3000x4`` another one (its own curve in the figure)."""
+    objective, _, budget = mode.partition(":")
+    if not budget:
+        return objective, args.readout_examples, args.readout_epochs
+    examples, epochs = (int(x) for x in budget.split("x"))
+    return objective, examples, epochs
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -149,14 +160,15 @@ def main() -> None:
     def make_source(text: str, mode: str) -> tuple[torch.nn.Module, dict | None]:
         """The undistilled cut, or the distilled source (kept under ``work`` so reruns and levers reuse it)."""
         first, last = shape(text)
-        if mode == "undistilled":
+        objective, examples, epochs = distillation(mode, args)
+        if objective == "undistilled":
             return distill.make_student(target, distill.end_layers(n_layers, first + last, last)), None
-        saved = work / f"{text}-{mode}"
+        saved = work / f"{text}-{mode.replace(':', '-')}"
         if (saved / "distill.json").exists():
             return load(saved)[0], read_json(saved / "distill.json")
-        common = {"num_student_layers": first + last, "keep_last": last, "objective": mode}
-        dc = dataclasses.replace(cfg.distill, **common, readout_examples=args.readout_examples,
-                                 epochs=args.readout_epochs, batch_size=16, lr=3e-4) if mode == "readout" else \
+        common = {"num_student_layers": first + last, "keep_last": last, "objective": objective}
+        dc = dataclasses.replace(cfg.distill, **common, readout_examples=examples,
+                                 epochs=epochs, batch_size=16, lr=3e-4) if objective == "readout" else \
             dataclasses.replace(cfg.distill, **common, train_sequences=args.generic_sequences)
         source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer, work, True)
         with atomic_dir(saved) as tmp:
@@ -192,6 +204,8 @@ def main() -> None:
         point = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
                  "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads()}
         if record:
+            if record["objective"] == "readout":
+                point.update(zip(("readout_examples", "readout_epochs"), distillation(mode, args)[1:]))
             point.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
                          distill_seconds=record["cost"]["total"]["wall_seconds"])
         point["readout_agreement"] = readout.evaluate(source)[0]

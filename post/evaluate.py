@@ -70,6 +70,25 @@ def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
     return rows
 
 
+def validation_zero_shot(cfg, models: dict[str, tuple]) -> list[dict]:
+    """Zero-shot validation accuracy of each ``{label: (model, tokenizer)}`` and the majority class on every task
+    of the profile; writes ``results/<profile>/distill_zero_shot.json``.
+
+    The study harness of 01, not the provider: it reads private validation splits to show what distillation
+    bought. The test splits stay untouched until 04.
+    """
+    rows = []
+    for name in cfg.data.tasks:
+        split = load_split(name, "validation", cfg.data.max_validation)
+        rows.append({"task": name, "model": "majority class", "accuracy": majority_accuracy(split), "n": len(split)})
+        for label, (model, tokenizer) in models.items():
+            result = accuracy(model, tokenizer, get_task(name), split, None, cfg.eval.batch_size,
+                              cfg.data.max_text_tokens)
+            rows.append({"task": name, "model": label, **result})
+    write_json(results_dir(cfg.profile) / "distill_zero_shot.json", rows)
+    return rows
+
+
 # --- the study's scoreboard (04) -----------------------------------------------------------------------------
 
 SCORED_HERE = ("direct", "ptfer", "post")  # 02 scored CompPT and FullPT on the models they were tuned on

@@ -40,6 +40,20 @@ def test_zero_shot_reuses_results_for_unchanged_settings(monkeypatch, tmp_path):
     assert len(loads) == 2  # changed data settings: recomputed
 
 
+def test_01s_zero_shot_table_reads_validation_only_and_has_one_file(tiny, monkeypatch, tmp_path):
+    monkeypatch.setattr(artifacts, "RESULTS", tmp_path)
+    cfg = load_config("smoke", {"data": {"tasks": ["trec", "rotten_tomatoes"], "max_validation": 6}})
+    splits, real = [], evaluate.load_split
+    monkeypatch.setattr(evaluate, "load_split", lambda name, split, n: splits.append(split) or real(name, split, n))
+    rows = evaluate.validation_zero_shot(cfg, {"a": tiny, "b": tiny})
+    assert set(splits) == {"validation"}
+    assert [(r["task"], r["model"]) for r in rows] == [(t, m) for t in ("trec", "rotten_tomatoes")
+                                                       for m in ("majority class", "a", "b")]
+    assert all(r["n"] == 6 for r in rows) and rows[1]["accuracy"] == rows[2]["accuracy"]  # the same model twice
+    assert artifacts.read_json(tmp_path / "smoke" / "distill_zero_shot.json") == rows
+    assert not (tmp_path / "smoke" / "distill.json").exists()  # 01's stage record has its own writer
+
+
 def test_bf16_scoring_mostly_agrees_with_fp32_and_bad_precision_is_refused(smol):
     model, tok = smol
     task = get_task("rotten_tomatoes")
