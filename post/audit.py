@@ -346,7 +346,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         return run
 
     with Timer() as total:
-        source, tokenizer = load(source_dir)
+        source, tokenizer = load(source_dir, device=cfg.device)
         data = audit_data(cfg, tokenizer)
         owner_examples = len(load_split(name, "train", cfg.data.max_train))
         runs: dict[str, ShadowRun] = {}
@@ -362,7 +362,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
             add(run, "source")
         add(shuffled(runs["positive"], cfg.seed + 200), "source")
         if a.transfer_settings:
-            target, _ = load(cfg.model)
+            target, _ = load(cfg.model, device=cfg.device)
             for key in a.transfer_settings:
                 run = runs[key]
                 part = restrict(run, np.arange(min(a.transfer_pool or len(run.pool), len(run.pool))))

@@ -199,7 +199,7 @@ def evaluate(args) -> None:
     _check_task(task, cfg, owner=True)
     split = load_split(task.name, args.split, cfg.data.max_test if args.split == "test" else cfg.data.max_validation)
     local = ROOT / prompt.meta["model"]  # a local model (the source) is recorded relative to the repository
-    model, tokenizer = load(local if local.is_dir() else prompt.meta["model"])
+    model, tokenizer = load(local if local.is_dir() else prompt.meta["model"], device=cfg.device)
     prompt.check(model)
     scores = {name: accuracy(model, tokenizer, task, split, p, cfg.eval.batch_size, cfg.data.max_text_tokens,
                              not args.quiet, cfg.eval.precision)["accuracy"]
@@ -297,7 +297,7 @@ def export(args) -> None:
     prompt = _read_prompt(args.prompt)
     task = _task(prompt.meta.get("task"))
     cfg = _config(args)
-    model, _ = load(cfg.model)
+    model, _ = load(cfg.model, device=cfg.device)
     _fits(prompt, model, args.prompt, f"the target of profile {cfg.profile!r}")
     export_peft(prompt, model, task, out)
     print(f"PEFT prompt-tuning adapter: {out} (base model {HUB_IDS.get(cfg.model, cfg.model)}); load it with "

@@ -58,7 +58,7 @@ def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
     if path.exists() and read_json(path).get("key") == key:
         return read_json(path)["rows"]
     if model is None:
-        model, tokenizer = load(cfg.model)
+        model, tokenizer = load(cfg.model, device=cfg.device)
     rows = []
     for name in cfg.data.tasks:
         test = load_split(name, "test", cfg.data.max_test)
@@ -125,7 +125,7 @@ def scoreboard(cfg, progress: bool = True) -> list[dict]:
                 key = f"{name}/{method.label}/{prompt_digest(prompt)}/{settings}"
                 if key not in cache:
                     if model is None:
-                        model, tokenizer = load(cfg.model)
+                        model, tokenizer = load(cfg.model, device=cfg.device)
                     test = test or load_split(name, "test", cfg.data.max_test)
                     prompt.check(model, same_model=METHODS[method.prompt].model == method.model)
                     result = accuracy(model, tokenizer, task, test, prompt, cfg.eval.batch_size,

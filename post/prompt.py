@@ -86,11 +86,14 @@ class SoftPrompt(nn.Module):
     """P trainable input embeddings (P x D) prepended to every example.
 
     ``meta`` travels with the weights (in the prompt file); ``record`` is the owner's and is saved next to it.
+    The weights stay on the CPU whatever the model's device: ``next_token_logits`` moves them to the model (a
+    step autograd follows), so optimiser steps, DP clipping and noise (from CPU generators), snapshots and files
+    all happen on the CPU, and a prompt is a few thousand numbers, cheap to move.
     """
 
     def __init__(self, weight: torch.Tensor, record: dict | None = None, **meta: Any):
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.weight = nn.Parameter(weight.detach().clone().float().cpu())
         self.meta = {"length": weight.shape[0], "hidden_size": weight.shape[1], **meta}
         self.record = dict(record or {})
 

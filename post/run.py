@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import shutil
 import signal
 import sys
 import time
@@ -29,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import nbformat
 import papermill
 from nbclient.exceptions import DeadKernelError
 
@@ -80,8 +80,12 @@ def execute(notebook: Path, profile: str) -> float:
         raise StageFailed(f"{notebook.stem} failed (PROFILE={profile}): {cause(err)}  "
                           f"[see {artifacts.relative(work)}]") from None
     seconds = time.perf_counter() - start
-    with artifacts.atomic_path(artifacts.RESULTS / profile / "notebooks" / notebook.name) as tmp:
-        shutil.copyfile(work, tmp)
+    final = artifacts.RESULTS / profile / "notebooks" / notebook.name
+    executed = nbformat.read(work, as_version=4)
+    executed.metadata.papermill.update(  # committed notebooks hold no paths of the machine that ran them
+        input_path=artifacts.relative(notebook), output_path=final.relative_to(artifacts.RESULTS.parent).as_posix())
+    with artifacts.atomic_path(final) as tmp:
+        nbformat.write(executed, tmp)
     work.unlink()
     return seconds
 

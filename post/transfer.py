@@ -146,15 +146,16 @@ def batch_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: Public
                alpha: float, temperature: float = 2.0, max_text_tokens: int = 64,
                precision: str = "fp32") -> tuple[torch.Tensor, dict, int]:
     """Loss of target prompt ``weight`` on examples ``idx`` of ``data``, its terms, and the tokens processed."""
-    context = autocast(precision, weight.device.type, "transfer.precision")
+    context = autocast(precision, target.device.type, "transfer.precision")  # the weight stays on the CPU
     batch = encode(task, tokenizer, [data.texts[i] for i in idx], max_text_tokens)
     with context:
         logits = next_token_logits(target, batch["input_ids"], batch["attention_mask"], weight)
     if data.project is not None:
         logits = data.project(logits)
-    at = torch.as_tensor(idx)
-    loss, parts = post_loss(logits.float(), data.teacher[at], data.teacher_shift[at], data.target_plain[at], alpha,
-                            temperature)
+    at = torch.as_tensor(idx)  # the constant terms stay on the CPU (N x V each); a batch's rows go to the model
+    teacher, teacher_shift, target_plain = (terms[at].to(logits.device)
+                                            for terms in (data.teacher, data.teacher_shift, data.target_plain))
+    loss, parts = post_loss(logits.float(), teacher, teacher_shift, target_plain, alpha, temperature)
     return loss, parts, int(batch["attention_mask"].sum()) + weight.shape[0] * len(idx)
 
 
@@ -271,7 +272,7 @@ def ptfer(source_prompt: SoftPrompt, source, target, tokenizer, anchors: int = 8
 
     def relative(vectors: torch.Tensor, model) -> torch.Tensor:
         table = F.normalize(model.get_input_embeddings().weight[ids].detach().float(), dim=-1)
-        return F.normalize(vectors, dim=-1) @ table.T
+        return F.normalize(vectors.to(table.device), dim=-1) @ table.T  # prompts live on the CPU
 
     goal = relative(source_prompt.weight.detach(), source)
     weight = torch.nn.Parameter(SoftPrompt.from_vocab(target, source_prompt.weight.shape[0], seed=seed).weight)
@@ -304,8 +305,8 @@ def derived_meta(source_prompt: SoftPrompt, target, method: str, cost: Cost, **r
 def load_models(cfg: Config):
     """``(source, target, tokenizer)``: the distilled source from 01 and the target; they share the tokenizer."""
     source_dir = require(source_model_dir(cfg.profile), "source_model", cfg.profile)
-    target, tokenizer = load(cfg.model)
-    source, _ = load(source_dir)
+    target, tokenizer = load(cfg.model, device=cfg.device)
+    source, _ = load(source_dir, device=cfg.device)
     return source, target, tokenizer
 
 

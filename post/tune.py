@@ -46,7 +46,7 @@ def example_losses(model, verbalizer: Verbalizer, batch: dict, labels: torch.Ten
                    prompt: torch.Tensor) -> torch.Tensor:
     """(B,) cross-entropy of the class scores; ``prompt`` is (P, D) shared or (B, P, D) per example."""
     logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
-    return F.cross_entropy(verbalizer.scores(logits), labels, reduction="none")
+    return F.cross_entropy(verbalizer.scores(logits), labels.to(logits.device), reduction="none")
 
 
 def per_sample_grads(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
@@ -145,7 +145,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
             best = (result["accuracy"], step, weight.detach().clone())
 
     eval_every = settings.eval_every if validation is not None else 0
-    step_context = autocast(settings.precision, weight.device.type, "tune.precision")
+    step_context = autocast(settings.precision, model.device.type, "tune.precision")  # the weight stays on the CPU
     with Timer() as timer:
         if eval_every:
             evaluate(0)
@@ -189,7 +189,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
         privacy.update(plan.to_dict(), randomness=randomness, **dp.spent(accountant, plan.delta))
     record = {**prompt.meta, "dp": privacy, "seed": seed, "train_examples": n, "steps": steps,
               "batch_size": batch_size, "lr": settings.lr, "optimizer": "adam",
-              "precision": resolve_precision(settings.precision, weight.device.type, "tune.precision"),
+              "precision": resolve_precision(settings.precision, model.device.type, "tune.precision"),
               "select": select, "selected_step": selected, "curve": curve, "validation": evals,
               "validation_examples": 0 if validation is None else len(validation), "cost": cost.to_dict()}
     return SoftPrompt(weight, record=record, **provider_meta(record))
@@ -281,7 +281,7 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
                 rows.append(cached[key])
                 continue
             if model is None:
-                model, tokenizer = load(name)
+                model, tokenizer = load(name, device=cfg.device)
             if prompt is None:
                 train, validation = _owner_data(cfg, task_name)
                 settings, run_steps = run_settings(cfg.tune, epsilon, steps)

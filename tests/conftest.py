@@ -34,12 +34,14 @@ def one_thread():
 
 
 # Test tiers. `make test-fast` runs `unit` only; `make test` (CI) runs everything.
+TIERS = ("unit", "stage", "model", "e2e")
 E2E_MODULES = {"test_robustness.py"}  # make / papermill / kernels end to end (or mark a test e2e itself)
 MODEL_FIXTURES = {"smol"}  # loads the real SmolLM2-135M target
 
 
 def pytest_configure(config):
     for tier, what in (("unit", "fast tests on tiny models and fixtures"),
+                       ("stage", "runs a whole stage (or both parties) on the tiny model; mark it on the test"),
                        ("model", "loads the real SmolLM2-135M target"),
                        ("e2e", "runs make, papermill or a Jupyter kernel end to end")):
         config.addinivalue_line("markers", f"{tier}: {what}")
@@ -48,7 +50,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     """Each test gets exactly one tier: its own mark, else from its module and the fixtures it uses."""
     for item in items:
-        if any(item.get_closest_marker(tier) for tier in ("unit", "model", "e2e")):
+        if any(item.get_closest_marker(tier) for tier in TIERS):
             continue
         if item.path.name in E2E_MODULES:
             tier = "e2e"

@@ -99,6 +99,7 @@ def test_shadows_tune_with_02s_settings_on_their_halves(tiny):
     assert len({p.record["seed"] for p in run.prompts}) == 4
 
 
+@pytest.mark.stage
 def test_a_rerun_reads_finished_parts_back_and_redoes_only_what_changed(tiny, tmp_path, monkeypatch):
     """A second run_audit with the same settings trains and transfers nothing and returns the same rows (with
     secret DP randomness only reading the shadows back can); a changed epsilon trains that setting's shadows and

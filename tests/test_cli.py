@@ -55,6 +55,7 @@ def test_the_console_script_runs_and_refuses_bad_usage_with_code_2():
     assert done.returncode == 2 and "epsilon must be > 0" in done.stderr
 
 
+@pytest.mark.stage
 def test_a_task_from_a_csv_file_goes_through_both_parties_and_loads_in_peft(sandbox, capsys):
     owner_file = EXAMPLE / "sms_spam.yaml"
     provider = sandbox / "provider"  # the declaration and the public texts, not the data file it names

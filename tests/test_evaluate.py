@@ -32,7 +32,7 @@ def test_zero_shot_reuses_results_for_unchanged_settings(monkeypatch, tmp_path):
     monkeypatch.setattr(artifacts, "RESULTS", tmp_path)  # no file from another run can answer for this one
     cfg = load_config("smoke", {"data": {"tasks": ["trec"], "max_test": 12}})
     loads, real_load = [], evaluate.load
-    monkeypatch.setattr(evaluate, "load", lambda name: loads.append(name) or real_load(name))
+    monkeypatch.setattr(evaluate, "load", lambda name, **kw: loads.append(name) or real_load(name, **kw))
     first = evaluate.zero_shot(cfg)
     assert loads == ["tiny-random-llama"] and first[0]["n"] == 12
     assert evaluate.zero_shot(cfg) == first and len(loads) == 1  # unchanged: read back, not recomputed

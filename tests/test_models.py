@@ -131,3 +131,53 @@ def test_models_load_on_the_device_setting(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     models.load("tiny-random-llama", device="auto")
     assert moved[-1] == (torch.device("cuda"),)
+
+
+class Loaded(Exception):
+    """A stage has asked for its model: all the test needs, so nothing after the load runs."""
+
+
+@pytest.mark.parametrize("setting, expected", [("cpu", "cpu"), ("auto", "cuda")])
+def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expected, tmp_path, monkeypatch):
+    """Each model 02-05 load goes where the profile's ``device`` says ("auto" means cuda here: torch is told it
+    finds one); a stage that loads with ``load``'s default (cpu) fails the "auto" case."""
+    from post import artifacts, audit, evaluate, transfer, tune
+    from post.config import load_config
+    from post.prompt import SoftPrompt
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv(models.FORCE_ENV, "fp32")  # "auto" precisions in settings hashes: no probe of a GPU
+    monkeypatch.setattr(artifacts, "ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
+    cfg = load_config("smoke", {"device": setting})
+    source = artifacts.source_model_dir("smoke")
+    source.mkdir(parents=True)
+    loads = []
+
+    def record(name, dtype=torch.float32, device="cpu"):
+        loads.append((str(name), models.resolve_device(device).type))
+        return None, None
+
+    def stop(*args, **kwargs):
+        record(*args, **kwargs)
+        raise Loaded
+
+    for module in (tune, evaluate, audit):
+        monkeypatch.setattr(module, "load", stop)
+    monkeypatch.setattr(transfer, "load", record)  # load_models only loads: both of its models are recorded
+    for method in ("compt", "fullpt"):
+        with pytest.raises(Loaded):
+            tune.tune_method(cfg, method, progress=False)
+    transfer.load_models(cfg)
+    with pytest.raises(Loaded):
+        evaluate.zero_shot(cfg)
+    monkeypatch.setattr(evaluate, "zero_shot", lambda cfg: [])  # the scoreboard's own load: a prompt to score
+    artifacts.write_json(artifacts.results_dir("smoke") / "tune.json", [])
+    SoftPrompt(torch.zeros(cfg.tune.prompt_length, 64)).save(
+        artifacts.prompt_path("smoke", cfg.data.tasks[0], evaluate.SCORED_HERE[0], cfg.transfer.epsilons[0]))
+    with pytest.raises(Loaded):
+        evaluate.scoreboard(cfg, progress=False)
+    with pytest.raises(Loaded):
+        audit.run_audit(cfg, progress=False)
+    assert loads == [(name, expected) for name in (str(source), cfg.model, cfg.model, str(source), cfg.model,
+                                                   cfg.model, str(source))]

@@ -125,6 +125,7 @@ def test_a_failed_stage_keeps_the_last_good_notebook_and_ends_with_its_cause(tmp
     assert first.wait(timeout=180) == 0, first.communicate()
     executed = tmp_path / "results" / "smoke" / "notebooks" / "02_stage.ipynb"
     assert "good run smoke" in executed.read_text()
+    assert '"output_path": "results/smoke/notebooks/02_stage.ipynb"' in executed.read_text()  # not this machine's
     stamp = tmp_path / "artifacts" / "smoke" / "stages" / "02_stage.done"  # what make goes by
     assert stamp.stat().st_mtime <= executed.stat().st_mtime  # dated when the stage started
     notebook(stage, "x = 1", "raise ValueError('tune.steps went wrong\\nwhile tuning')")

@@ -232,6 +232,7 @@ def watch():
     return Watch
 
 
+@pytest.mark.stage
 def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch, watch):
     names = ["rotten_tomatoes", "trec"]
     with watch() as opened:  # the files the private tasks are read from, measured rather than listed

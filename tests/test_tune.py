@@ -78,6 +78,7 @@ def test_selection_uses_validation_only(tiny, data, monkeypatch):
     assert again == best  # the kept weights are the selected step's
 
 
+@pytest.mark.stage
 def test_dp_runs_cannot_be_replayed_unless_seeded(tiny, data):
     """Secret randomness: the same configuration twice gives two different prompts, so nobody can rerun the
     training with and without an example to see which matches. The seeded mode replays, and says so."""
@@ -93,6 +94,7 @@ def test_dp_runs_cannot_be_replayed_unless_seeded(tiny, data):
     assert replayed[0].meta["dp"]["randomness"] == dp.NOT_PRIVATE
 
 
+@pytest.mark.stage
 def test_the_provider_file_is_whitelisted_and_transfers(tiny, data, tmp_path):
     """What 02 writes for the provider carries the weights and public facts only; 03 runs on it, and refuses
     a seeded or noiseless DP prompt with the reason."""
@@ -170,6 +172,7 @@ def test_owner_side_never_loads_the_target(stage):
     assert {r["model"] for r in rows} == {str(source)}
 
 
+@pytest.mark.stage
 def test_stage_writes_prompts_results_and_skips_finished_work(stage):
     cfg, source, loaded = stage
     rows = tune.run_tune(cfg, progress=False)
