@@ -47,6 +47,8 @@ from post.tune import example_losses, tune_prompt
 OUT = Path(__file__).parent / "results" / "source_sweep.json"
 # what makes points comparable: the sweep's own settings (profile defaults may move; each point keeps its own)
 SWEEP_KEYS = ("task", "steps", "validation", "readout_examples", "readout_epochs", "generic_sequences", "model", "seed")
+# what tells one point's transfer from another's (the profile's transfer settings move; each point keeps its own)
+TRANSFER_KEYS = ("space", "steps", "patience", "alpha_rule", "lr", "public_examples")
 PAPER_GPT2_XL = PAPER["accuracy"].set_index("target").loc["GPT2-XL"]  # the paper's 4-layer source of a 48-layer target
 PAPER_POINTS = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48,
                  "recovery": recovery_share(PAPER_GPT2_XL.ZS, PAPER_GPT2_XL.FullPT, PAPER_GPT2_XL.POST)}]
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--generic-sequences", type=int, default=512)
     parser.add_argument("--transfer-steps", type=int, default=120)
     parser.add_argument("--transfer-eval-every", type=int, default=20)
+    parser.add_argument("--transfer-space", choices=("vocab", "labels"), help="default: the profile's transfer.space")
     parser.add_argument("--levers", nargs="*", default=[],
                         help="transfer variants on --lever-point, e.g. space=labels lr=0.001 alpha_rule=fixed,alpha=1")
     parser.add_argument("--lever-point", default="6+4-readout")
@@ -109,7 +112,8 @@ def main() -> None:
 
     cfg = load_config(args.profile, {"data": {"tasks": [args.task]}})
     tune = dataclasses.replace(cfg.tune, eval_every=0)
-    transfer = dataclasses.replace(cfg.transfer, steps=args.transfer_steps, eval_every=args.transfer_eval_every)
+    transfer = dataclasses.replace(cfg.transfer, steps=args.transfer_steps, eval_every=args.transfer_eval_every,
+                                   space=args.transfer_space or cfg.transfer.space)
     settings = {"task": args.task, "steps": args.steps, "validation": args.validation, "tune": dataclasses.asdict(tune),
                 "transfer": dataclasses.asdict(transfer), "readout_examples": args.readout_examples,
                 "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
@@ -194,15 +198,16 @@ def main() -> None:
         return tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
                            cfg.data.max_text_tokens, cfg.eval.batch_size, True)
 
-    done = {(p["shape"], p["mode"]) for p in result["points"]}
+    done = {(p["shape"], p["mode"], p["transfer_space"]) for p in result["points"]}
     for text, mode in [(t, m) for t in args.shapes for m in args.modes]:  # shape by shape
-        if (text, mode) in done:
+        if (text, mode, transfer.space) in done:  # another transfer makes another point on the same source
             continue
         first, last = shape(text)
         begin = time.perf_counter()
         source, record = make_source(text, mode)
         point = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
-                 "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads()}
+                 "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
+                 **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
         if record:
             if record["objective"] == "readout":
                 point.update(zip(("readout_examples", "readout_epochs"), distillation(mode, args)[1:]))
@@ -242,15 +247,23 @@ def avx512_bf16() -> bool:
 
 
 def plot(result: dict, profile: str):
-    """CompPT and POST recovery against the source's measured prompt-step cost, per distillation mode."""
+    """CompPT and POST recovery against the source's share of the target's layers, per distillation mode.
+
+    The layer share, not the measured step cost, is the x axis: it is the paper's, and the step times measured in
+    separate runs of this sweep on a shared machine differ by up to 2x for one source (the table keeps them)."""
     data = pd.DataFrame(result["points"])
     ref = result["reference"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for i, (mode, part) in enumerate(data.groupby("mode", sort=False)):
-        part = part.sort_values("step_ratio")
-        left.plot(part.step_ratio, part.compt, marker="o", color=f"C{i}", label=f"{mode}: CompPT")
-        left.plot(part.step_ratio, part.source_zero_shot, marker=".", ls=":", color=f"C{i}", label=f"{mode}: zero-shot")
-        right.plot(part.step_ratio, part.recovery, marker="o", color=f"C{i}", label=mode)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 3.6))
+    color = {mode: f"C{i}" for i, mode in enumerate(dict.fromkeys(data["mode"]))}
+    for mode, part in data.groupby("mode", sort=False):
+        part = part.drop_duplicates("shape").sort_values("layer_fraction")  # one source, however many transfers
+        left.plot(part.layer_fraction, part.compt, marker="o", color=color[mode], label=f"{mode}: CompPT")
+        left.plot(part.layer_fraction, part.source_zero_shot, marker=".", ls=":", color=color[mode],
+                  label=f"{mode}: zero-shot")
+    for (mode, space), part in data.groupby(["mode", "transfer_space"], sort=False):
+        part = part.sort_values("layer_fraction")
+        right.plot(part.layer_fraction, part.recovery, marker="o" if space == "vocab" else "s", color=color[mode],
+                   ls="-" if space == "vocab" else "--", label=f"{mode}, {space}-space transfer")
     for ax, value, name in ((left, ref["zero_shot"], "target ZS"), (left, ref["fullpt"], "target FullPT")):
         ax.axhline(value, color="grey", ls="--" if "ZS" in name else "-.", lw=1, label=name)
     for p in PAPER_POINTS:
@@ -259,7 +272,7 @@ def plot(result: dict, profile: str):
         lev = result["levers"]
         best = max(lev["runs"], key=lambda r: r["recovery"])
         shape_, mode = lev["point"].rsplit("-", 1)
-        at = data[(data["shape"] == shape_) & (data["mode"] == mode)].step_ratio
+        at = data[(data["shape"] == shape_) & (data["mode"] == mode)].layer_fraction
         if len(at):
             right.plot([at.iloc[0]], [best["recovery"]], marker="D", ms=7, ls="", color="C2",
                        label=f"{lev['point']}, transfer {best['variant']}")
@@ -267,8 +280,8 @@ def plot(result: dict, profile: str):
     left.set_ylabel("validation accuracy (source)")
     right.set_ylabel("POST recovery (POST-ZS)/(FullPT-ZS)")
     for ax in (left, right):
-        ax.set_xlabel("prompt step cost, source / target (paper: layer share)")
-        ax.legend(fontsize=7, frameon=False)
+        ax.set_xlabel("source layers / target layers")
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     save_figure(fig, data.drop(columns=[c for c in ("distill_after", "readout_agreement") if c in data]),
                 "source_sweep", profile)
     return fig

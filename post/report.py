@@ -375,15 +375,19 @@ def _source_map(bench: Path) -> list[str]:
                           "distillation": p["mode"], "step cost / target": p["step_ratio"],
                           "read-out KL": p["readout_agreement"]["kl"], "zero-shot": p["source_zero_shot"],
                           **{METHODS[key].label: p[key] for key in ("compt", "direct", "post")},
+                          "transfer": f"{p['transfer_space']}, {p['transfer_steps']} steps",
                           "POST step": p["post_selected_step"], "recovery": p["recovery"]} for p in d["points"]])
     parts = ["### How much source does a prompt transfer need? (the map)",
              f"`python bench/source_sweep.py` (`bench/results/source_sweep.json`, `figures/cpu/source_sweep.png`): "
              f"{settings['task']} validation ({settings['validation']} examples; the test split is not read), prompts "
-             f"tuned {settings['steps']} steps, POST {settings['transfer']['steps']} steps of "
-             f"{settings['transfer']['batch_size']} on public reviews. Target: zero-shot {ref['zero_shot']:.3f}, "
+             f"tuned {settings['steps']} steps, POST on public reviews in batches of "
+             f"{settings['transfer']['batch_size']}, in the vocabulary or in the label words' space (`transfer.space`; "
+             "a source's CompPT and Direct do not depend on it). Target: zero-shot "
+             f"{ref['zero_shot']:.3f}, "
              f"FullPT {ref['fullpt']:.3f} (majority class {ref['majority']:.3f}). Read-out distillation uses "
              f"{settings['readout_examples']} public reviews in the task's template for {settings['readout_epochs']} "
-             "epochs; step cost is a prompt-tuning step's wall time on the source over the target's, same run.",
+             "epochs; step cost is a prompt-tuning step's wall time on the source over the target's in the same run"
+             f"{_step_cost_spread(d['points'])}.",
              markdown_table(rows)]
     if "levers" in d:
         lev = d["levers"]
@@ -392,6 +396,16 @@ def _source_map(bench: Path) -> list[str]:
                                                 "POST last": r["post_last"], "last step": r["post_last_step"],
                                                 "recovery": r["recovery"]} for r in lev["runs"]]))]
     return parts
+
+
+def _step_cost_spread(points: list[dict]) -> str:
+    """How far apart one source's step costs measured in different runs lie, if any source was measured twice."""
+    ratios = pd.DataFrame(points).groupby(["shape", "mode"]).step_ratio.agg(["min", "max"])
+    if not (ratios["max"] > ratios["min"]).any():
+        return ""
+    widest = ratios.iloc[(ratios["max"] / ratios["min"]).argmax()]
+    return (f" (noisy on a shared machine: one source measured {widest['min']:.2f} and {widest['max']:.2f} in two "
+            "runs; the figure's x axis is the layer share)")
 
 
 def _projection() -> list[str]:
