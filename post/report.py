@@ -341,6 +341,20 @@ def audit_made_seconds(result: dict) -> float:
     return sum(seconds for part, seconds in result["wall_seconds"].items() if part != "total")
 
 
+def _dp_repeats(bench: Path, profile: str) -> list[str]:
+    """``bench/dp_repeats.py``: how far one DP release with secret randomness can land from another."""
+    path = bench / "dp_repeats.json"
+    if not path.exists() or read_json(path)["profile"] != profile or "summary" not in read_json(path):
+        return []
+    d = read_json(path)
+    table = pd.DataFrame(d["summary"])[["epsilon", "published", "repeats", "mean", "sd", "min", "max"]].rename(
+        columns={"published": "02's release"})
+    return ["### DP results over repeats",
+            f"`python bench/dp_repeats.py` (`bench/results/dp_repeats.json`): CompPT on {d['task']} tuned again as 02 "
+            "tunes it, each time with fresh secret randomness, scored on the test split. 02's release is one such "
+            "draw:", markdown_table(table)]
+
+
 def _benchmarks(bench: Path) -> list[str]:
     lines = []
     if (bench / "forward_throughput.json").exists():
@@ -457,6 +471,7 @@ def readme_results(profile: str = README_PROFILE) -> str:
                   f"once {minutes['distillation']} min."]
     if (out / "audit.json").exists():
         parts += _audit(out)
+    parts += _dp_repeats(ROOT / "bench" / "results", profile)
     parts += _projection() + _source_map(ROOT / "bench" / "results") + _benchmarks(ROOT / "bench" / "results")
     walls = out / "notebooks" / "wall_seconds.txt"
     if walls.exists():
