@@ -344,9 +344,9 @@ def audit_made_seconds(result: dict) -> float:
 def _dp_repeats(bench: Path, profile: str) -> list[str]:
     """``bench/dp_repeats.py``: how far one DP release with secret randomness can land from another."""
     path = bench / "dp_repeats.json"
-    if not path.exists() or read_json(path)["profile"] != profile or "summary" not in read_json(path):
+    d = read_json(path) if path.exists() else {}
+    if d.get("profile") != profile or "summary" not in d:
         return []
-    d = read_json(path)
     table = pd.DataFrame(d["summary"])[["epsilon", "published", "repeats", "mean", "sd", "min", "max"]].rename(
         columns={"published": "02's release"})
     return ["### DP results over repeats",
