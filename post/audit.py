@@ -53,7 +53,7 @@ from .models import load, model_name
 from .paper import PAPER
 from .prompt import SoftPrompt, prompt_class_scores
 from .tasks import Split, Task, get_task, load_split
-from .tune import run_settings, source_fingerprint, tune_prompt
+from .tune import fixed_length, run_settings, source_fingerprint, tune_prompt
 
 STREAMS = {"membership": 1, "null": 2, "canaries": 3, "canary_texts": 4, "shadows": 5}  # one per purpose
 CANARY_TOKENS = 16  # random vocabulary tokens per canary text
@@ -82,8 +82,9 @@ def membership_matrix(shadows: int, n: int, seed: int) -> np.ndarray:
 
 def shadow_settings(tune: TuneConfig, epsilon: float) -> tuple[TuneConfig, int]:
     """02's settings and steps for a prompt at ``epsilon`` (DP: larger Poisson batches, fewer steps), without
-    validation during training and keeping the last step, as every DP prompt of 02 does."""
-    return run_settings(dataclasses.replace(tune, eval_every=0, select="last"), epsilon, tune.steps)
+    validation during training and keeping the last step, as every DP prompt of 02 does. A non-private shadow
+    takes 02's fixed ``tune.steps`` too: without validation it has no plateau to stop at."""
+    return run_settings(dataclasses.replace(tune, eval_every=0, select="last", patience=0), epsilon, tune.steps)
 
 
 def epochs_to_steps(epochs: float, examples: float, batch_size: int) -> int:
@@ -337,7 +338,8 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
                            "passes_per_example": steps * settings.batch_size / (len(pool) / 2)}  # 02: / N
         path = keyed_path(cfg.profile, "audit", "shadows", ".pt", {
             **identity, "pool": [pool.texts, pool.labels], "setting": setting, "epsilon": eps_tag(epsilon),
-            "settings": dataclasses.asdict(settings), "steps": steps, "shadows": a.shadows, "seed": seed})
+            "settings": fixed_length(dataclasses.asdict(settings)), "steps": steps, "shadows": a.shadows,
+            "seed": seed})
         run = readable(path, lambda p: ShadowRun.load(p, pool))
         if run is None:
             run = shadow_run(source, tokenizer, task, pool, setting, settings, epsilon, steps, a.shadows, seed,
@@ -389,7 +391,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         for epsilon, noise in [(e, True) for e in a.epsilons] + control:
             path = keyed_path(cfg.profile, "audit", "canaries", ".json", {
                 **identity, "canaries": [data["canaries"].texts, data["canaries"].labels],
-                "epsilon": eps_tag(epsilon), "noise": noise, "settings": dataclasses.asdict(settings),
+                "epsilon": eps_tag(epsilon), "noise": noise, "settings": fixed_length(dataclasses.asdict(settings)),
                 "epochs": a.canary_epochs, "guesses": a.canary_guesses, "confidence": a.confidence, "seed": cfg.seed})
             row = readable(path, read_json)
             if row is None:

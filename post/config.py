@@ -94,6 +94,8 @@ class TuneConfig:
     eval_every: int = 50  # validation accuracy every this many steps (0 = no validation during training)
     eval_examples: int = 200  # validation examples for curves and selection (0 = all of data.max_validation)
     select: str = "last"  # "last" | "validation" (best validation step; non-private prompts only)
+    patience: int = 0  # non-private runs: stop once this many evaluations bring no better validation accuracy
+    max_steps: int = 0  # non-private runs with patience: the step cap of CompPT and FullPT (0 = their steps)
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,8 @@ def check(cfg: Config) -> Config:
              "must include inf: 03's sweeps transfer the non-private CompPT prompt")
     _require(t.select == "last" or t.eval_every, "tune.select", t.select,
              "must be 'last' when tune.eval_every is 0 (validation selects among evaluated steps)")
+    _require(not t.patience or t.select == "validation", "tune.patience", t.patience,
+             "must be 0 unless tune.select is 'validation' (a run stopped at its plateau keeps its best step)")
     for i, epsilon in enumerate(tr.epsilons):
         _require(epsilon in t.epsilons, f"transfer.epsilons[{i}]", epsilon,
                  f"must be one of tune.epsilons {_show(t.epsilons)}: 03 transfers the prompts 02 tuned")

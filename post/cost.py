@@ -37,6 +37,15 @@ class Cost:
         return asdict(self)
 
 
+def plateaued(losses: list[float], patience: int) -> bool:
+    """True once the last ``patience`` losses are none below the best before them: more steps stopped paying.
+
+    ``patience`` 0 never stops. Training loops pass the losses of their evaluations (a held-out loss, or a
+    negated accuracy) and keep the step with the best one.
+    """
+    return patience > 0 and len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
+
+
 class Timer:
     """``with Timer() as t: ...``; ``t.seconds`` afterwards (and while running)."""
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, keyed_path, prompt_path, read_json, read_required,
                         readable, relative, require, results_dir, source_model_dir, write_json, write_manifest)
 from .config import ROOT, Config, TransferConfig
-from .cost import Cost, Timer
+from .cost import Cost, Timer, plateaued
 from .models import autocast, load, model_name
 from .prompt import (SoftPrompt, Verbalizer, check_release, encode, next_token_logits, prompt_class_scores,
                      provider_meta)
@@ -197,12 +197,6 @@ def initial_prompt(target, tokenizer, task: Task, source_prompt: SoftPrompt, ini
     raise ValueError(f"unknown init {init!r}; use 'source' or 'instruction'")
 
 
-def plateaued(history: list[dict], patience: int) -> bool:
-    """True once the held-out public loss has not improved for ``patience`` evaluations (0: never stop early)."""
-    losses = [h["holdout_loss"] for h in history if "holdout_loss" in h]
-    return patience > 0 and len(losses) > patience and min(losses[-patience:]) >= min(losses[:-patience])
-
-
 @dataclass
 class TransferResult:
     prompt: SoftPrompt
@@ -235,8 +229,9 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
                 snapshots[step] = weight.detach().clone()
                 if holdout is not None:
                     value = public_loss(target, tokenizer, task, snapshots[step], holdout, alpha, settings, cost)
-                    history.append({"step": step, "holdout_loss": value})
-                    if plateaued(history, settings.patience):
+                    history.append({"step": step, "holdout_loss": value, "flops": cost.flops,
+                                    "seconds": timer.seconds})  # the transfer's own cost so far
+                    if plateaued([h["holdout_loss"] for h in history if "holdout_loss" in h], settings.patience):
                         break
             if step == settings.steps:
                 break

@@ -32,7 +32,7 @@ from . import dp
 from .artifacts import (METHODS, eps_tag, prompt_path, read_json, relative, require, results_dir, source_model_dir,
                         write_json)
 from .config import ROOT, Config, TuneConfig, content_key
-from .cost import Cost, Timer
+from .cost import Cost, Timer, plateaued
 from .evaluate import accuracy
 from .models import autocast, load, model_name, resolve_precision
 from .plots import epsilon_panels, save_figure
@@ -130,21 +130,24 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
     # so that the guarantee covers every private example that influenced it
     select = settings.select if validation is not None and not private else "last"
     curve = {"step": [], "loss": [], "batch_size": []}
-    evals = {"step": [], "accuracy": []}
+    evals = {"step": [], "accuracy": [], "flops": [], "seconds": []}  # with the run's cost so far
     best = (-1.0, 0, None)  # (validation accuracy, step, weight)
     cost = Cost()
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int) -> bool:
+        """Score ``step`` on validation, keep it if best; True once the accuracy has plateaued."""
         nonlocal best
         result = accuracy(model, tokenizer, task, validation, prompt, eval_batch_size, max_text_tokens, False)
         cost.add(model, _prompted_tokens(tokenizer, task, validation.texts, settings.prompt_length,
                                          max_text_tokens), 0, "forward")  # examples counts training only
-        evals["step"].append(step)
-        evals["accuracy"].append(result["accuracy"])
+        for name, value in zip(evals, (step, result["accuracy"], cost.flops, timer.seconds)):
+            evals[name].append(value)
         if select == "validation" and result["accuracy"] > best[0]:
             best = (result["accuracy"], step, weight.detach().clone())
+        return plateaued([-a for a in evals["accuracy"]], patience)
 
     eval_every = settings.eval_every if validation is not None else 0
+    patience = settings.patience if select == "validation" else 0  # stop at the validation plateau
     step_context = autocast(settings.precision, model.device.type, "tune.precision")  # the weight stays on the CPU
     with Timer() as timer:
         if eval_every:
@@ -175,10 +178,10 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
             curve["loss"].append(None if math.isnan(loss) else loss)
             curve["batch_size"].append(len(idx))
             bar.set_postfix(loss=f"{loss:.3f}")
-            if eval_every and (step % eval_every == 0 or step == steps):
-                evaluate(step)
+            if eval_every and (step % eval_every == 0 or step == steps) and evaluate(step):
+                break
     cost.wall_seconds = timer.seconds
-    selected = steps
+    taken = selected = step if steps else 0
     if select == "validation":
         _, selected, best_weight = best
         with torch.no_grad():
@@ -187,7 +190,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
     if private:
         randomness = "secret" if settings.dp_randomness == "secret" else dp.NOT_PRIVATE
         privacy.update(plan.to_dict(), randomness=randomness, **dp.spent(accountant, plan.delta))
-    record = {**prompt.meta, "dp": privacy, "seed": seed, "train_examples": n, "steps": steps,
+    record = {**prompt.meta, "dp": privacy, "seed": seed, "train_examples": n, "steps": taken, "max_steps": steps,
               "batch_size": batch_size, "lr": settings.lr, "optimizer": "adam",
               "precision": resolve_precision(settings.precision, model.device.type, "tune.precision"),
               "select": select, "selected_step": selected, "curve": curve, "validation": evals,
@@ -212,6 +215,7 @@ def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
     tune = dataclasses.asdict(cfg.tune)
     for grid in ("epsilons", "full_pt_epsilons", "steps" if method == "fullpt" else "full_pt_steps"):
         tune.pop(grid)
+    tune = tune if math.isinf(epsilon) else fixed_length(tune)
     payload = {"task": task, "method": method, "epsilon": eps_tag(epsilon), "seed": cfg.seed, "tune": tune,
                "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("tasks", "task_files")},
                "eval_batch_size": cfg.eval.batch_size,
@@ -221,14 +225,24 @@ def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
     return content_key(payload)
 
 
+def fixed_length(tune: dict) -> dict:
+    """The tune settings (as a dict) that determine a run of fixed length keeping its last step, as every DP
+    run and audit run is: the plateau rule never applies to it, so it stays out of the run's key."""
+    return {**{k: v for k, v in tune.items() if k not in ("patience", "max_steps")}, "select": "last"}
+
+
 def run_settings(tune: TuneConfig, epsilon: float, steps: int) -> tuple[TuneConfig, int]:
     """Batch and steps of one stage run: a DP run takes ``dp_batch_size`` Poisson batches and proportionally
-    fewer steps, so it sees as many examples (about the same compute) as the non-private run.
+    fewer steps, so it sees as many examples (about the same compute) as the fixed-length non-private run. A
+    non-private run with ``tune.patience`` may take up to ``tune.max_steps`` and stops at its plateau; a DP run
+    cannot (its budget is spent on a planned number of steps), so it keeps the fixed length.
 
     Why: each DP step adds noise of fixed size sigma*C to the sum of at most B clipped gradients, so the
     signal-to-noise ratio of a step grows with B, while sigma barely changes with the sampling rate here.
     """
-    if math.isinf(epsilon) or not tune.dp_batch_size:
+    if math.isinf(epsilon):  # trained to its validation plateau (if tune.patience), at most tune.max_steps
+        return tune, (tune.max_steps or steps) if tune.patience else steps
+    if not tune.dp_batch_size:
         return tune, steps
     return (dataclasses.replace(tune, batch_size=tune.dp_batch_size),
             max(1, math.ceil(steps * tune.batch_size / tune.dp_batch_size)))

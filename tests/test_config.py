@@ -66,6 +66,7 @@ def test_section_hash_changes_only_with_its_section():
     ({"tune": {"epsilons": [8]}, "transfer": {"epsilons": [8]}}, "tune.epsilons = [8.0]: must include inf"),
     ({"transfer": {"epsilons": ["inf", 2]}}, "transfer.epsilons[1] = 2.0: must be one of tune.epsilons [inf, 8.0]"),
     ({"tune": {"select": "validation", "eval_every": 0}}, "tune.select = 'validation': must be 'last' when"),
+    ({"tune": {"patience": 3}}, "tune.patience = 3: must be 0 unless tune.select is 'validation'"),
     ({"transfer": {"holdout_examples": 0}}, "transfer.holdout_examples = 0: must be > 0 when transfer.selection"),
     ({"transfer": {"pools": ["news", "tweets"]}}, "transfer.pools[1] = 'tweets': must be one of amazon_reviews"),
     ({"transfer": {"public_pool": "tweets"}}, "transfer.public_pool = 'tweets': must be '' (the task's default"),

@@ -15,6 +15,7 @@ import post.artifacts as artifacts
 import post.tasks as tasks
 import post.transfer as transfer
 from post.config import TransferConfig, load_config
+from post.cost import plateaued
 from post.models import load_model, load_tokenizer, model_name
 from post.prompt import SoftPrompt, encode, next_token_logits
 
@@ -149,9 +150,12 @@ def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
     result = transfer.transfer(source, tok, TASK, prompt, data, holdout, settings, alpha=0.5, progress=False)
     assert sorted(result.snapshots) == [0, 2, 4] and result.selected_step == 0
     assert torch.equal(result.prompt.weight, prompt.weight)  # POST never ends below its own starting point
-    assert not transfer.plateaued([{"holdout_loss": v} for v in (3, 2, 1)], 2)
-    assert transfer.plateaued([{"holdout_loss": v} for v in (1, 2, 1.5)], 2)
-    assert not transfer.plateaued([{"holdout_loss": v} for v in (1, 2, 1.5)], 0)
+    held = [h for h in result.history if "holdout_loss" in h]  # each evaluation carries the cost so far
+    assert 0 < held[0]["flops"] < held[1]["flops"] < held[2]["flops"]
+    assert 0 <= held[0]["seconds"] < held[1]["seconds"] < held[2]["seconds"]
+    assert not plateaued([3, 2, 1], 2)
+    assert plateaued([1, 2, 1.5], 2)
+    assert not plateaued([1, 2, 1.5], 0)
 
 
 def test_public_samples_are_nested_and_held_out_fixed():

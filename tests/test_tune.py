@@ -43,7 +43,7 @@ def test_tuning_descends_the_training_loss(tiny, data):
 def test_dp_tuning_records_its_guarantee(tiny, data):
     model, tok = tiny
     train, validation = data
-    prompt = tune.tune_prompt(model, tok, TASK, train, settings(batch_size=2, select="validation",
+    prompt = tune.tune_prompt(model, tok, TASK, train, settings(batch_size=2, select="validation", patience=1,
                                                                  dp_randomness="seeded"), 4.0, 12,
                               validation, seed=3, progress=False)
     privacy = prompt.meta["dp"]
@@ -55,8 +55,9 @@ def test_dp_tuning_records_its_guarantee(tiny, data):
     curve = prompt.record["curve"]
     assert 0 in curve["batch_size"]  # an empty Poisson batch occurred and was a normal step
     assert curve["loss"][curve["batch_size"].index(0)] is None
-    # a DP prompt keeps its last step even when the profile selects on validation
-    assert prompt.record["select"] == "last" and prompt.record["selected_step"] == 12
+    # a DP prompt keeps its last step, and takes all its planned steps, even when the profile selects on
+    # validation and stops at the plateau
+    assert prompt.record["select"] == "last" and prompt.record["selected_step"] == prompt.record["steps"] == 12
     assert prompt.record["validation"]["step"] == [0, 2, 4, 6, 8, 10, 12]
 
 
@@ -76,6 +77,34 @@ def test_selection_uses_validation_only(tiny, data, monkeypatch):
     assert prompt.record["selected_step"] == evals["step"][evals["accuracy"].index(best)]
     again = tune.accuracy(model, tok, TASK, validation, prompt, 32, 64, False)["accuracy"]
     assert again == best  # the kept weights are the selected step's
+
+
+def test_a_run_stops_at_its_validation_plateau_and_keeps_its_best_step(tiny, data):
+    model, tok = tiny
+    train, validation = data
+    # lr 0: the accuracy never improves on step 0, so two evaluations later the run has plateaued
+    prompt = tune.tune_prompt(model, tok, TASK, train, settings(select="validation", patience=2, eval_every=3,
+                                                                lr=0.0), math.inf, 50, validation, progress=False)
+    record = prompt.record
+    assert record["steps"] == 6 and record["max_steps"] == 50 and record["selected_step"] == 0
+    assert record["curve"]["step"] == list(range(1, 7)) and record["cost"]["examples"] == 6 * 8
+    evals = record["validation"]  # every evaluation carries the run's cost so far: the cost-to-accuracy curve
+    assert evals["step"] == [0, 3, 6] and len(set(evals["accuracy"])) == 1
+    assert 0 < evals["flops"][0] < evals["flops"][1] < evals["flops"][2] <= record["cost"]["flops"]
+    assert evals["seconds"] == sorted(evals["seconds"]) and evals["seconds"][-1] <= record["cost"]["wall_seconds"]
+
+
+def test_only_non_private_runs_stop_at_a_plateau_and_their_key_says_so():
+    plateau = settings(select="validation", patience=3, max_steps=400)
+    assert tune.run_settings(plateau, math.inf, 50) == (plateau, 400)  # up to max_steps, then the plateau rule
+    assert tune.run_settings(settings(select="validation", patience=3), math.inf, 50)[1] == 50  # no cap: steps
+    assert tune.run_settings(plateau, 8.0, 50)[1] == tune.run_settings(settings(), 8.0, 50)[1]  # fixed length
+    cfg = load_config("smoke")
+    plateau_cfg = dataclasses.replace(cfg, tune=plateau)
+    # the plateau rule is part of what makes a non-private prompt, never of a DP one (so DP prompts are reused)
+    assert tune.run_key(plateau_cfg, TASK.name, "fullpt", math.inf) != tune.run_key(cfg, TASK.name, "fullpt",
+                                                                                    math.inf)
+    assert tune.run_key(plateau_cfg, TASK.name, "fullpt", 8.0) == tune.run_key(cfg, TASK.name, "fullpt", 8.0)
 
 
 @pytest.mark.stage
