@@ -19,17 +19,21 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.ticker import NullFormatter
 
 from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, prompt_path, read_json, require, results_dir,
                         source_model_dir)
 from .config import ROOT, Config
 from .cost import GPT2_XL, LLAMA2_7B, Workload, projected_costs
+from .evaluate import accuracy
 from .membership import ci_text
 from .paper import PAPER
 from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, read_record
-from .transfer import source_prompt_path
+from .tasks import get_task
+from .transfer import snapshot_path, source_prompt_path
+from .tune import owner_validation
 
 README = ROOT / "README.md"
 README_PROFILE = "cpu"
@@ -87,6 +91,52 @@ def cost_table(profile: str, epsilon: float = math.inf, seed: int = 0) -> pd.Dat
         records += [{"task": task, "item": item, **{k: c[k] for k in ("wall_seconds", "examples", "tokens", "flops")}}
                     for item, c in items.items()]
     return pd.DataFrame(records)
+
+
+def cost_curves(cfg: Config, target, tokenizer, progress: bool = True) -> pd.DataFrame:
+    """Per task, validation accuracy on the target against the cost spent so far, for non-private FullPT and POST.
+
+    FullPT: 02's own evaluations, read from its owner record (accuracy, FLOPs and seconds at each). POST: the
+    CompPT run's whole cost, then 03's transfer: each evaluation snapshot, scored here on the same validation
+    examples (fp32, as 02 scores), at the transfer's cost so far (its setup passes included). Its first point is
+    the source prompt pasted onto the target, i.e. Direct. ``kept`` marks the step each method selected.
+    """
+    history = read_json(results_dir(cfg.profile) / "transfer_history.json")
+    rows = []
+    for name in cfg.data.tasks:
+        task, validation = get_task(name), owner_validation(cfg, name)
+        full = read_record(prompt_path(cfg.profile, name, "fullpt", math.inf, cfg.seed))
+        e = full["validation"]
+        rows += [{"task": name, "method": "FullPT", "step": step, "accuracy": acc, "flops": flops,
+                  "wall_seconds": seconds, "kept": step == full["selected_step"]}
+                 for step, acc, flops, seconds in zip(e["step"], e["accuracy"], e["flops"], e["seconds"])]
+        tuning = read_record(source_prompt_path(cfg, name, math.inf))["cost"]  # the owner's CompPT run, whole
+        post = prompt_path(cfg.profile, name, "post", math.inf, cfg.seed)
+        snapshots, kept = torch.load(snapshot_path(post)), SoftPrompt.load(post).meta["transfer"]["selected_step"]
+        for h in (h for h in history[f"{name}/inf"] if "holdout_loss" in h):
+            acc = accuracy(target, tokenizer, task, validation, SoftPrompt(snapshots[h["step"]]), cfg.eval.batch_size,
+                           cfg.data.max_text_tokens, progress)["accuracy"]
+            rows.append({"task": name, "method": "POST", "step": h["step"], "accuracy": acc,
+                         "flops": tuning["flops"] + h["flops"], "wall_seconds": tuning["wall_seconds"] + h["seconds"],
+                         "kept": h["step"] == kept})
+    return pd.DataFrame(rows)
+
+
+def curve_summary(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per task and method, from ``cost_curves``: the step kept and its validation accuracy, the cost spent to reach
+    it and in all (each run goes on until its stopping rule), and for POST what FullPT spent before it first
+    matched POST's kept accuracy (blank if it never did)."""
+    rows = []
+    for (task, method), line in curves.groupby(["task", "method"], sort=False):
+        kept = line[line.kept].iloc[0]
+        rows.append({"task": task, "method": method, "kept step": int(kept.step), "last step": int(line.step.max()),
+                     "validation accuracy": kept.accuracy, "TFLOPs to kept": kept.flops / 1e12,
+                     "TFLOPs in all": line.flops.max() / 1e12, "seconds in all": line.wall_seconds.max()})
+        if method == "POST":
+            full = curves[(curves.task == task) & (curves.method == "FullPT")]
+            reached = full[full.accuracy >= kept.accuracy]
+            rows[-1]["FullPT TFLOPs to match"] = reached.flops.min() / 1e12 if len(reached) else math.nan
+    return pd.DataFrame(rows)
 
 
 def cost_ratios(costs: pd.DataFrame) -> pd.DataFrame:
@@ -211,6 +261,46 @@ def plot_accuracy_bars(rows: list[dict], profile: str, epsilons: tuple[str, ...]
     return fig
 
 
+def _cost_panels(data: pd.DataFrame, draw: Callable, xlabels: tuple[str, str], ylabel: str):
+    """One column per task, FLOPs (top row) and wall seconds (bottom row) on log x axes; ``draw(ax, task, x)``
+    fills a panel with x the column "flops" or "wall_seconds" of ``data``."""
+    tasks = list(dict.fromkeys(data.task))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.4 * len(tasks), 6), squeeze=False, sharey="col")
+    for row, (x, label) in enumerate(zip(("flops", "wall_seconds"), xlabels)):
+        for ax, task in zip(axes[row], tasks):
+            draw(ax, task, x)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # spans under a decade label every minor tick
+            ax.set_title(task if row == 0 else "")
+            ax.set_xlabel(label)
+        axes[row][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return fig
+
+
+def plot_cost_curves(curves: pd.DataFrame, costs: pd.DataFrame, profile: str):
+    """Per task, validation accuracy on the target against the FLOPs (top) and wall seconds (bottom) spent so far,
+    from ``cost_curves``: FullPT as it trains, POST as its transfer trains (after the whole CompPT run), and POST
+    with the provider's one-off distillation charged in full (dashed). Large markers: the step each one kept."""
+    distill = costs[costs.item == "distillation (once)"].set_index("task")
+    post = curves[curves.method == "POST"]
+    charged = post.assign(method="POST + distillation", flops=post.flops + post.task.map(distill.flops),
+                          wall_seconds=post.wall_seconds + post.task.map(distill.wall_seconds))
+    data = pd.concat([curves, charged], ignore_index=True)
+    style = {"FullPT": ("C0", "-"), "POST": ("C1", "-"), "POST + distillation": ("C1", "--")}
+
+    def draw(ax, task: str, x: str) -> None:
+        for method, line in data[data.task == task].groupby("method", sort=False):
+            color, ls = style[method]
+            ax.plot(line[x], line.accuracy, ls, color=color, marker=".", label=method)
+            kept = line[line.kept]
+            ax.scatter(kept[x], kept.accuracy, s=70, color=color, zorder=3)
+
+    fig = _cost_panels(data, draw, ("FLOPs so far (2N per token)", "seconds so far"), "validation accuracy (target)")
+    save_figure(fig, data, "accuracy_vs_cumulative_cost", profile)
+    return fig
+
+
 def plot_accuracy_vs_cost(rows: list[dict], costs: pd.DataFrame, profile: str):
     """Per task, non-private methods on the target: accuracy against the FLOPs (top) and wall seconds (bottom)
     spent after distillation, and with distillation charged to POST in full.
@@ -226,19 +316,13 @@ def plot_accuracy_vs_cost(rows: list[dict], costs: pd.DataFrame, profile: str):
         points += [{"task": task, "method": m, "flops": spent.flops[item], "wall_seconds": spent.wall_seconds[item],
                     "accuracy": acc[(task, "POST" if m == "POST + distillation" else m)]} for m, item in items.items()]
     data = pd.DataFrame(points)
-    tasks = list(dict.fromkeys(data.task))
-    fig, axes = plt.subplots(2, len(tasks), figsize=(3.4 * len(tasks), 6), squeeze=False, sharey="col")
-    for row, (x, label) in enumerate((("flops", "FLOPs (2N per token)"), ("wall_seconds", "wall seconds here"))):
-        for ax, task in zip(axes[row], tasks):
-            ax.axhline(acc[(task, "ZS")], color="grey", ls="--", lw=1, label="ZS (no cost)")
-            for method, point in data[data.task == task].groupby("method", sort=False):
-                ax.scatter(point[x], point.accuracy, label=method, s=40)
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # spans under a decade label every minor tick
-            ax.set_title(task if row == 0 else "")
-            ax.set_xlabel(label)
-        axes[row][0].set_ylabel("test accuracy on the target")
-    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+
+    def draw(ax, task: str, x: str) -> None:
+        ax.axhline(acc[(task, "ZS")], color="grey", ls="--", lw=1, label="ZS (no cost)")
+        for method, point in data[data.task == task].groupby("method", sort=False):
+            ax.scatter(point[x], point.accuracy, label=method, s=40)
+
+    fig = _cost_panels(data, draw, ("FLOPs (2N per token)", "wall seconds here"), "test accuracy on the target")
     save_figure(fig, data, "accuracy_vs_cost", profile)
     return fig
 
@@ -469,6 +553,15 @@ def readme_results(profile: str = README_PROFILE) -> str:
                   f"The paper (GPT2-XL, one A100): FullPT {minutes['FullPT']} min vs POST "
                   f"{minutes['tune on source'] + minutes['transfer']} min, {PAPER['wall_ratio']}x; distillation "
                   f"once {minutes['distillation']} min."]
+    curves = _read(out / "table_cost_curves.csv")
+    if curves is not None:
+        parts += ["### Cost as it is spent (04)",
+                  f"Validation accuracy on the target while each non-private route trains (`results/{profile}/"
+                  f"table_cost_curves.md`, `figures/{profile}/accuracy_vs_cumulative_cost.png`): FullPT until its "
+                  "validation plateau, POST from the whole CompPT run through its transfer's held-out stopping rule; "
+                  "distillation not included. TFLOPs to kept: spent until the step each method kept; FullPT TFLOPs "
+                  "to match: what FullPT spent before it first reached POST's kept accuracy.",
+                  markdown_table(curves, 3)]
     if (out / "audit.json").exists():
         parts += _audit(out)
     parts += _dp_repeats(ROOT / "bench" / "results", profile)

@@ -208,8 +208,12 @@ class TransferResult:
 
 def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: PublicData,
              holdout: PublicData | None, settings: TransferConfig, alpha: float, seed: int = 0,
-             progress: bool = True) -> TransferResult:
-    """Train a target prompt on public ``data``; keep the last step or the lowest held-out public loss."""
+             progress: bool = True, spent: Cost | None = None) -> TransferResult:
+    """Train a target prompt on public ``data``; keep the last step or the lowest held-out public loss.
+
+    ``spent`` is what making ``data`` and ``holdout`` cost: the result's cost, and the cost so far that each
+    held-out evaluation records, count from it.
+    """
     check_release(source_prompt.meta)  # a seeded or noiseless DP prompt must not reach the provider
     if settings.selection not in ("last", "holdout"):
         raise ValueError(f"unknown selection {settings.selection!r}; use 'last' or 'holdout'")
@@ -221,7 +225,8 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
     weight = torch.nn.Parameter(initial_prompt(target, tokenizer, task, source_prompt, settings.init))
     optimizer = torch.optim.Adam([weight], lr=settings.lr)
     generator = torch.Generator().manual_seed(seed)
-    cost, history, snapshots, queue = Cost(), [], {}, []
+    cost, history, snapshots, queue = Cost() + (spent or Cost()), [], {}, []
+    before = cost.wall_seconds
     with Timer() as timer:
         for step in tqdm(range(settings.steps + 1), desc=f"transfer {task.name}", disable=not progress,
                          leave=False):
@@ -230,7 +235,7 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
                 if holdout is not None:
                     value = public_loss(target, tokenizer, task, snapshots[step], holdout, alpha, settings, cost)
                     history.append({"step": step, "holdout_loss": value, "flops": cost.flops,
-                                    "seconds": timer.seconds})  # the transfer's own cost so far
+                                    "seconds": before + timer.seconds})
                     if plateaued([h["holdout_loss"] for h in history if "holdout_loss" in h], settings.patience):
                         break
             if step == settings.steps:
@@ -355,8 +360,8 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
                          for plain in (prepared.train.subset(s.public_examples), prepared.holdout))
     cost.wall_seconds += timer.seconds
     alpha = alpha_proxy(data, len(prepared.task.classes)) if s.alpha_rule == "proxy" else s.alpha
-    result = transfer(target, tokenizer, prepared.task, source_prompt, data, holdout, s, alpha, cfg.seed, progress)
-    result.cost = cost + result.cost
+    result = transfer(target, tokenizer, prepared.task, source_prompt, data, holdout, s, alpha, cfg.seed, progress,
+                      spent=cost)
     held = {h["step"]: h["holdout_loss"] for h in result.history if "holdout_loss" in h}
     record = {"public_pool": prepared.pool, "public_examples": len(data), "alpha": alpha, "alpha_rule": s.alpha_rule,
               "agreement": data.agreement, "init": s.init, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr,

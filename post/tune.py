@@ -248,13 +248,17 @@ def run_settings(tune: TuneConfig, epsilon: float, steps: int) -> tuple[TuneConf
             max(1, math.ceil(steps * tune.batch_size / tune.dp_batch_size)))
 
 
+def owner_validation(cfg: Config, task: str) -> Split | None:
+    """The validation examples 02 evaluates on during training (None if it does not), also for 04's curves."""
+    if not cfg.tune.eval_every:
+        return None
+    limits = [n for n in (cfg.data.max_validation, cfg.tune.eval_examples) if n]
+    return load_split(task, "validation", min(limits, default=0))
+
+
 def _owner_data(cfg: Config, task: str) -> tuple[Split, Split | None]:
     """The owner's training data and (if the stage evaluates during training) its carved validation split."""
-    train = load_split(task, "train", cfg.data.max_train)
-    if not cfg.tune.eval_every:
-        return train, None
-    limits = [n for n in (cfg.data.max_validation, cfg.tune.eval_examples) if n]
-    return train, load_split(task, "validation", min(limits, default=0))
+    return load_split(task, "train", cfg.data.max_train), owner_validation(cfg, task)
 
 
 def stage_plan(cfg: Config, task: str, epsilon: float) -> dp.DPPlan:

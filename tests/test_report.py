@@ -78,3 +78,70 @@ def test_update_readme_replaces_only_the_generated_block(tmp_path, monkeypatch):
 def test_readme_results_match_the_committed_results_files():
     """The README's numbers are regenerated from results/cpu/; run `python -m post.report` after a cpu run."""
     assert report.readme_block() == report.readme_results(report.README_PROFILE).strip()
+
+
+def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch):
+    """FullPT's curve is its own validation record; POST's starts after the whole CompPT run at Direct (the source
+    prompt pasted on the target) and follows the transfer's snapshots at the transfer's cost so far."""
+    import torch
+
+    from post import artifacts, transfer, tune
+    from post.config import load_config
+    from post.evaluate import accuracy
+    from post.tasks import get_task, load_split
+
+    for name in ("ARTIFACTS", "RESULTS", "FIGURES"):
+        monkeypatch.setattr(artifacts, name, tmp_path / name.lower())
+    torch.set_num_threads(1)
+    model, tok = tiny  # the source and the target alike: the curves' bookkeeping does not depend on the models
+    cfg = load_config("smoke", {"data": {"tasks": ["rotten_tomatoes"]}, "tune": {"lr": 0.05, "eval_every": 2},
+                                "transfer": {"steps": 4, "eval_every": 2, "public_examples": 16}})
+    task, validation = get_task("rotten_tomatoes"), tune.owner_validation(cfg, "rotten_tomatoes")
+    train = load_split(task.name, "train", 16)
+    for method in ("fullpt", "compt"):
+        made = tune.tune_prompt(model, tok, task, train, cfg.tune, math.inf, 6, validation, progress=False)
+        made.save(artifacts.prompt_path("smoke", task.name, method, math.inf))
+    compt = transfer.SoftPrompt.load(artifacts.prompt_path("smoke", task.name, "compt", math.inf))
+    prepared = transfer.prepare(cfg, model, model, tok, task.name)
+    result, _ = transfer.post_transfer(cfg, model, model, tok, prepared, compt, progress=False)
+    post = result.prompt.save(artifacts.prompt_path("smoke", task.name, "post", math.inf))
+    torch.save(result.snapshots, transfer.snapshot_path(post))
+    artifacts.write_json(artifacts.results_dir("smoke") / "transfer_history.json",
+                         {"rotten_tomatoes/inf": result.history})
+
+    curves = report.cost_curves(cfg, model, tok, progress=False)
+    full, post_curve = (curves[curves.method == m] for m in ("FullPT", "POST"))
+    record = tune.read_record(artifacts.prompt_path("smoke", task.name, "fullpt", math.inf))
+    assert list(full.step) == record["validation"]["step"] == [0, 2, 4, 6]
+    assert list(full.flops) == record["validation"]["flops"] and full.flops.is_monotonic_increasing
+    tuning = tune.read_record(artifacts.prompt_path("smoke", task.name, "compt", math.inf))["cost"]
+    setup = prepared.cost.flops
+    assert post_curve.flops.iloc[0] > tuning["flops"] + setup and post_curve.flops.is_monotonic_increasing
+    assert post_curve.flops.iloc[-1] == tuning["flops"] + result.cost.flops  # the last evaluation ends the run
+    direct = accuracy(model, tok, task, validation, compt, max_text_tokens=cfg.data.max_text_tokens)["accuracy"]
+    assert list(post_curve.step) == [0, 2, 4] and post_curve.accuracy.iloc[0] == direct
+    kept = curves[curves.kept]
+    assert list(kept.method) == ["FullPT", "POST"]
+    assert list(kept.step) == [record["selected_step"], result.selected_step]
+
+    costs = pd.DataFrame([{"task": task.name, "item": "distillation (once)", "flops": 1e15, "wall_seconds": 100.0}])
+    report.plot_cost_curves(curves, costs, "smoke")
+    drawn = pd.read_csv(artifacts.figures_dir("smoke") / "accuracy_vs_cumulative_cost.csv")
+    charged = drawn[drawn.method == "POST + distillation"]
+    assert list(charged.flops) == list(post_curve.flops + 1e15)
+    assert list(charged.wall_seconds) == pytest.approx(list(post_curve.wall_seconds + 100.0))
+
+
+def test_curve_summary_reads_the_kept_steps_and_what_fullpt_spent_to_match_post():
+    curves = pd.DataFrame(
+        [{"task": "t", "method": "FullPT", "step": s, "accuracy": a, "flops": f, "wall_seconds": f / 1e12,
+          "kept": s == 20} for s, a, f in ((0, 0.5, 1e12), (10, 0.7, 2e12), (20, 0.8, 3e12), (30, 0.75, 4e12))]
+        + [{"task": "t", "method": "POST", "step": s, "accuracy": a, "flops": f, "wall_seconds": 1.0, "kept": s == 5}
+           for s, a, f in ((0, 0.6, 0.5e12), (5, 0.65, 0.7e12), (10, 0.62, 0.9e12))])
+    table = report.curve_summary(curves).set_index("method")
+    assert table.loc["FullPT", "kept step"] == 20 and table.loc["FullPT", "last step"] == 30
+    assert table.loc["FullPT", "TFLOPs to kept"] == 3 and table.loc["FullPT", "TFLOPs in all"] == 4
+    assert table.loc["POST", "validation accuracy"] == 0.65 and table.loc["POST", "TFLOPs in all"] == 0.9
+    assert table.loc["POST", "FullPT TFLOPs to match"] == 2  # FullPT first reached 0.65 at step 10
+    never = report.curve_summary(curves.assign(accuracy=[0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9]))
+    assert math.isnan(never.set_index("method").loc["POST", "FullPT TFLOPs to match"])

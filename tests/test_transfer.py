@@ -153,6 +153,11 @@ def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
     held = [h for h in result.history if "holdout_loss" in h]  # each evaluation carries the cost so far
     assert 0 < held[0]["flops"] < held[1]["flops"] < held[2]["flops"]
     assert 0 <= held[0]["seconds"] < held[1]["seconds"] < held[2]["seconds"]
+    # what making the public data cost comes first: the same run counts from it, to the FLOP
+    after = transfer.transfer(source, tok, TASK, prompt, data, holdout, settings, alpha=0.5, progress=False,
+                              spent=transfer.Cost(flops=1e12, wall_seconds=5.0))
+    assert [h["flops"] for h in after.history if "flops" in h] == [h["flops"] + 1e12 for h in held]
+    assert after.cost.flops == result.cost.flops + 1e12 and after.history[0]["seconds"] >= 5.0
     assert not plateaued([3, 2, 1], 2)
     assert plateaued([1, 2, 1.5], 2)
     assert not plateaued([1, 2, 1.5], 0)
