@@ -161,10 +161,10 @@ def main() -> None:
     def recovery(accuracy: float) -> float:
         return (accuracy - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
 
-    def make_source(text: str, mode: str) -> tuple[torch.nn.Module, dict | None]:
+    def make_source(text: str, mode: str, objective: str, examples: int,
+                    epochs: int) -> tuple[torch.nn.Module, dict | None]:
         """The undistilled cut, or the distilled source (kept under ``work`` so reruns and levers reuse it)."""
         first, last = shape(text)
-        objective, examples, epochs = distillation(mode, args)
         if objective == "undistilled":
             return distill.make_student(target, distill.end_layers(n_layers, first + last, last)), None
         saved = work / f"{text}-{mode.replace(':', '-')}"
@@ -204,13 +204,14 @@ def main() -> None:
             continue
         first, last = shape(text)
         begin = time.perf_counter()
-        source, record = make_source(text, mode)
+        objective, examples, epochs = distillation(mode, args)
+        source, record = make_source(text, mode, objective, examples, epochs)
         point = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
                  "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
                  **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
         if record:
-            if record["objective"] == "readout":
-                point.update(zip(("readout_examples", "readout_epochs"), distillation(mode, args)[1:]))
+            if objective == "readout":
+                point.update(readout_examples=examples, readout_epochs=epochs)
             point.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
                          distill_seconds=record["cost"]["total"]["wall_seconds"])
         point["readout_agreement"] = readout.evaluate(source)[0]

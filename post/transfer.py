@@ -370,9 +370,14 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
               "holdout_loss": held.get(result.selected_step)}
     result.prompt = SoftPrompt(result.prompt.weight, **derived_meta(source_prompt, target, "post", result.cost,
                                                                     **record))
-    epsilon = eps_tag(source_prompt.meta.get("epsilon", math.inf))
-    row = {"task": prepared.task.name, "method": "post", "epsilon": epsilon, **record, "cost": result.cost.to_dict()}
-    return result, row
+    return result, run_row(result.prompt)
+
+
+def run_row(prompt: SoftPrompt) -> dict:
+    """The results row of a POST prompt, from its metadata: task, epsilon, the transfer's record and cost."""
+    meta = prompt.meta
+    return {"task": meta["task"], "method": "post", "epsilon": eps_tag(meta.get("epsilon", math.inf)),
+            **meta["transfer"], "cost": meta["cost"]}
 
 
 def ptfer_transfer(cfg: Config, source, target, tokenizer, source_prompt: SoftPrompt) -> tuple[SoftPrompt, dict]:
@@ -411,8 +416,7 @@ def run_transfer(cfg: Config, progress: bool = True) -> list[dict]:
                 prepared = prepared or prepare(cfg, source, target, tokenizer, name)
                 result, row = post_transfer(cfg, source, target, tokenizer, prepared, source_prompt,
                                             progress=progress)
-                out = result.prompt.save(prompt_path(cfg.profile, name, "post", epsilon, cfg.seed))
-                torch.save(result.snapshots, snapshot_path(out))
+                out = save_run(prompt_path(cfg.profile, name, "post", epsilon, cfg.seed), result)
                 rows.append({**row, "source_prompt": relative(path), "prompt": relative(out),
                              "config_hash": settings_hash(cfg)})
                 histories[run] = result.history
@@ -450,23 +454,26 @@ def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferRes
     if not (path.exists() and snapshot_path(path).exists() and table.exists()):
         return None
     row = next((r for r in read_json(table) if r["method"] == "post" and r["prompt"] == relative(path)), None)
-    prompt = SoftPrompt.load(path)
+    result = load_run(path)
     if (row is None or row.get("config_hash") != settings_hash(cfg)
-            or prompt.meta.get("source_run_key") != source_prompt.meta.get("run_key")):
+            or result.prompt.meta.get("source_run_key") != source_prompt.meta.get("run_key")):
         return None
-    return row, TransferResult(prompt, [], torch.load(snapshot_path(path)), row["selected_step"])
+    return row, result
 
 
-def write_sweep_run(path: Path, result: TransferResult, row: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"weight": result.prompt.weight.detach().cpu(), "meta": result.prompt.meta, "row": row,
-                    "snapshots": result.snapshots, "selected_step": result.selected_step}, tmp)
+def save_run(path: Path, result: TransferResult) -> Path:
+    """A POST transfer on disk: its snapshots (``snapshot_path``), then the prompt file, so that a prompt file
+    always has its snapshots beside it. The history goes to ``transfer_history.json``."""
+    with atomic_path(snapshot_path(path)) as tmp:
+        torch.save(result.snapshots, tmp)
+    return result.prompt.save(path)
 
 
-def read_sweep_run(path: Path) -> tuple[TransferResult, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    prompt = SoftPrompt(state["weight"], **state["meta"])
-    return TransferResult(prompt, [], state["snapshots"], state["selected_step"]), state["row"]
+def load_run(path: Path) -> TransferResult:
+    """A transfer as ``save_run`` wrote it (without its history)."""
+    prompt = SoftPrompt.load(path)
+    snapshots = torch.load(snapshot_path(path), map_location="cpu", weights_only=True)
+    return TransferResult(prompt, [], snapshots, prompt.meta["transfer"]["selected_step"])
 
 
 def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool = True) -> list[dict]:
@@ -501,15 +508,14 @@ def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool
             path = keyed_path(cfg.profile, "sweeps", "transfer", ".pt", {
                 "settings": dataclasses.asdict(settings), "pool": pool, "config": settings_hash(cfg),
                 "source_prompt": source_prompt.meta.get("run_key")})
-            kept = readable(path, read_sweep_run)
-            if kept is None:
+            result = readable(path, load_run)
+            if result is None:
                 if pool not in prepared:
                     prepared[pool] = prepare(cfg, source, target, tokenizer, s.sweep_task, pool)
-                kept = post_transfer(cfg, source, target, tokenizer, prepared[pool], source_prompt, settings,
-                                     progress)
-                write_sweep_run(path, *kept)
-            result, row = kept
-            done[key] = ({**row, "accuracy": score(result.prompt)}, result)
+                result, _ = post_transfer(cfg, source, target, tokenizer, prepared[pool], source_prompt, settings,
+                                          progress)
+                save_run(path, result)
+            done[key] = ({**run_row(result.prompt), "accuracy": score(result.prompt)}, result)
         row, result = done[key]
         rows.append({**row, "kind": kind, "value": value})
         if kind == "default":  # the selected snapshot is the prompt just scored

@@ -104,8 +104,7 @@ def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch
     compt = transfer.SoftPrompt.load(artifacts.prompt_path("smoke", task.name, "compt", math.inf))
     prepared = transfer.prepare(cfg, model, model, tok, task.name)
     result, _ = transfer.post_transfer(cfg, model, model, tok, prepared, compt, progress=False)
-    post = result.prompt.save(artifacts.prompt_path("smoke", task.name, "post", math.inf))
-    torch.save(result.snapshots, transfer.snapshot_path(post))
+    transfer.save_run(artifacts.prompt_path("smoke", task.name, "post", math.inf), result)
     artifacts.write_json(artifacts.results_dir("smoke") / "transfer_history.json",
                          {"rotten_tomatoes/inf": result.history})
 

@@ -320,8 +320,9 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     again = transfer.run_transfer(cfg, progress=False)
     assert len(runs) == 4 + 5 + 1 and torch.equal(SoftPrompt.load(crashed).weight, before)
     assert without_cost(again) == without_cost(rows)
-    kept = sorted((artifacts.ARTIFACTS / "smoke" / "sweeps").glob("transfer_*.pt"))
-    assert len(kept) == 5  # the variants; the default is run_transfer's own transfer
+    kept = sorted((artifacts.ARTIFACTS / "smoke" / "sweeps").glob("transfer_*[0-9a-f].pt"))
+    assert len(kept) == 5  # the variants (each with its snapshots); the default is run_transfer's own transfer
+    assert all(transfer.snapshot_path(path).exists() for path in kept)
     kept[0].write_bytes(kept[0].read_bytes()[:100])  # an interrupted sweep: one variant is missing
     redone = transfer.run_sweeps(cfg, lambda p: 0.5, progress=False)
     assert len(runs) == 4 + 5 + 1 + 1 and without_cost(redone) == without_cost(sweeps[0])
