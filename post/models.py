@@ -92,13 +92,14 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0, dev
     else:
         source = cached_checkpoint(name) if name in GGUF else name
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    model.post_name = _stable_name(name)
+    model.post_name = stable_name(name)
     model.eval().requires_grad_(False)
     return model.to(resolve_device(device))
 
 
-def _stable_name(name: str) -> str:
-    """Offline names and hub ids as given; a local directory relative to the repository when inside it."""
+def stable_name(name: str) -> str:
+    """Offline names and hub ids as given; a local directory relative to the repository when inside it (so a
+    name recorded as an absolute path, as prompts made before this rule were, names the same directory)."""
     path = Path(name).absolute()  # not resolved: artifacts/ may be a link to a larger disk
     return relative(path) if name not in GGUF and name != TINY and path.is_dir() else name
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import dp
 from .artifacts import atomic_path, read_json, relative, write_json
 from .cost import Cost
-from .models import model_name
+from .models import model_name, stable_name
 from .tasks import Task
 
 
@@ -121,7 +121,7 @@ class SoftPrompt(nn.Module):
         if self.meta["hidden_size"] != width:
             raise PromptMismatch(f"prompt has hidden size {self.meta['hidden_size']} but model "
                                  f"{model_name(model)!r} has {width}")
-        if same_model and self.meta.get("model") != model_name(model):
+        if same_model and stable_name(str(self.meta.get("model"))) != model_name(model):
             raise PromptMismatch(f"prompt was made for {self.meta.get('model')!r}, not {model_name(model)!r} "
                                  "(pass same_model=False to paste it across models on purpose)")
 

@@ -181,3 +181,23 @@ def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expect
         audit.run_audit(cfg, progress=False)
     assert loads == [(name, expected) for name in (str(source), cfg.model, cfg.model, str(source), cfg.model,
                                                    cfg.model, str(source))]
+
+
+def test_a_prompt_naming_its_model_by_absolute_path_fits_the_same_directory(tiny, tmp_path, monkeypatch):
+    """Prompts made before local names were repo-relative record the directory's absolute path: still the same
+    model; another directory is not."""
+    import post.artifacts
+    from post.models import load
+    from post.prompt import PromptMismatch, SoftPrompt
+
+    model, tok = tiny
+    for name in ("m", "other"):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    monkeypatch.setattr(post.artifacts, "ROOT", tmp_path)  # as if tmp_path were the repository
+    loaded, _ = load(tmp_path / "m")
+    assert model_name(loaded) == "m"
+    weight = torch.zeros(2, loaded.config.hidden_size)
+    SoftPrompt(weight, model=str(tmp_path / "m"), hidden_size=loaded.config.hidden_size).check(loaded)
+    with pytest.raises(PromptMismatch, match="other"):
+        SoftPrompt(weight, model=str(tmp_path / "other"), hidden_size=loaded.config.hidden_size).check(loaded)
