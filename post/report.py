@@ -19,7 +19,6 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.ticker import NullFormatter
 
 from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, prompt_path, read_json, require, results_dir,
@@ -32,7 +31,7 @@ from .paper import PAPER
 from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, read_record
 from .tasks import get_task
-from .transfer import snapshot_path, source_prompt_path
+from .transfer import load_run, source_prompt_path
 from .tune import owner_validation
 
 README = ROOT / "README.md"
@@ -111,14 +110,13 @@ def cost_curves(cfg: Config, target, tokenizer, progress: bool = True) -> pd.Dat
                   "wall_seconds": seconds, "kept": step == full["selected_step"]}
                  for step, acc, flops, seconds in zip(e["step"], e["accuracy"], e["flops"], e["seconds"])]
         tuning = read_record(source_prompt_path(cfg, name, math.inf))["cost"]  # the owner's CompPT run, whole
-        post = prompt_path(cfg.profile, name, "post", math.inf, cfg.seed)
-        snapshots, kept = torch.load(snapshot_path(post)), SoftPrompt.load(post).meta["transfer"]["selected_step"]
+        run = load_run(prompt_path(cfg.profile, name, "post", math.inf, cfg.seed))
         for h in (h for h in history[f"{name}/inf"] if "holdout_loss" in h):
-            acc = accuracy(target, tokenizer, task, validation, SoftPrompt(snapshots[h["step"]]), cfg.eval.batch_size,
-                           cfg.data.max_text_tokens, progress)["accuracy"]
+            acc = accuracy(target, tokenizer, task, validation, SoftPrompt(run.snapshots[h["step"]]),
+                           cfg.eval.batch_size, cfg.data.max_text_tokens, progress)["accuracy"]
             rows.append({"task": name, "method": "POST", "step": h["step"], "accuracy": acc,
                          "flops": tuning["flops"] + h["flops"], "wall_seconds": tuning["wall_seconds"] + h["seconds"],
-                         "kept": h["step"] == kept})
+                         "kept": h["step"] == run.selected_step})
     return pd.DataFrame(rows)
 
 
