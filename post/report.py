@@ -494,6 +494,32 @@ def _source_map(bench: Path) -> list[str]:
     return parts
 
 
+def _transfer_length(bench: Path) -> list[str]:
+    """The transfer run past 03's cap (``bench/transfer_length.py``): what its stopping rule keeps under each cap."""
+    if not (bench / "transfer_length.json").exists():
+        return []
+    d = read_json(bench / "transfer_length.json")
+    caps = " / ".join(str(rule["cap"]) for rule in d["rows"][0]["rules"])
+    by_cap = lambda r, text: " / ".join(text(rule) for rule in r["rules"])  # noqa: E731
+    rows = pd.DataFrame([{"task": r["task"], "zero-shot": r["validation_zero_shot"], "FullPT": r["validation_fullpt"],
+                          "Direct": r["direct"],
+                          f"kept step (stopped at), cap {caps}": by_cap(r, lambda x: f"{x['kept_step']} ({x['stopped_at']})"),
+                          "POST kept": by_cap(r, lambda x: f"{x['validation_accuracy']:.3f}"),
+                          "recovery": by_cap(r, lambda x: f"{x['validation_recovery']:.2f}"),
+                          f"POST at step {d['steps']}": r["last"],
+                          "best step on validation": f"{r['oracle_accuracy']:.3f} at {r['oracle_step']}"}
+                         for r in d["rows"]])
+    return ["### How long should the transfer run? (validation)",
+            f"`python bench/transfer_length.py` (`bench/results/transfer_length.json`, "
+            f"`figures/{d['profile']}/transfer_length.png`): the non-private CompPT prompt transferred as 03 does but "
+            f"for {d['steps']} steps without stopping, a snapshot every {d['eval_every']}; each snapshot scored on "
+            f"{d['validation_examples']} validation examples, and 03's rule (stop after {d['patience']} evaluations "
+            f"without a lower held-out loss on {d['holdout_examples']} public texts, keep the lowest) replayed under "
+            "each cap. The best step on validation is an oracle that needs private labels: it bounds what a better "
+            "public selection could reach, and is never used.",
+            markdown_table(rows)]
+
+
 def _step_cost_spread(points: list[dict]) -> str:
     """How far apart one source's step costs measured in different runs lie, if any source was measured twice."""
     ratios = pd.DataFrame(points).groupby(["shape", "mode"]).step_ratio.agg(["min", "max"])
@@ -563,7 +589,8 @@ def readme_results(profile: str = README_PROFILE) -> str:
     if (out / "audit.json").exists():
         parts += _audit(out)
     parts += _dp_repeats(ROOT / "bench" / "results", profile)
-    parts += _projection() + _source_map(ROOT / "bench" / "results") + _benchmarks(ROOT / "bench" / "results")
+    bench = ROOT / "bench" / "results"
+    parts += _projection() + _source_map(bench) + _transfer_length(bench) + _benchmarks(bench)
     walls = out / "notebooks" / "wall_seconds.txt"
     if walls.exists():
         stages = dict(line.split() for line in walls.read_text().splitlines() if line.strip())

@@ -258,6 +258,18 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
     return TransferResult(SoftPrompt(snapshots[selected]), history, snapshots, selected, cost)
 
 
+def replay_stopping(held: dict[int, float], patience: int, cap: int) -> tuple[int, int]:
+    """(step a transfer capped at ``cap`` stops at, step it keeps), from the held-out public losses ``held``
+    (step -> loss) of a longer run with the same settings: ``transfer``'s rule replayed, to study caps without
+    rerunning. A transfer applies the rule as it runs."""
+    seen: list[tuple[float, int]] = []
+    for step in sorted(s for s in held if s <= cap):
+        seen.append((held[step], step))
+        if plateaued([loss for loss, _ in seen], patience):
+            break
+    return seen[-1][1], min(seen)[1]
+
+
 def ptfer(source_prompt: SoftPrompt, source, target, tokenizer, anchors: int = 8192, steps: int = 300,
           lr: float = 0.01, seed: int = 0) -> SoftPrompt:
     """Zero-shot transfer in relative space, in the spirit of PTfer (Wu et al., ICLR 2024): no data at all.

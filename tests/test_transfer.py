@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -161,6 +162,27 @@ def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
     assert not plateaued([3, 2, 1], 2)
     assert plateaued([1, 2, 1.5], 2)
     assert not plateaued([1, 2, 1.5], 0)
+
+
+def test_replaying_the_stopping_rule_on_a_longer_run_gives_what_a_capped_run_keeps(models):
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    texts, held = transfer.public_sample("amazon_reviews", 16, 8)
+    settings = TransferConfig(steps=24, batch_size=8, lr=0.5, eval_every=2, max_text_tokens=32, precision="fp32")
+    stopped = set()
+    # onto the target from its instruction text the held-out loss keeps falling; onto the source itself from the
+    # source prompt nothing improves on step 0: one run goes to its cap, the other stops at its plateau
+    for model, init in ((target, "instruction"), (source, "source")):
+        data, holdout = (data_for(source, model, tok, prompt, t) for t in (texts, held))
+        run = functools.partial(transfer.transfer, model, tok, TASK, prompt, data, holdout, alpha=0.5, progress=False)
+        long = run(dataclasses.replace(settings, init=init))
+        losses = {h["step"]: h["holdout_loss"] for h in long.history if "holdout_loss" in h}
+        assert transfer.replay_stopping(losses, 0, 24) == (24, long.selected_step)
+        for cap in (8, 24):
+            capped = run(dataclasses.replace(settings, init=init, steps=cap, patience=2))
+            assert transfer.replay_stopping(losses, 2, cap) == (max(capped.snapshots), capped.selected_step)
+            stopped.add(max(capped.snapshots) < cap)
+    assert stopped == {False, True}
 
 
 def test_public_samples_are_nested_and_held_out_fixed():
