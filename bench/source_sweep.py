@@ -12,6 +12,7 @@ an interrupted sweep resumes at the next point; distillation itself resumes from
     python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
     python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
     python bench/source_sweep.py --plot      # the figure from the JSON only
+    python bench/source_sweep.py --shapes 6+4 --prompt-length 100 --out bench/results/source_sweep_prompt100.json
 """
 
 from __future__ import annotations
@@ -102,16 +103,19 @@ def main() -> None:
     parser.add_argument("--levers", nargs="*", default=[],
                         help="transfer variants on --lever-point, e.g. space=labels lr=0.001 alpha_rule=fixed,alpha=1")
     parser.add_argument("--lever-point", default="6+4-readout")
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--prompt-length", type=int, help="soft-prompt tokens; default: the profile's tune.prompt_length")
+    parser.add_argument("--out", default=str(OUT), help="one JSON per prompt length; its figure is named after it")
     parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
     args = parser.parse_args()
     out = Path(args.out)
     if args.plot:
-        plot(read_json(out), args.profile)
+        plot(read_json(out), args.profile, out.stem)
         return
 
     cfg = load_config(args.profile, {"data": {"tasks": [args.task]}})
-    tune = dataclasses.replace(cfg.tune, eval_every=0)
+    if args.prompt_length is not None and args.prompt_length < 1:
+        parser.error("--prompt-length must be at least 1")
+    tune = dataclasses.replace(cfg.tune, eval_every=0, prompt_length=args.prompt_length or cfg.tune.prompt_length)
     transfer = dataclasses.replace(cfg.transfer, steps=args.transfer_steps, eval_every=args.transfer_eval_every,
                                    space=args.transfer_space or cfg.transfer.space)
     settings = {"task": args.task, "steps": args.steps, "validation": args.validation, "tune": dataclasses.asdict(tune),
@@ -119,6 +123,9 @@ def main() -> None:
                 "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
                 "distill": dataclasses.asdict(cfg.distill), "model": cfg.model, "seed": cfg.seed}
     result = read_json(out) if out.exists() else {}
+    made = result.get("settings", {}).get("tune", {}).get("prompt_length", tune.prompt_length)
+    if made != tune.prompt_length:  # points of two prompt lengths are not one map
+        parser.error(f"{out} holds prompts of {made} tokens, not {tune.prompt_length}: pass another --out")
     if {k: result.get("settings", {}).get(k) for k in SWEEP_KEYS} != {k: settings[k] for k in SWEEP_KEYS}:
         result = {"settings": json.loads(json.dumps(settings, default=str)), "points": []}
     work = artifact_dir(args.profile, "source_sweep")
@@ -228,7 +235,7 @@ def main() -> None:
 
     if args.levers:
         text, mode = args.lever_point.rsplit("-", 1)
-        source = make_source(text, mode)[0]
+        source = make_source(text, mode, *distillation(mode, args))[0]
         prompt = owner_prompt(source)
         levers = result.setdefault("levers", {"point": args.lever_point, "compt": score(source, prompt),
                                              "direct": score(target, prompt), "runs": []})
@@ -240,14 +247,14 @@ def main() -> None:
                                                                      dataclasses.replace(transfer, **changes))})
             save()
             print(levers["runs"][-1], flush=True)
-    plot(result, args.profile)
+    plot(result, args.profile, out.stem)
 
 
 def avx512_bf16() -> bool:
     return "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
 
 
-def plot(result: dict, profile: str):
+def plot(result: dict, profile: str, name: str = OUT.stem):
     """CompPT and POST recovery against the source's share of the target's layers, per distillation mode.
 
     The layer share, not the measured step cost, is the x axis: it is the paper's, and the step times measured in
@@ -265,8 +272,8 @@ def plot(result: dict, profile: str):
         part = part.sort_values("layer_fraction")
         right.plot(part.layer_fraction, part.recovery, marker="o" if space == "vocab" else "s", color=color[mode],
                    ls="-" if space == "vocab" else "--", label=f"{mode}, {space}-space transfer")
-    for ax, value, name in ((left, ref["zero_shot"], "target ZS"), (left, ref["fullpt"], "target FullPT")):
-        ax.axhline(value, color="grey", ls="--" if "ZS" in name else "-.", lw=1, label=name)
+    for ax, value, label in ((left, ref["zero_shot"], "target ZS"), (left, ref["fullpt"], "target FullPT")):
+        ax.axhline(value, color="grey", ls="--" if "ZS" in label else "-.", lw=1, label=label)
     for p in PAPER_POINTS:
         right.plot([p["layer_fraction"]], [p["recovery"]], marker="*", ms=12, ls="", color="C3", label=p["label"])
     if "levers" in result:  # the best transfer variant on the lever point, at that point's cost
@@ -278,13 +285,15 @@ def plot(result: dict, profile: str):
             right.plot([at.iloc[0]], [best["recovery"]], marker="D", ms=7, ls="", color="C2",
                        label=f"{lev['point']}, transfer {best['variant']}")
     right.axhline(0, color="grey", lw=0.8)
+    fig.suptitle(f"{result['settings']['task']} validation, soft prompts of {result['settings']['tune']['prompt_length']} tokens",
+                 fontsize=10)
     left.set_ylabel("validation accuracy (source)")
     right.set_ylabel("POST recovery (POST-ZS)/(FullPT-ZS)")
     for ax in (left, right):
         ax.set_xlabel("source layers / target layers")
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     save_figure(fig, data.drop(columns=[c for c in ("distill_after", "readout_agreement") if c in data]),
-                "source_sweep", profile)
+                name, profile)
     return fig
 
 

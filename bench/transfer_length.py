@@ -32,6 +32,7 @@ from post.evaluate import accuracy
 from post.models import resolve_precision
 from post.plots import save_figure
 from post.prompt import SoftPrompt
+from post.report import recovery_share
 from post.tasks import get_task, load_split
 from post.transfer import (load_models, load_run, post_transfer, prepare, replay_stopping, save_run, settings_hash,
                            source_prompt_path)
@@ -50,10 +51,10 @@ def main() -> None:
     if args.plot:
         plot(read_json(Path(args.out)))
         return
-    if max(args.caps) > args.steps:
-        parser.error(f"every cap must be at most --steps ({args.steps})")
-
     cfg = load_config(args.profile)
+    every = cfg.transfer.eval_every
+    if max(args.caps) > args.steps or any(cap % every for cap in args.caps):
+        parser.error(f"every cap must be a multiple of transfer.eval_every ({every}) and at most --steps ({args.steps})")
     settings = dataclasses.replace(cfg.transfer, steps=args.steps, patience=0)
     source, target, tokenizer = load_models(cfg)
     rows = []
@@ -77,7 +78,6 @@ def main() -> None:
                                         cfg.data.max_text_tokens, False, cfg.eval.precision)["accuracy"]
         zero_shot = score(None)
         full_pt = score(SoftPrompt.load(prompt_path(cfg.profile, name, "fullpt", math.inf, cfg.seed), target).weight)
-        recovery = lambda acc: (acc - zero_shot) / (full_pt - zero_shot) if full_pt != zero_shot else math.nan  # noqa: E731
         curve = [{"step": step, "holdout_loss": held[step], "validation_accuracy": score(weight)}
                  for step, weight in tqdm(sorted(run.snapshots.items()), desc=f"score {name}", leave=False)]
         by_step = {c["step"]: c["validation_accuracy"] for c in curve}
@@ -85,12 +85,12 @@ def main() -> None:
         for cap in args.caps:
             stopped, kept = replay_stopping(held, cfg.transfer.patience, cap)
             rules.append({"cap": cap, "stopped_at": stopped, "kept_step": kept, "validation_accuracy": by_step[kept],
-                          "validation_recovery": recovery(by_step[kept])})
+                          "validation_recovery": recovery_share(zero_shot, full_pt, by_step[kept])})
         best = max(curve, key=lambda c: c["validation_accuracy"])  # an oracle: what selection on private labels gets
         rows.append({"task": name, "validation_zero_shot": zero_shot, "validation_fullpt": full_pt,
                      "direct": by_step[0], "last": curve[-1]["validation_accuracy"], "rules": rules,
                      "oracle_step": best["step"], "oracle_accuracy": best["validation_accuracy"],
-                     "transfer_seconds": run.cost.wall_seconds, "curve": curve})
+                     "transfer_seconds": run.prompt.meta["cost"]["wall_seconds"], "curve": curve})
         print({k: v for k, v in rows[-1].items() if k != "curve"}, flush=True)
     result = {"profile": args.profile, "steps": args.steps, "patience": cfg.transfer.patience,
               "eval_every": cfg.transfer.eval_every, "holdout_examples": cfg.transfer.holdout_examples,

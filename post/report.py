@@ -513,7 +513,7 @@ def _transfer_length(bench: Path) -> list[str]:
             f"`python bench/transfer_length.py` (`bench/results/transfer_length.json`, "
             f"`figures/{d['profile']}/transfer_length.png`): the non-private CompPT prompt transferred as 03 does but "
             f"for {d['steps']} steps without stopping, a snapshot every {d['eval_every']}; each snapshot scored on "
-            f"{d['validation_examples']} validation examples, and 03's rule (stop after {d['patience']} evaluations "
+            f"{d['validation_examples']} validation examples (step 0 is the source prompt pasted: Direct), and 03's rule (stop after {d['patience']} evaluations "
             f"without a lower held-out loss on {d['holdout_examples']} public texts, keep the lowest) replayed under "
             "each cap. The best step on validation is an oracle that needs private labels: it bounds what a better "
             "public selection could reach, and is never used.",

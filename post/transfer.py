@@ -260,8 +260,10 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
 
 def replay_stopping(held: dict[int, float], patience: int, cap: int) -> tuple[int, int]:
     """(step a transfer capped at ``cap`` stops at, step it keeps), from the held-out public losses ``held``
-    (step -> loss) of a longer run with the same settings: ``transfer``'s rule replayed, to study caps without
-    rerunning. A transfer applies the rule as it runs."""
+    (step -> loss) of a longer run with the same settings: ``transfer``'s rule with ``selection="holdout"``
+    replayed, to study caps without rerunning. A transfer applies the rule as it runs."""
+    if cap not in held:
+        raise ValueError(f"cap {cap} is not an evaluated step of the run (evaluated: {sorted(held)})")
     seen: list[tuple[float, int]] = []
     for step in sorted(s for s in held if s <= cap):
         seen.append((held[step], step))
