@@ -2,15 +2,18 @@
 
 For every (shape, distillation) point on one private task (validation split only; the test split is never read):
 cut the target into a contiguous first-k + last-m source, leave it undistilled or distil it (``generic``: packed
-public news; ``readout``: the target's read-out distribution on public text in the task's template), then record
+public news; ``readout``: the target's read-out distribution on public text in the task's template;
+``readout+hidden``: that plus the hidden state entering the kept last layers at every token), then record
 held-out read-out agreement/KL with the target, the source's zero-shot and prompted (CompPT) accuracy, Direct
 (the source prompt pasted onto the target), POST (transferred with public data only; held-out public loss
 selects, the last step is reported too), FullPT on the target as the reference, and the prompt step's time on
-the source relative to the target's, measured in this run. Points are appended to the JSON as they finish, so
+the source relative to the target's, measured in this run. A control transfers the owner's *starting* prompt
+(the public task instruction, no private step) the same way: POST's gain over it is what the tuned prompt carries. Points are appended to the JSON as they finish, so
 an interrupted sweep resumes at the next point; distillation itself resumes from its checkpoint.
 
     python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
     python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
+    python bench/source_sweep.py --shapes 6+4 --modes readout+hidden   # offsite-tuning's emulator loss added
     python bench/source_sweep.py --plot      # the figure from the JSON only
     python bench/source_sweep.py --shapes 6+4 --prompt-length 100 --out bench/results/source_sweep_prompt100.json
 """
@@ -179,7 +182,7 @@ def main() -> None:
             return load(saved)[0], read_json(saved / "distill.json")
         common = {"num_student_layers": first + last, "keep_last": last, "objective": objective}
         dc = dataclasses.replace(cfg.distill, **common, readout_examples=examples,
-                                 epochs=epochs, batch_size=16, lr=3e-4) if objective == "readout" else \
+                                 epochs=epochs, batch_size=16, lr=3e-4) if objective != "generic" else \
             dataclasses.replace(cfg.distill, **common, train_sequences=args.generic_sequences)
         source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer, work, True)
         with atomic_dir(saved) as tmp:
@@ -201,6 +204,14 @@ def main() -> None:
                 "post_selected_step": run.selected_step, "post_last_step": max(run.snapshots), "alpha": row["alpha"],
                 "transfer_seconds": time.perf_counter() - begin}
 
+    def control(source) -> dict:
+        """POST of the owner's starting prompt (the task instruction's embeddings, no private step): what the
+        transfer gives without the owner's data, so the part of POST's gain the tuned prompt carries shows."""
+        start = SoftPrompt.from_text(source, tokenizer, task.instruction, tune.prompt_length, task=task.name)
+        run = transferred(source, start, transfer)
+        return {"instruction_target": score(target, start), "control_post": run["post"],
+                "control_recovery": run["recovery"], "control_selected_step": run["post_selected_step"]}
+
     def owner_prompt(source):
         return tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
                            cfg.data.max_text_tokens, cfg.eval.batch_size, True)
@@ -217,7 +228,7 @@ def main() -> None:
                  "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
                  **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
         if record:
-            if objective == "readout":
+            if objective != "generic":
                 point.update(readout_examples=examples, readout_epochs=epochs)
             point.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
                          distill_seconds=record["cost"]["total"]["wall_seconds"])
@@ -228,7 +239,8 @@ def main() -> None:
         point["direct"] = score(target, prompt)
         point["step_ratio"] = step_seconds(source, tokenizer, task, *timing_batch, tune.prompt_length, 3,
                                            context) / target_step
-        point.update(transferred(source, prompt, transfer), seconds=time.perf_counter() - begin)
+        point.update(transferred(source, prompt, transfer))
+        point.update(control(source), seconds=time.perf_counter() - begin)
         result["points"].append(point)
         save()
         print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
@@ -272,6 +284,11 @@ def plot(result: dict, profile: str, name: str = OUT.stem):
         part = part.sort_values("layer_fraction")
         right.plot(part.layer_fraction, part.recovery, marker="o" if space == "vocab" else "s", color=color[mode],
                    ls="-" if space == "vocab" else "--", label=f"{mode}, {space}-space transfer")
+    if "control_recovery" in data:  # the owner's starting prompt transferred: no private step, no gain of its own
+        for mode, part in data.dropna(subset=["control_recovery"]).groupby("mode", sort=False):
+            part = part.sort_values("layer_fraction")
+            right.plot(part.layer_fraction, part.control_recovery, marker="x", ls=":", color=color[mode],
+                       label=f"{mode}: control (instruction prompt)")
     for ax, value, label in ((left, ref["zero_shot"], "target ZS"), (left, ref["fullpt"], "target FullPT")):
         ax.axhline(value, color="grey", ls="--" if "ZS" in label else "-.", lw=1, label=label)
     for p in PAPER_POINTS:

@@ -57,7 +57,8 @@ class DistillConfig:
     student_layers: tuple[int, ...] = ()  # teacher layer indices; () = num_student_layers spread out
     num_student_layers: int = 4  # default cut: first, last and evenly spaced layers in between
     keep_last: int = 0  # > 0: contiguous ends instead, the first num_student_layers - keep_last and the last keep_last
-    objective: str = "generic"  # "generic": packed public text (KD + LM + cosine); "readout": the task read-out
+    objective: str = "generic"  # "generic": packed public text (KD + LM + cosine); "readout": the task read-out;
+    # "readout+hidden": the read-out plus the cosine on the hidden state entering the kept last layers (keep_last)
     readout_examples: int = 2000  # "readout": public texts per task, in the task's template (default pool)
     readout_holdout: int = 128  # "readout": further public texts per task for held-out agreement
     train_embeddings: bool = False  # False: embeddings and LM head stay exactly the target's
@@ -70,7 +71,7 @@ class DistillConfig:
     temperature: float = 2.0
     a_ce: float = 5.0  # weight of KL_T(teacher || student) * T^2
     a_lm: float = 2.0  # weight of the next-token cross-entropy
-    a_cos: float = 1.0  # weight of the cosine loss on final hidden states
+    a_cos: float = 1.0  # weight of the cosine loss on hidden states (generic: final; readout+hidden: see above)
     teacher_cache: str = "hidden"  # "hidden" (exact logits from cached hidden states) | "topk" | "none" (live)
     top_k: int = 64  # logits kept per token by the "topk" cache
     precision: str = "auto"  # "bf16": teacher targets and student steps under bf16 autocast; "fp32"; "auto"
@@ -222,7 +223,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 CHOICES = {
     "device": DEVICES,
     "eval.precision": PRECISIONS,
-    "distill.objective": ("generic", "readout"),
+    "distill.objective": ("generic", "readout", "readout+hidden"),
     "distill.teacher_cache": ("hidden", "topk", "none"),
     "distill.precision": PRECISIONS,
     "tune.precision": PRECISIONS,
@@ -325,6 +326,9 @@ def check(cfg: Config) -> Config:
              dc.public_pool, f"must be a public pool ({pools}) or hf:<dataset>[:<config>]")
     _require(dc.keep_last < dc.num_student_layers or not dc.keep_last, "distill.keep_last", dc.keep_last,
              f"must be 0 or below distill.num_student_layers ({dc.num_student_layers})")
+    _require(dc.objective != "readout+hidden" or (dc.keep_last and not dc.student_layers), "distill.objective",
+             dc.objective, "needs distill.keep_last > 0 and no distill.student_layers (it matches the hidden state "
+             "entering the kept last layers)")
     _require(math.inf in t.epsilons, "tune.epsilons", t.epsilons,
              "must include inf: 03's sweeps transfer the non-private CompPT prompt")
     _require(t.select == "last" or t.eval_every, "tune.select", t.select,

@@ -417,35 +417,52 @@ def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_
     return train, held
 
 
-def readout_hidden(model, texts: list[str], tokenizer) -> tuple[torch.Tensor, int]:
-    """(B, D) final hidden state at the read-out position (the last token) of ``texts``, left-padded, and the
-    number of text tokens processed (for the cost record)."""
+def readout_hidden(model, texts: list[str], tokenizer,
+                   layer: int | None = None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """(B, D) final hidden state at the read-out position (the last token) of ``texts``, left-padded, the
+    number of text tokens processed (for the cost record), and with ``layer`` the hidden state entering decoder
+    layer ``layer`` at every text token, (tokens, D) text after text (None without ``layer``)."""
     batch = tokenizer(texts, padding=True, return_tensors="pt").to(model.device)
     mask = batch["attention_mask"]
     out = model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
-                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
-    return out.last_hidden_state[:, -1], int(mask.sum())
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
+                           output_hidden_states=layer is not None)
+    inner = None if layer is None else out.hidden_states[layer][mask.bool()]
+    return out.last_hidden_state[:, -1], int(mask.sum()), inner
 
 
 @torch.inference_mode()
 def teacher_readout(teacher, tokenizer, texts: list[str], batch_size: int, path: Path,
                     progress: bool = True) -> tuple[torch.Tensor, Cost]:
     """The teacher's read-out hidden states (N, D) on ``texts``, computed once and cached at ``path``."""
+    hidden, _, cost = teacher_states(teacher, tokenizer, texts, None, batch_size, path, progress)
+    return hidden, cost
+
+
+@torch.inference_mode()
+def teacher_states(teacher, tokenizer, texts: list[str], layer: int | None, batch_size: int, path: Path,
+                   progress: bool = True) -> tuple[torch.Tensor, list[torch.Tensor] | None, Cost]:
+    """The teacher's read-out hidden states (N, D) on ``texts`` and, with ``layer``, the hidden state entering
+    that layer at every token of each text (N tensors of (tokens, D), kept in bf16: they are cosine targets),
+    from one pass computed once and cached at ``path``."""
     saved = readable(path, lambda f: torch.load(f, weights_only=False))
-    if saved is not None and saved["texts"] == texts:
-        return saved["hidden"], Cost(**saved["cost"])
-    cost, parts = Cost(), []
+    if saved is not None and saved["texts"] == texts and saved.get("layer") == layer:
+        return saved["hidden"], saved.get("inner"), Cost(**saved["cost"])
+    cost, parts, inner = Cost(), [], None if layer is None else []
     for start in tqdm(range(0, len(texts), batch_size), desc="teacher read-outs", disable=not progress):
         begin = time.perf_counter()
         chunk = texts[start:start + batch_size]
-        hidden, tokens = readout_hidden(teacher, chunk, tokenizer)
+        hidden, tokens, states = readout_hidden(teacher, chunk, tokenizer, layer)
         parts.append(hidden.float().cpu())
+        if layer is not None:
+            sizes = [len(ids) for ids in tokenizer(chunk).input_ids]
+            inner += [s.clone() for s in states.to(torch.bfloat16).cpu().split(sizes)]
         cost.add(teacher, tokens, len(chunk), "forward")
         cost.wall_seconds += time.perf_counter() - begin
     hidden = torch.cat(parts) if parts else torch.empty(0)
     with atomic_path(path) as tmp:
-        torch.save({"texts": texts, "hidden": hidden, "cost": cost.to_dict()}, tmp)
-    return hidden, cost
+        torch.save({"texts": texts, "hidden": hidden, "layer": layer, "inner": inner, "cost": cost.to_dict()}, tmp)
+    return hidden, inner, cost
 
 
 class Readout:
@@ -453,29 +470,42 @@ class Readout:
 
     The student shares the teacher's LM head, so the teacher's read-out is stored as its final hidden state
     and its logits are one matmul away. Held-out: top-1 next-token agreement and KL at T = 1 there.
+
+    With ``inner`` = (the teacher's states, student layer) it is the ``readout+hidden`` objective: the loss adds
+    ``a_cos * (1 - cos)`` between the hidden state entering the student's kept last layers and the teacher's
+    entering the same layers, at every token of the text (offsite-tuning's emulator loss). Those layers are
+    the teacher's own, so a front that hands them the teacher's residual stream everywhere, not only where the
+    answer is read, leaves them less to make up for. Held-out agreement stays the read-out's in both.
     """
 
     teacher = None  # read-outs are always cached
 
     def __init__(self, tokenizer, head, dc: DistillConfig, train: tuple[list[str], torch.Tensor],
-                 held: tuple[list[str], torch.Tensor]):
+                 held: tuple[list[str], torch.Tensor], inner: tuple[list[torch.Tensor], int] | None = None):
         self.tokenizer, self.head, self.dc = tokenizer, head, dc
         (self.texts, self.hidden), (self.held_texts, self.held_hidden) = train, held
+        self.inner, self.layer = inner or (None, None)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def _logits(self, model, texts: list[str]) -> tuple[torch.Tensor, int]:
-        hidden, tokens = readout_hidden(model, texts, self.tokenizer)
+        hidden, tokens, _ = readout_hidden(model, texts, self.tokenizer)
         return self.head(hidden), tokens
 
     def losses(self, student, rows: np.ndarray) -> tuple[dict, int]:
         with autocast(self.dc, student.device):
-            logits, tokens = self._logits(student, [self.texts[i] for i in rows])
+            hidden, tokens, states = readout_hidden(student, [self.texts[i] for i in rows], self.tokenizer,
+                                                    self.layer)
+            logits = self.head(hidden)
         with torch.no_grad():
             target = self.head(self.hidden[torch.from_numpy(rows)].to(student.device))
         kl = kd_kl(logits, {"logits": target}, self.dc.temperature)
-        return {"total": kl, "kl": kl}, tokens
+        if self.inner is None:
+            return {"total": kl, "kl": kl}, tokens
+        want = torch.cat([self.inner[i] for i in rows]).to(student.device).float()
+        cos = 1 - F.cosine_similarity(states.float(), want, dim=-1).mean()
+        return {"total": kl + self.dc.a_cos * cos, "kl": kl, "cos": cos}, tokens
 
     @torch.no_grad()
     def evaluate(self, student) -> tuple[dict, int]:
@@ -637,22 +667,29 @@ def existing(cfg: Config) -> dict | None:
     return None
 
 
-OBJECTIVES = ("generic", "readout")
+OBJECTIVES = ("generic", "readout", "readout+hidden")
 
 
 def objective_for(cfg: Config, teacher, tokenizer, work: Path, progress: bool = True):
     """The configured objective over public text, with the teacher's outputs cached under ``work``;
     returns it and the cost of the teacher's passes."""
     dc = cfg.distill
-    if dc.objective == "readout":
+    if dc.objective in ("readout", "readout+hidden"):
         train_texts, held_texts = readout_texts(list(cfg.data.tasks), tokenizer, dc.readout_examples,
                                                 dc.readout_holdout, cfg.data.max_text_tokens, cfg.seed)
-        texts = train_texts + held_texts
-        hidden, cost = teacher_readout(teacher, tokenizer, texts, dc.batch_size,
-                                       work / f"readout-{readout_key(cfg)}.pt", progress)
+        texts, n = train_texts + held_texts, len(train_texts)
+        layer = None  # "readout+hidden": also the states entering the teacher's kept last layers
+        if dc.objective == "readout+hidden":
+            if not dc.keep_last or dc.student_layers:
+                raise ValueError("distill.objective 'readout+hidden' matches the hidden state entering the kept "
+                                 "last layers: set distill.keep_last > 0 and no explicit student_layers")
+            layer = len(layer_list(teacher)[1]) - dc.keep_last
+        name = f"readout-{readout_key(cfg)}" + (f"-layer{layer}" if layer is not None else "")
+        hidden, inner, cost = teacher_states(teacher, tokenizer, texts, layer, dc.batch_size, work / f"{name}.pt",
+                                             progress)
         head = copy.deepcopy(teacher.get_output_embeddings()).requires_grad_(False)
-        n = len(train_texts)
-        return Readout(tokenizer, head, dc, (train_texts, hidden[:n]), (held_texts, hidden[n:])), cost
+        return Readout(tokenizer, head, dc, (train_texts, hidden[:n]), (held_texts, hidden[n:]),
+                       None if layer is None else (inner[:n], dc.num_student_layers - dc.keep_last)), cost
     if dc.objective != "generic":
         raise ValueError(f"distill.objective must be one of {OBJECTIVES}, got {dc.objective!r}")
     train_ids, eval_ids = public_sequences(dc, tokenizer, cfg.seed)
@@ -673,7 +710,7 @@ def readout_key(cfg: Config) -> str:
 def distill_hash(cfg: Config) -> str:
     """What a distilled source depends on: the distill settings, and for read-outs the tasks' public sample."""
     key = cfg.section_hash("distill")
-    return f"{key}-{readout_key(cfg)}" if cfg.distill.objective == "readout" else key
+    return f"{key}-{readout_key(cfg)}" if cfg.distill.objective != "generic" else key
 
 
 def distill_student(cfg: Config, teacher, tokenizer, work: Path, progress: bool = True) -> tuple[nn.Module, dict]:

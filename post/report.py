@@ -369,9 +369,11 @@ def _distillation(out: Path) -> list[str]:
     val = pd.DataFrame(read_json(out / "distill_zero_shot.json")).pivot(index="task", columns="model",
                                                                         values="accuracy")
     val = val[["target", "undistilled cut", "distilled source", "majority class"]].reset_index()
-    data, held_out = (("of public text in each task's template (each task's default public pool), matched at the "
-                       "read-out position only", "On held-out public texts in the same templates, read-out")
-                      if d["objective"] == "readout" else ("of public news", "On held-out news,"))
+    matched = {"readout": "matched at the read-out position only",
+               "readout+hidden": "matched at the read-out position and, before the kept last layers, at every token"}
+    data, held_out = ((f"of public text in each task's template (each task's default public pool), "
+                       f"{matched[d['objective']]}", "On held-out public texts in the same templates, read-out")
+                      if d["objective"] in matched else ("of public news", "On held-out news,"))
     return ["### Distillation (01)",
             f"`results/{out.name}/distill.json`, `distill_zero_shot.json`, `figures/{out.name}/distill_*.png`: a "
             f"{len(d['student_layers'])}-layer student (target layers {', '.join(map(str, d['student_layers']))}; "
@@ -494,6 +496,34 @@ def _source_map(bench: Path) -> list[str]:
     return parts
 
 
+def _source_control(bench: Path, name: str = "source_sweep_val1275") -> list[str]:
+    """The map's key sources again on the whole validation split, each with the control transfer: POST of the
+    owner's starting prompt (the public instruction, no private step)."""
+    if not (bench / f"{name}.json").exists():
+        return []
+    d = read_json(bench / f"{name}.json")
+    ref, settings = d["reference"], d["settings"]
+    points = sorted(d["points"], key=lambda p: (p["layers"], p["mode"]))
+    rows = pd.DataFrame([{"source": f"first {p['first']} + last {p['last']}", "layers": p["layers"],
+                          "distillation": p["mode"], "step cost / target": p["step_ratio"], "CompPT": p["compt"],
+                          "Direct": p["direct"],
+                          "instruction on target": p.get("instruction_target"),
+                          "POST of the instruction (control)": p.get("control_post"), "POST": p["post"],
+                          "control recovery": p.get("control_recovery"), "recovery": p["recovery"]}
+                         for p in points])
+    n, gain, post = settings["validation"], ref["fullpt"] - ref["zero_shot"], float(np.median(rows["POST"]))
+    se = math.sqrt(post * (1 - post) / n) / gain  # sampling error of one POST accuracy, in recovery units
+    return ["### Does the owner's prompt carry POST's gain? (the map on all of validation, with a control)",
+            f"`python bench/source_sweep.py --validation {n} --out bench/results/{name}.json` "
+            f"(`figures/cpu/{name}.png`) repeats key sources of the map on {n} validation examples (sampling "
+            f"standard error of one recovery about {se:.2f}) and adds a control: the owner's *starting* prompt, the public task "
+            "instruction before any private step, transferred exactly as the tuned prompt is. POST's lead over the "
+            "control is what the owner's tuned prompt carries; the control's own gain comes from the transfer "
+            f"alone (public text and the source). Target: zero-shot {ref['zero_shot']:.3f}, FullPT "
+            f"{ref['fullpt']:.3f}, majority class {ref['majority']:.3f}.",
+            markdown_table(rows)]
+
+
 def _transfer_length(bench: Path) -> list[str]:
     """The transfer run past 03's cap (``bench/transfer_length.py``): what its stopping rule keeps under each cap."""
     if not (bench / "transfer_length.json").exists():
@@ -590,7 +620,7 @@ def readme_results(profile: str = README_PROFILE) -> str:
         parts += _audit(out)
     parts += _dp_repeats(ROOT / "bench" / "results", profile)
     bench = ROOT / "bench" / "results"
-    parts += _projection() + _source_map(bench) + _transfer_length(bench) + _benchmarks(bench)
+    parts += _projection() + _source_map(bench) + _source_control(bench) + _transfer_length(bench) + _benchmarks(bench)
     walls = out / "notebooks" / "wall_seconds.txt"
     if walls.exists():
         stages = dict(line.split() for line in walls.read_text().splitlines() if line.strip())

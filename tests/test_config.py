@@ -73,6 +73,7 @@ def test_section_hash_changes_only_with_its_section():
     ({"transfer": {"sweep_task": "sst2"}}, "transfer.sweep_task = 'sst2': must be a task of post.tasks"),
     ({"distill": {"public_pool": "wiki"}}, "distill.public_pool = 'wiki': must be a public pool"),
     ({"distill": {"keep_last": 2}}, "distill.keep_last = 2: must be 0 or below distill.num_student_layers (2)"),
+    ({"distill": {"objective": "readout+hidden"}}, "distill.objective = 'readout+hidden': needs distill.keep_last > 0"),
     ({"audit": {"epsilons": [8, 1]}}, "audit.epsilons = [8.0, 1.0]: must include inf"),
     ({"audit": {"task": "imdb"}}, "audit.task = 'imdb': must be '' (the first of data.tasks) or a task"),
     ({"audit": {"shadows": 2}}, "audit.shadows = 2: must be >= 3"),

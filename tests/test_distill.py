@@ -337,6 +337,46 @@ def test_readout_stage_lowers_held_out_kl_and_records_its_objective(sandbox):
                                   precision="fp32")) is None
 
 
+def test_hidden_targets_are_the_teacher_states_entering_a_layer_at_every_token(tmp_path):
+    teacher, tokenizer = load("tiny-random-llama")
+    texts = [post.tasks.get_task("rotten_tomatoes").format(t) for t in ("a fine film", "dull and far too long", "ok")]
+    hidden, inner, cost = distill.teacher_states(teacher, tokenizer, texts, 2, 2, tmp_path / "r.pt", progress=False)
+    assert cost.examples == 3 and len(inner) == 3
+    for text, states in zip(texts, inner):  # left padding and batching are invisible, one tensor per text
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        alone = teacher.base_model(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
+        torch.testing.assert_close(states.float(), alone.detach(), atol=2e-2, rtol=1e-2)  # kept in bf16
+    assert torch.equal(distill.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "plain.pt", False)[0], hidden)
+    # a student of layers 0, 1, 3 hands its last layer what enters the teacher's layer 2 (not 3): the cut is in between
+    cut = distill.make_student(teacher, (0, 1, 3))
+    states = distill.readout_hidden(cut, texts, tokenizer, 2)[2]
+    torch.testing.assert_close(states, torch.cat(inner).float(), atol=2e-2, rtol=1e-2)
+    dc = smoke(precision="fp32").distill
+    hidden3, inner3, _ = distill.teacher_states(teacher, tokenizer, texts, 3, 2, tmp_path / "r3.pt", progress=False)
+    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden3), (texts, hidden3),
+                                (inner3, 3))
+    losses = objective.losses(teacher, np.arange(3))[0]
+    assert losses["cos"].item() == pytest.approx(0.0, abs=1e-4) and losses["kl"].item() == pytest.approx(0.0, abs=1e-5)
+    cut_objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden3),
+                                    (texts, hidden3), (inner3, 2))
+    losses = cut_objective.losses(cut, np.arange(3))[0]
+    assert losses["cos"].item() > 1e-3
+    assert losses["total"].item() == pytest.approx(losses["kl"].item() + dc.a_cos * losses["cos"].item(), rel=1e-5)
+
+
+def test_readout_hidden_stage_heals_the_cut_where_the_kept_layers_read(sandbox):
+    cfg = smoke(objective="readout+hidden", keep_last=1, readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3,
+                precision="fp32")
+    record = distill.run_distill(cfg, progress=False)
+    assert record["objective"] == "readout+hidden" and record["student_layers"] == [0, 3]
+    assert record["after"]["kl"] < record["before"]["kl"]
+    first, last = record["losses"][0], record["losses"][-1]
+    assert last["cos"] < first["cos"] and set(first) >= {"kl", "cos", "total"}
+    assert distill.existing(cfg) == record
+    assert distill.existing(smoke(objective="readout", keep_last=1, readout_examples=24, readout_holdout=8, lr=3e-3,
+                                  epochs=3, precision="fp32")) is None
+
+
 def test_a_corrupt_readout_cache_or_checkpoint_is_rebuilt_not_fatal(tmp_path, capsys):
     teacher, tokenizer = load("tiny-random-llama")
     texts = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"]
