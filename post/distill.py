@@ -418,16 +418,16 @@ def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_
 
 
 def readout_hidden(model, texts: list[str], tokenizer,
-                   layer: int | None = None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+                   layer: int | None = None) -> tuple[torch.Tensor, int, list[torch.Tensor] | None]:
     """(B, D) final hidden state at the read-out position (the last token) of ``texts``, left-padded, the
     number of text tokens processed (for the cost record), and with ``layer`` the hidden state entering decoder
-    layer ``layer`` at every text token, (tokens, D) text after text (None without ``layer``)."""
+    layer ``layer`` at every token of each text, one (tokens, D) tensor per text (None without ``layer``)."""
     batch = tokenizer(texts, padding=True, return_tensors="pt").to(model.device)
     mask = batch["attention_mask"]
     out = model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
                            position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
                            output_hidden_states=layer is not None)
-    inner = None if layer is None else out.hidden_states[layer][mask.bool()]
+    inner = None if layer is None else [h[m] for h, m in zip(out.hidden_states[layer], mask.bool())]
     return out.last_hidden_state[:, -1], int(mask.sum()), inner
 
 
@@ -455,8 +455,7 @@ def teacher_states(teacher, tokenizer, texts: list[str], layer: int | None, batc
         hidden, tokens, states = readout_hidden(teacher, chunk, tokenizer, layer)
         parts.append(hidden.float().cpu())
         if layer is not None:
-            sizes = [len(ids) for ids in tokenizer(chunk).input_ids]
-            inner += [s.clone() for s in states.to(torch.bfloat16).cpu().split(sizes)]
+            inner += [s.to(torch.bfloat16).cpu() for s in states]
         cost.add(teacher, tokens, len(chunk), "forward")
         cost.wall_seconds += time.perf_counter() - begin
     hidden = torch.cat(parts) if parts else torch.empty(0)
@@ -504,7 +503,7 @@ class Readout:
         if self.inner is None:
             return {"total": kl, "kl": kl}, tokens
         want = torch.cat([self.inner[i] for i in rows]).to(student.device).float()
-        cos = 1 - F.cosine_similarity(states.float(), want, dim=-1).mean()
+        cos = 1 - F.cosine_similarity(torch.cat(states).float(), want, dim=-1).mean()
         return {"total": kl + self.dc.a_cos * cos, "kl": kl, "cos": cos}, tokens
 
     @torch.no_grad()

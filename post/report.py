@@ -508,19 +508,22 @@ def _source_control(bench: Path, name: str = "source_sweep_val1275") -> list[str
                           "distillation": p["mode"], "step cost / target": p["step_ratio"], "CompPT": p["compt"],
                           "Direct": p["direct"],
                           "instruction on target": p.get("instruction_target"),
-                          "POST of the instruction (control)": p.get("control_post"), "POST": p["post"],
-                          "control recovery": p.get("control_recovery"), "recovery": p["recovery"]}
+                          "control: the instruction transferred": p.get("control_post"),
+                          "the transfer's own effect (control - instruction)":
+                              p["control_post"] - p["instruction_target"] if "control_post" in p else None,
+                          "POST": p["post"], "recovery": p["recovery"]}
                          for p in points])
     n, gain, post = settings["validation"], ref["fullpt"] - ref["zero_shot"], float(np.median(rows["POST"]))
     se = math.sqrt(post * (1 - post) / n) / gain  # sampling error of one POST accuracy, in recovery units
     return ["### Does the owner's prompt carry POST's gain? (the map on all of validation, with a control)",
             f"`python bench/source_sweep.py --validation {n} --out bench/results/{name}.json` "
-            f"(`figures/cpu/{name}.png`) repeats key sources of the map on {n} validation examples (sampling "
-            f"standard error of one recovery about {se:.2f}) and adds a control: the owner's *starting* prompt, the public task "
-            "instruction before any private step, transferred exactly as the tuned prompt is. POST's lead over the "
-            "control is what the owner's tuned prompt carries; the control's own gain comes from the transfer "
-            f"alone (public text and the source). Target: zero-shot {ref['zero_shot']:.3f}, FullPT "
-            f"{ref['fullpt']:.3f}, majority class {ref['majority']:.3f}.",
+            f"(`figures/cpu/{name}.png`) scores sources of 10 to 18 layers on {n} validation examples (sampling "
+            f"standard error of one recovery about {se:.2f}) and adds a control: the owner's *starting* prompt, the "
+            "public task instruction before any private step, transferred exactly as the tuned prompt is. The "
+            "control's change from the instruction pasted onto the target is what the transfer does on its own "
+            "(public text and the source); POST's lead over the control is what the owner's tuned prompt carries. "
+            f"Target: zero-shot {ref['zero_shot']:.3f}, FullPT {ref['fullpt']:.3f}, majority class "
+            f"{ref['majority']:.3f}.",
             markdown_table(rows)]
 
 

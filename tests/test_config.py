@@ -74,6 +74,8 @@ def test_section_hash_changes_only_with_its_section():
     ({"distill": {"public_pool": "wiki"}}, "distill.public_pool = 'wiki': must be a public pool"),
     ({"distill": {"keep_last": 2}}, "distill.keep_last = 2: must be 0 or below distill.num_student_layers (2)"),
     ({"distill": {"objective": "readout+hidden"}}, "distill.objective = 'readout+hidden': needs distill.keep_last > 0"),
+    ({"distill": {"objective": "readout+hidden", "keep_last": 1, "student_layers": [0, 3]}},
+     "distill.objective = 'readout+hidden': needs distill.keep_last > 0 and no distill.student_layers"),
     ({"audit": {"epsilons": [8, 1]}}, "audit.epsilons = [8.0, 1.0]: must include inf"),
     ({"audit": {"task": "imdb"}}, "audit.task = 'imdb': must be '' (the first of data.tasks) or a task"),
     ({"audit": {"shadows": 2}}, "audit.shadows = 2: must be >= 3"),

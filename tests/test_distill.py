@@ -350,7 +350,7 @@ def test_hidden_targets_are_the_teacher_states_entering_a_layer_at_every_token(t
     # a student of layers 0, 1, 3 hands its last layer what enters the teacher's layer 2 (not 3): the cut is in between
     cut = distill.make_student(teacher, (0, 1, 3))
     states = distill.readout_hidden(cut, texts, tokenizer, 2)[2]
-    torch.testing.assert_close(states, torch.cat(inner).float(), atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(torch.cat(states), torch.cat(inner).float(), atol=2e-2, rtol=1e-2)
     dc = smoke(precision="fp32").distill
     hidden3, inner3, _ = distill.teacher_states(teacher, tokenizer, texts, 3, 2, tmp_path / "r3.pt", progress=False)
     objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden3), (texts, hidden3),
@@ -375,6 +375,15 @@ def test_readout_hidden_stage_heals_the_cut_where_the_kept_layers_read(sandbox):
     assert distill.existing(cfg) == record
     assert distill.existing(smoke(objective="readout", keep_last=1, readout_examples=24, readout_holdout=8, lr=3e-3,
                                   epochs=3, precision="fp32")) is None
+
+
+def test_readout_hidden_matches_the_layers_the_student_and_teacher_share(sandbox):
+    """A student of all 4 layers with keep_last=1 is the teacher: both losses start at zero, so the student's and
+    the teacher's matched layers are the same one (an off-by-one would compare different depths)."""
+    cfg = smoke(objective="readout+hidden", num_student_layers=4, keep_last=1, readout_examples=16, readout_holdout=8,
+                epochs=1, precision="fp32")
+    first = distill.run_distill(cfg, progress=False)["losses"][0]
+    assert first["cos"] == pytest.approx(0.0, abs=1e-4) and first["kl"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_a_corrupt_readout_cache_or_checkpoint_is_rebuilt_not_fatal(tmp_path, capsys):
