@@ -8,8 +8,9 @@ held-out read-out agreement/KL with the target, the source's zero-shot and promp
 (the source prompt pasted onto the target), POST (transferred with public data only; held-out public loss
 selects, the last step is reported too), FullPT on the target as the reference, and the prompt step's time on
 the source relative to the target's, measured in this run. A control transfers the owner's *starting* prompt
-(the public task instruction, no private step) the same way: POST's gain over it is what the tuned prompt carries. Points are appended to the JSON as they finish, so
-an interrupted sweep resumes at the next point; distillation itself resumes from its checkpoint.
+(the public task instruction, no private step) the same way: POST's gain over it is what the tuned prompt
+carries. Points are appended to the JSON as they finish, so an interrupted sweep resumes at the next point;
+distillation itself resumes from its checkpoint.
 
     python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
     python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
@@ -191,12 +192,15 @@ def main() -> None:
             write_json(tmp / "distill.json", record)
         return source, record
 
-    def transferred(source, prompt, settings) -> dict:
+    def prepare(source) -> Prepared:
+        """The unprompted source's and target's logits on the public texts: once a source, for all its transfers."""
+        return Prepared(view, pool,
+                        *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
+                                                   transfer.max_text_tokens), plain_target[name])
+                          for name, x in (("train", texts), ("holdout", held))), cost=Cost())
+
+    def transferred(source, prepared: Prepared, prompt, settings) -> dict:
         """POST with ``settings``, scored on validation: held-out-selected and last step."""
-        prepared = Prepared(view, pool,
-                            *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
-                                                       settings.max_text_tokens), plain_target[name])
-                              for name, x in (("train", texts), ("holdout", held))), cost=Cost())
         begin = time.perf_counter()
         run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, settings, True)
         post, last = score(target, run.prompt), score(target, SoftPrompt(run.snapshots[max(run.snapshots)]))
@@ -204,11 +208,11 @@ def main() -> None:
                 "post_selected_step": run.selected_step, "post_last_step": max(run.snapshots), "alpha": row["alpha"],
                 "transfer_seconds": time.perf_counter() - begin}
 
-    def control(source) -> dict:
+    def control(source, prepared: Prepared) -> dict:
         """POST of the owner's starting prompt (the task instruction's embeddings, no private step): what the
         transfer gives without the owner's data, so the part of POST's gain the tuned prompt carries shows."""
         start = SoftPrompt.from_text(source, tokenizer, task.instruction, tune.prompt_length, task=task.name)
-        run = transferred(source, start, transfer)
+        run = transferred(source, prepared, start, transfer)
         return {"instruction_target": score(target, start), "control_post": run["post"],
                 "control_recovery": run["recovery"], "control_selected_step": run["post_selected_step"]}
 
@@ -239,8 +243,9 @@ def main() -> None:
         point["direct"] = score(target, prompt)
         point["step_ratio"] = step_seconds(source, tokenizer, task, *timing_batch, tune.prompt_length, 3,
                                            context) / target_step
-        point.update(transferred(source, prompt, transfer))
-        point.update(control(source), seconds=time.perf_counter() - begin)
+        prepared = prepare(source)
+        point.update(transferred(source, prepared, prompt, transfer))
+        point.update(control(source, prepared), seconds=time.perf_counter() - begin)
         result["points"].append(point)
         save()
         print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
@@ -248,14 +253,14 @@ def main() -> None:
     if args.levers:
         text, mode = args.lever_point.rsplit("-", 1)
         source = make_source(text, mode, *distillation(mode, args))[0]
-        prompt = owner_prompt(source)
+        prompt, prepared = owner_prompt(source), prepare(source)
         levers = result.setdefault("levers", {"point": args.lever_point, "compt": score(source, prompt),
                                              "direct": score(target, prompt), "runs": []})
         for variant in args.levers:
             if any(r["variant"] == variant for r in levers["runs"]):
                 continue
             changes = {k: type(getattr(transfer, k))(v) for k, v in (kv.split("=") for kv in variant.split(","))}
-            levers["runs"].append({"variant": variant, **transferred(source, prompt,
+            levers["runs"].append({"variant": variant, **transferred(source, prepared, prompt,
                                                                      dataclasses.replace(transfer, **changes))})
             save()
             print(levers["runs"][-1], flush=True)

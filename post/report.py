@@ -517,7 +517,8 @@ def _source_control(bench: Path, name: str = "source_sweep_val1275") -> list[str
     se = math.sqrt(post * (1 - post) / n) / gain  # sampling error of one POST accuracy, in recovery units
     return ["### Does the owner's prompt carry POST's gain? (the map on all of validation, with a control)",
             f"`python bench/source_sweep.py --validation {n} --out bench/results/{name}.json` "
-            f"(`figures/cpu/{name}.png`) scores sources of 10 to 18 layers on {n} validation examples (sampling "
+            f"(`figures/cpu/{name}.png`) scores sources of {points[0]['layers']} to {points[-1]['layers']} layers "
+            f"on {n} validation examples (sampling "
             f"standard error of one recovery about {se:.2f}) and adds a control: the owner's *starting* prompt, the "
             "public task instruction before any private step, transferred exactly as the tuned prompt is. The "
             "control's change from the instruction pasted onto the target is what the transfer does on its own "
