@@ -15,6 +15,7 @@ distillation itself resumes from its checkpoint.
     python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
     python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
     python bench/source_sweep.py --shapes 6+4 --modes readout+hidden   # offsite-tuning's emulator loss added
+    python bench/source_sweep.py --shapes 6+4 --owner-seeds 0 1 2   # the spread over the owner's tuning seed
     python bench/source_sweep.py --plot      # the figure from the JSON only
     python bench/source_sweep.py --shapes 6+4 --prompt-length 100 --out bench/results/source_sweep_prompt100.json
 """
@@ -31,15 +32,16 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 
 from post import distill
 from post.artifacts import artifact_dir, atomic_dir, read_json, write_json
 from post.config import load_config
-from post.evaluate import accuracy
 from post.cost import Cost
-from post.evaluate import majority_accuracy
+from post.evaluate import class_scores, majority_accuracy
+from post.membership import auc
 from post.models import autocast, load
 from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
@@ -54,6 +56,7 @@ OUT = Path(__file__).parent / "results" / "source_sweep.json"
 SWEEP_KEYS = ("task", "steps", "validation", "readout_examples", "readout_epochs", "generic_sequences", "model", "seed")
 # what tells one point's transfer from another's (the profile's transfer settings move; each point keeps its own)
 TRANSFER_KEYS = ("space", "steps", "patience", "alpha_rule", "lr", "public_examples")
+CONTROL_KEYS = ("instruction_target", "control_post", "control_recovery", "control_selected_step")
 PAPER_GPT2_XL = PAPER["accuracy"].set_index("target").loc["GPT2-XL"]  # the paper's 4-layer source of a 48-layer target
 PAPER_POINTS = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48,
                  "recovery": recovery_share(PAPER_GPT2_XL.ZS, PAPER_GPT2_XL.FullPT, PAPER_GPT2_XL.POST)}]
@@ -107,6 +110,9 @@ def main() -> None:
     parser.add_argument("--levers", nargs="*", default=[],
                         help="transfer variants on --lever-point, e.g. space=labels lr=0.001 alpha_rule=fixed,alpha=1")
     parser.add_argument("--lever-point", default="6+4-readout")
+    parser.add_argument("--owner-seeds", type=int, nargs="*",
+                        help="seeds of the owner's prompt tuning (its batch order); several give the spread of one "
+                             "source's CompPT, Direct and POST. Default: the profile's seed")
     parser.add_argument("--prompt-length", type=int, help="soft-prompt tokens; default: the profile's tune.prompt_length")
     parser.add_argument("--out", default=str(OUT), help="one JSON per prompt length; its figure is named after it")
     parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
@@ -140,9 +146,33 @@ def main() -> None:
     target, tokenizer = load(cfg.model)
     n_layers = target.config.num_hidden_layers
     context = lambda: autocast(tune.precision, "cpu", "tune.precision")  # noqa: E731
-    score = lambda model, prompt=None: accuracy(model, tokenizer, task, validation, prompt, cfg.eval.batch_size,  # noqa: E731
-                                                cfg.data.max_text_tokens, False, cfg.eval.precision)["accuracy"]
+    labels = np.asarray(validation.labels)
     timing_batch = train.texts[:tune.batch_size], torch.tensor(train.labels[:tune.batch_size])
+
+    def margins(model, prompt=None) -> np.ndarray:
+        with autocast(cfg.eval.precision, "cpu", "eval.precision"):
+            return class_scores(model, tokenizer, task, validation.texts, prompt, cfg.eval.batch_size,
+                                cfg.data.max_text_tokens, False)
+
+    def measure(model, prompt=None) -> tuple[float, float | None]:
+        """Validation accuracy and, for two classes, the ROC AUC of the class-score margin: how well ``model``
+        orders the examples whatever its threshold. A source that answers one class throughout can still order
+        them, and the transfer carries score changes, not answers."""
+        s = margins(model, prompt)
+        return float((s.argmax(1) == labels).mean()), auc(s[:, 1] - s[:, 0], labels == 1) if s.shape[1] == 2 else None
+
+    score = lambda model, prompt=None: measure(model, prompt)[0]  # noqa: E731
+
+    def threshold_only() -> dict:
+        """What moving only the target's zero-shot threshold reaches (two classes): the best threshold on its
+        class-score margin, an oracle that reads the validation labels (a diagnostic, never a choice), and the
+        margin centred on the unlabelled validation inputs. A prompt that only shifts the threshold gets no further."""
+        s = margins(target)
+        margin = s[:, 1] - s[:, 0]
+        cuts = np.r_[-np.inf, np.unique(margin)]  # -inf: every example in class 1; the largest margin: none
+        return {"zero_shot_auc": auc(margin, labels == 1),
+                "threshold_oracle": max(float(((margin > t) == labels).mean()) for t in cuts),
+                "threshold_centred": float(((s - s.mean(0)).argmax(1) == labels).mean())}
 
     def save():
         result.update(threads=torch.get_num_threads(), avx512_bf16=avx512_bf16(), load_average_1min=os.getloadavg()[0])
@@ -157,6 +187,9 @@ def main() -> None:
                                "majority": majority_accuracy(validation)}
         save()
     ref = result["reference"]
+    if "zero_shot_auc" not in ref and len(task.classes) == 2:  # added after the first maps: no FullPT rerun
+        ref.update(threshold_only())
+        save()
     print("reference", ref, flush=True)
     target_step = step_seconds(target, tokenizer, task, *timing_batch, tune.prompt_length, 3, context)
 
@@ -203,9 +236,11 @@ def main() -> None:
         """POST with ``settings``, scored on validation: held-out-selected and last step."""
         begin = time.perf_counter()
         run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, settings, True)
-        post, last = score(target, run.prompt), score(target, SoftPrompt(run.snapshots[max(run.snapshots)]))
-        return {"post": post, "post_last": last, "recovery": recovery(post), "recovery_last": recovery(last),
-                "post_selected_step": run.selected_step, "post_last_step": max(run.snapshots), "alpha": row["alpha"],
+        post, post_auc = measure(target, run.prompt)
+        last = score(target, SoftPrompt(run.snapshots[max(run.snapshots)]))
+        return {"post": post, "post_auc": post_auc, "post_last": last, "recovery": recovery(post),
+                "recovery_last": recovery(last), "post_selected_step": run.selected_step,
+                "post_last_step": max(run.snapshots), "alpha": row["alpha"],
                 "transfer_seconds": time.perf_counter() - begin}
 
     def control(source, prepared: Prepared) -> dict:
@@ -213,47 +248,54 @@ def main() -> None:
         transfer gives without the owner's data, so the part of POST's gain the tuned prompt carries shows."""
         start = SoftPrompt.from_text(source, tokenizer, task.instruction, tune.prompt_length, task=task.name)
         run = transferred(source, prepared, start, transfer)
-        return {"instruction_target": score(target, start), "control_post": run["post"],
-                "control_recovery": run["recovery"], "control_selected_step": run["post_selected_step"]}
+        return dict(zip(CONTROL_KEYS, (score(target, start), run["post"], run["recovery"], run["post_selected_step"])))
 
-    def owner_prompt(source):
-        return tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
+    def owner_prompt(source, seed: int):
+        return tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, seed,
                            cfg.data.max_text_tokens, cfg.eval.batch_size, True)
 
-    done = {(p["shape"], p["mode"], p["transfer_space"]) for p in result["points"]}
+    owner_seeds = list(dict.fromkeys(args.owner_seeds or [cfg.seed]))
+    done = {(p["shape"], p["mode"], p["transfer_space"], p.get("owner_seed", cfg.seed)) for p in result["points"]}
     for text, mode in [(t, m) for t in args.shapes for m in args.modes]:  # shape by shape
-        if (text, mode, transfer.space) in done:  # another transfer makes another point on the same source
+        seeds = [s for s in owner_seeds if (text, mode, transfer.space, s) not in done]
+        if not seeds:  # another transfer or owner seed makes another point on the same source
             continue
         first, last = shape(text)
         begin = time.perf_counter()
         objective, examples, epochs = distillation(mode, args)
         source, record = make_source(text, mode, objective, examples, epochs)
-        point = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
-                 "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
-                 **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
+        common = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
+                  "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
+                  **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
         if record:
             if objective != "generic":
-                point.update(readout_examples=examples, readout_epochs=epochs)
-            point.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
-                         distill_seconds=record["cost"]["total"]["wall_seconds"])
-        point["readout_agreement"] = readout.evaluate(source)[0]
-        point["source_zero_shot"] = score(source)
-        prompt = owner_prompt(source)
-        point["compt"] = score(source, prompt)
-        point["direct"] = score(target, prompt)
-        point["step_ratio"] = step_seconds(source, tokenizer, task, *timing_batch, tune.prompt_length, 3,
-                                           context) / target_step
+                common.update(readout_examples=examples, readout_epochs=epochs)
+            common.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
+                          distill_seconds=record["cost"]["total"]["wall_seconds"])
+        common["readout_agreement"] = readout.evaluate(source)[0]
+        common["source_zero_shot"], common["source_auc"] = measure(source)
+        stored = [p for p in result["points"]  # this source's step cost and control, where already measured
+                  if (p["shape"], p["mode"], p["transfer_space"]) == (text, mode, transfer.space)]
+        common["step_ratio"] = stored[0]["step_ratio"] if stored else step_seconds(
+            source, tokenizer, task, *timing_batch, tune.prompt_length, 3, context) / target_step
+        control_run = {k: stored[0][k] for k in CONTROL_KEYS} if stored and "control_post" in stored[0] else None
         prepared = prepare(source)
-        point.update(transferred(source, prepared, prompt, transfer))
-        point.update(control(source, prepared), seconds=time.perf_counter() - begin)
-        result["points"].append(point)
-        save()
-        print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
+        for seed in seeds:  # the source's own measurements are shared; seconds: since the last point
+            prompt = owner_prompt(source, seed)
+            point = {**common, "owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(source, prompt))),
+                     **dict(zip(("direct", "direct_auc"), measure(target, prompt)))}
+            point.update(transferred(source, prepared, prompt, transfer))
+            control_run = control_run or control(source, prepared)  # the same for every owner seed: made once
+            point.update(control_run, seconds=time.perf_counter() - begin)
+            begin = time.perf_counter()
+            result["points"].append(point)
+            save()
+            print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
 
     if args.levers:
         text, mode = args.lever_point.rsplit("-", 1)
         source = make_source(text, mode, *distillation(mode, args))[0]
-        prompt, prepared = owner_prompt(source), prepare(source)
+        prompt, prepared = owner_prompt(source, cfg.seed), prepare(source)
         levers = result.setdefault("levers", {"point": args.lever_point, "compt": score(source, prompt),
                                              "direct": score(target, prompt), "runs": []})
         for variant in args.levers:
@@ -280,20 +322,30 @@ def plot(result: dict, profile: str, name: str = OUT.stem):
     ref = result["reference"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 3.6))
     color = {mode: f"C{i}" for i, mode in enumerate(dict.fromkeys(data["mode"]))}
-    for mode, part in data.groupby("mode", sort=False):
-        part = part.drop_duplicates("shape").sort_values("layer_fraction")  # one source, however many transfers
-        left.plot(part.layer_fraction, part.compt, marker="o", color=color[mode], label=f"{mode}: CompPT")
-        left.plot(part.layer_fraction, part.source_zero_shot, marker=".", ls=":", color=color[mode],
-                  label=f"{mode}: zero-shot")
-    for (mode, space), part in data.groupby(["mode", "transfer_space"], sort=False):
-        part = part.sort_values("layer_fraction")
-        right.plot(part.layer_fraction, part.recovery, marker="o" if space == "vocab" else "s", color=color[mode],
-                   ls="-" if space == "vocab" else "--", label=f"{mode}, {space}-space transfer")
+    marker = {last: m for last, m in zip(sorted(data["last"].unique(), reverse=True), "osD^v<>")}
+
+    def by_shape(part: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+        """One row a source, however many transfers and owner seeds it has: their mean."""
+        return part.groupby("shape")[[*columns, "layer_fraction"]].mean().sort_values("layer_fraction")
+
+    # one line per distillation and number of kept last layers (a family of cuts); seeds as dots where several
+    for (mode, last), part in data.groupby(["mode", "last"], sort=False):
+        mean = by_shape(part, ["compt", "source_zero_shot"])
+        left.plot(mean.layer_fraction, mean.compt, marker=marker[last], color=color[mode],
+                  label=f"{mode}, last {last}: CompPT")
+        left.plot(mean.layer_fraction, mean.source_zero_shot, marker=".", ls=":", color=color[mode],
+                  label=f"{mode}, last {last}: zero-shot")
+    for (mode, space, last), part in data.groupby(["mode", "transfer_space", "last"], sort=False):
+        mean = by_shape(part, ["recovery"])
+        right.plot(mean.layer_fraction, mean.recovery, marker=marker[last], color=color[mode],
+                   ls="-" if space == "vocab" else "--", label=f"{mode}, last {last}, {space}-space transfer")
+        if part.duplicated("shape").any():
+            right.scatter(part.layer_fraction, part.recovery, s=10, color=color[mode], alpha=0.6)
     if "control_recovery" in data:  # the owner's starting prompt transferred: no private step, no gain of its own
-        for mode, part in data.dropna(subset=["control_recovery"]).groupby("mode", sort=False):
-            part = part.sort_values("layer_fraction")
-            right.plot(part.layer_fraction, part.control_recovery, marker="x", ls=":", color=color[mode],
-                       label=f"{mode}: control (instruction prompt)")
+        for (mode, last), part in data.dropna(subset=["control_recovery"]).groupby(["mode", "last"], sort=False):
+            mean = by_shape(part, ["control_recovery"])
+            right.plot(mean.layer_fraction, mean.control_recovery, marker="x", ls=":", color=color[mode],
+                       label=f"{mode}, last {last}: control (instruction prompt)")
     for ax, value, label in ((left, ref["zero_shot"], "target ZS"), (left, ref["fullpt"], "target FullPT")):
         ax.axhline(value, color="grey", ls="--" if "ZS" in label else "-.", lw=1, label=label)
     for p in PAPER_POINTS:
@@ -307,6 +359,9 @@ def plot(result: dict, profile: str, name: str = OUT.stem):
             right.plot([at.iloc[0]], [best["recovery"]], marker="D", ms=7, ls="", color="C2",
                        label=f"{lev['point']}, transfer {best['variant']}")
     right.axhline(0, color="grey", lw=0.8)
+    if "threshold_oracle" in ref:  # the target's zero-shot with only its threshold moved, at best
+        right.axhline(recovery_share(ref["zero_shot"], ref["fullpt"], ref["threshold_oracle"]), color="grey",
+                      ls=(0, (1, 3)), lw=1.2, label="target: best threshold on its zero-shot scores (oracle)")
     fig.suptitle(f"{result['settings']['task']} validation, soft prompts of {result['settings']['tune']['prompt_length']} tokens",
                  fontsize=10)
     left.set_ylabel("validation accuracy (source)")

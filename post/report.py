@@ -503,15 +503,19 @@ def _source_control(bench: Path, name: str = "source_sweep_val1275") -> list[str
         return []
     d = read_json(bench / f"{name}.json")
     ref, settings = d["reference"], d["settings"]
-    points = sorted(d["points"], key=lambda p: (p["layers"], p["mode"]))
+    seed = lambda p: p.get("owner_seed", settings["seed"])  # noqa: E731  (points before seeds: the profile's)
+    points = sorted(d["points"], key=lambda p: (p["layers"], p["first"], p["mode"], seed(p)))
     rows = pd.DataFrame([{"source": f"first {p['first']} + last {p['last']}", "layers": p["layers"],
-                          "distillation": p["mode"], "step cost / target": p["step_ratio"], "CompPT": p["compt"],
+                          "distillation": p["mode"], "transfer": p["transfer_space"], "owner seed": seed(p),
+                          "step cost / target": p["step_ratio"],
+                          "CompPT": p["compt"], "source AUC: zero-shot / prompted":
+                              f"{p['source_auc']:.3f} / {p['compt_auc']:.3f}" if p.get("compt_auc") else None,
                           "Direct": p["direct"],
                           "instruction on target": p.get("instruction_target"),
                           "control: the instruction transferred": p.get("control_post"),
                           "the transfer's own effect (control - instruction)":
                               p["control_post"] - p["instruction_target"] if "control_post" in p else None,
-                          "POST": p["post"], "recovery": p["recovery"]}
+                          "POST": p["post"], "POST AUC": p.get("post_auc"), "recovery": p["recovery"]}
                          for p in points])
     n, gain, post = settings["validation"], ref["fullpt"] - ref["zero_shot"], float(np.median(rows["POST"]))
     se = math.sqrt(post * (1 - post) / n) / gain  # sampling error of one POST accuracy, in recovery units
@@ -524,8 +528,33 @@ def _source_control(bench: Path, name: str = "source_sweep_val1275") -> list[str
             "control's change from the instruction pasted onto the target is what the transfer does on its own "
             "(public text and the source); POST's lead over the control is what the owner's tuned prompt carries. "
             f"Target: zero-shot {ref['zero_shot']:.3f}, FullPT {ref['fullpt']:.3f}, majority class "
-            f"{ref['majority']:.3f}.",
-            markdown_table(rows)]
+            f"{ref['majority']:.3f}." + _seed_spread(rows) + _threshold_only(ref),
+            markdown_table(rows.drop(columns="transfer") if rows.transfer.nunique() == 1 else rows)]
+
+
+def _threshold_only(ref: dict) -> str:
+    """What the target reaches by moving only its zero-shot threshold, where the sweep measured it."""
+    if "threshold_oracle" not in ref:
+        return ""
+    share = recovery_share(ref["zero_shot"], ref["fullpt"], ref["threshold_oracle"])
+    return (f" How much of that is the target's threshold? Its zero-shot class-score margin already orders the "
+            f"reviews with AUC {ref['zero_shot_auc']:.3f}; moving only the threshold scores at best "
+            f"{ref['threshold_oracle']:.3f} (recovery {share:.2f}: an oracle that reads the validation labels, a "
+            f"diagnostic and never a choice), and centring the class scores on the unlabelled validation inputs "
+            f"gives {ref['threshold_centred']:.3f}. AUC columns: how well a model orders the validation reviews "
+            "whatever its threshold (source zero-shot / with the owner's prompt; the target with POST's prompt).")
+
+
+def _seed_spread(rows: pd.DataFrame) -> str:
+    """How far one source's Direct and POST move with the owner's tuning seed alone, where it has several."""
+    text = ""
+    for (source, mode, _), part in rows.groupby(["source", "distillation", "transfer"], sort=False):
+        seeds = part["owner seed"].nunique()
+        if seeds > 1:
+            text += (f" With the owner's tuning seed as the only change (`--owner-seeds`, {seeds} seeds) on {source} "
+                     f"({mode}), Direct ranges {part.Direct.min():.3f}-{part.Direct.max():.3f} and POST "
+                     f"{part.POST.min():.3f}-{part.POST.max():.3f} (standard deviation {part.POST.std():.3f}).")
+    return text
 
 
 def _transfer_length(bench: Path) -> list[str]:

@@ -33,6 +33,22 @@ def test_accuracy_table_averages_seeds_and_reports_their_spread():
     assert table.loc["a", "POST std"] == pytest.approx(pd.Series([0.7, 0.8]).std())
 
 
+def test_seed_spread_names_only_sources_measured_with_several_owner_seeds():
+    table = pd.DataFrame({"source": ["a", "a", "a", "b", "c", "c"], "distillation": ["readout"] * 6,
+                          "transfer": ["labels"] * 5 + ["vocab"], "owner seed": [0, 1, 2, 0, 0, 0],
+                          "Direct": [0.6, 0.7, 0.65, 0.6, 0.6, 0.6], "POST": [0.70, 0.80, 0.75, 0.60, 0.6, 0.7]})
+    text = report._seed_spread(table)
+    assert "3 seeds) on a (readout), Direct ranges 0.600-0.700 and POST 0.700-0.800 (standard deviation 0.050)" in text
+    assert " b " not in text and " c " not in text  # one seed; two transfers of one seed are not a seed spread
+
+
+def test_threshold_only_reads_the_reference_and_is_silent_without_it():
+    ref = {"zero_shot": 0.7, "fullpt": 0.9, "zero_shot_auc": 0.85, "threshold_oracle": 0.8, "threshold_centred": 0.75}
+    text = report._threshold_only(ref)
+    assert "AUC 0.850" in text and "at best 0.800 (recovery 0.50" in text and "gives 0.750" in text
+    assert report._threshold_only({"zero_shot": 0.7, "fullpt": 0.9}) == ""
+
+
 def test_dp_columns_are_named_by_epsilon():
     table = report.accuracy_table(rows("a", 0.6, 0.8, 0.7) + rows("a", 0.6, 0.7, 0.65, epsilon="8")[1:],
                                   ("inf", "8"))
