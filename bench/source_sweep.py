@@ -7,10 +7,12 @@ public news; ``readout``: the target's read-out distribution on public text in t
 held-out read-out agreement/KL with the target, the source's zero-shot and prompted (CompPT) accuracy, Direct
 (the source prompt pasted onto the target), POST (transferred with public data only; held-out public loss
 selects, the last step is reported too), FullPT on the target as the reference, and the prompt step's time on
-the source relative to the target's, measured in this run. A control transfers the owner's *starting* prompt
-(the public task instruction, no private step) the same way: POST's gain over it is what the tuned prompt
-carries. Points are appended to the JSON as they finish, so an interrupted sweep resumes at the next point;
-distillation itself resumes from its checkpoint.
+the source relative to the target's, measured in this run, and (two classes) how well each model orders the
+examples whatever its threshold: the ROC AUC of its class-score margin, beside the target's best threshold on its
+zero-shot scores (a prompt that only moves the threshold reaches no further). A control transfers the owner's
+*starting* prompt (the public task instruction, no private step) the same way: POST's gain over it is what the
+tuned prompt carries. Points are appended to the JSON as they finish, so an interrupted sweep resumes at the next
+point; distillation itself resumes from its checkpoint.
 
     python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
     python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
@@ -149,7 +151,8 @@ def main() -> None:
     labels = np.asarray(validation.labels)
     timing_batch = train.texts[:tune.batch_size], torch.tensor(train.labels[:tune.batch_size])
 
-    def margins(model, prompt=None) -> np.ndarray:
+    def validation_scores(model, prompt=None) -> np.ndarray:
+        """(N, C) class scores on the validation examples, scored as every method is."""
         with autocast(cfg.eval.precision, "cpu", "eval.precision"):
             return class_scores(model, tokenizer, task, validation.texts, prompt, cfg.eval.batch_size,
                                 cfg.data.max_text_tokens, False)
@@ -158,7 +161,7 @@ def main() -> None:
         """Validation accuracy and, for two classes, the ROC AUC of the class-score margin: how well ``model``
         orders the examples whatever its threshold. A source that answers one class throughout can still order
         them, and the transfer carries score changes, not answers."""
-        s = margins(model, prompt)
+        s = validation_scores(model, prompt)
         return float((s.argmax(1) == labels).mean()), auc(s[:, 1] - s[:, 0], labels == 1) if s.shape[1] == 2 else None
 
     score = lambda model, prompt=None: measure(model, prompt)[0]  # noqa: E731
@@ -167,7 +170,7 @@ def main() -> None:
         """What moving only the target's zero-shot threshold reaches (two classes): the best threshold on its
         class-score margin, an oracle that reads the validation labels (a diagnostic, never a choice), and the
         margin centred on the unlabelled validation inputs. A prompt that only shifts the threshold gets no further."""
-        s = margins(target)
+        s = validation_scores(target)
         margin = s[:, 1] - s[:, 0]
         cuts = np.r_[-np.inf, np.unique(margin)]  # -inf: every example in class 1; the largest margin: none
         return {"zero_shot_auc": auc(margin, labels == 1),
