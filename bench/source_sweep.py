@@ -157,20 +157,21 @@ def main() -> None:
             return class_scores(model, tokenizer, task, validation.texts, prompt, cfg.eval.batch_size,
                                 cfg.data.max_text_tokens, False)
 
-    def measure(model, prompt=None) -> tuple[float, float | None]:
-        """Validation accuracy and, for two classes, the ROC AUC of the class-score margin: how well ``model``
-        orders the examples whatever its threshold. A source that answers one class throughout can still order
-        them, and the transfer carries score changes, not answers."""
-        s = validation_scores(model, prompt)
+    def rate(s: np.ndarray) -> tuple[float, float | None]:
+        """Validation accuracy of class scores ``s`` and, for two classes, the ROC AUC of their margin: how well
+        they order the examples whatever the threshold. A source that answers one class throughout can still
+        order them, and the transfer carries score changes, not answers."""
         return float((s.argmax(1) == labels).mean()), auc(s[:, 1] - s[:, 0], labels == 1) if s.shape[1] == 2 else None
+
+    def measure(model, prompt=None) -> tuple[float, float | None]:
+        return rate(validation_scores(model, prompt))
 
     score = lambda model, prompt=None: measure(model, prompt)[0]  # noqa: E731
 
-    def threshold_only() -> dict:
-        """What moving only the target's zero-shot threshold reaches (two classes): the best threshold on its
-        class-score margin, an oracle that reads the validation labels (a diagnostic, never a choice), and the
-        margin centred on the unlabelled validation inputs. A prompt that only shifts the threshold gets no further."""
-        s = validation_scores(target)
+    def threshold_only(s: np.ndarray) -> dict:
+        """What moving only the threshold of the target's zero-shot scores ``s`` reaches (two classes): the best
+        threshold on their margin, an oracle that reads the validation labels (a diagnostic, never a choice), and
+        the scores centred on the unlabelled validation inputs. A prompt that only shifts it gets no further."""
         margin = s[:, 1] - s[:, 0]
         cuts = np.r_[-np.inf, np.unique(margin)]  # -inf: every example in class 1; the largest margin: none
         return {"zero_shot_auc": auc(margin, labels == 1),
@@ -185,13 +186,15 @@ def main() -> None:
         begin = time.perf_counter()
         full = tune_prompt(target, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
                            cfg.data.max_text_tokens, cfg.eval.batch_size, True)
-        result["reference"] = {"layers": n_layers, "zero_shot": score(target), "fullpt": score(target, full),
+        zero_shot = validation_scores(target)  # one pass for the accuracy and, two classes, the threshold
+        result["reference"] = {"layers": n_layers, "zero_shot": rate(zero_shot)[0], "fullpt": score(target, full),
                                "fullpt_seconds": time.perf_counter() - begin,
-                               "majority": majority_accuracy(validation)}
+                               "majority": majority_accuracy(validation),
+                               **(threshold_only(zero_shot) if len(task.classes) == 2 else {})}
         save()
     ref = result["reference"]
     if "zero_shot_auc" not in ref and len(task.classes) == 2:  # added after the first maps: no FullPT rerun
-        ref.update(threshold_only())
+        ref.update(threshold_only(validation_scores(target)))
         save()
     print("reference", ref, flush=True)
     target_step = step_seconds(target, tokenizer, task, *timing_batch, tune.prompt_length, 3, context)

@@ -488,15 +488,14 @@ class Readout:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def _logits(self, model, texts: list[str]) -> tuple[torch.Tensor, int]:
-        hidden, tokens, _ = readout_hidden(model, texts, self.tokenizer)
-        return self.head(hidden), tokens
+    def _logits(self, model, texts: list[str],
+                layer: int | None = None) -> tuple[torch.Tensor, int, list[torch.Tensor] | None]:
+        hidden, tokens, states = readout_hidden(model, texts, self.tokenizer, layer)
+        return self.head(hidden), tokens, states
 
     def losses(self, student, rows: np.ndarray) -> tuple[dict, int]:
         with autocast(self.dc, student.device):
-            hidden, tokens, states = readout_hidden(student, [self.texts[i] for i in rows], self.tokenizer,
-                                                    self.layer)
-            logits = self.head(hidden)
+            logits, tokens, states = self._logits(student, [self.texts[i] for i in rows], self.layer)
         with torch.no_grad():
             target = self.head(self.hidden[torch.from_numpy(rows)].to(student.device))
         kl = kd_kl(logits, {"logits": target}, self.dc.temperature)
@@ -510,7 +509,7 @@ class Readout:
     def evaluate(self, student) -> tuple[dict, int]:
         sums = np.zeros(3)  # top-1 agreements, KL, tokens
         for start in range(0, len(self.held_texts), self.dc.batch_size):
-            logits, tokens = self._logits(student, self.held_texts[start:start + self.dc.batch_size])
+            logits, tokens, _ = self._logits(student, self.held_texts[start:start + self.dc.batch_size])
             teacher = self.head(self.held_hidden[start:start + len(logits)].to(student.device))
             sums += (*top1_and_kl(F.log_softmax(teacher.float(), -1), F.log_softmax(logits.float(), -1)), tokens)
         n = len(self.held_texts)
