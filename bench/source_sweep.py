@@ -64,14 +64,21 @@ PAPER_POINTS = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 
                  "recovery": recovery_share(PAPER_GPT2_XL.ZS, PAPER_GPT2_XL.FullPT, PAPER_GPT2_XL.POST)}]
 
 
-def distillation(mode: str, args) -> tuple[str, int, int]:
-    """``(objective, read-out texts per task, epochs)`` of a mode: ``readout`` is the sweep's read-out budget,
-    ``readout:3000x4`` another one (its own curve in the figure)."""
-    objective, _, budget = mode.partition(":")
-    if not budget:
-        return objective, args.readout_examples, args.readout_epochs
-    examples, epochs = (int(x) for x in budget.split("x"))
-    return objective, examples, epochs
+def distillation(mode: str, args) -> tuple[str, dict]:
+    """``(objective, read-out settings)`` of a mode: ``readout`` is the sweep's read-out budget; colon-separated
+    parts change it (each makes its own source and curve): ``3000x4`` texts per task x epochs, ``p2`` two random
+    prefixes of each text read out too, any other part a further public pool (``readout:3000x4:movie_plots:p2``)."""
+    objective, *parts = mode.split(":")
+    settings = {"readout_examples": args.readout_examples, "epochs": args.readout_epochs, "readout_pools": (),
+                "readout_prefixes": 0}
+    for part in parts:
+        if "x" in part and part.replace("x", "").isdigit():
+            settings["readout_examples"], settings["epochs"] = (int(x) for x in part.split("x"))
+        elif part[:1] == "p" and part[1:].isdigit():
+            settings["readout_prefixes"] = int(part[1:])
+        else:
+            settings["readout_pools"] += (part,)
+    return objective, settings
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -211,8 +218,7 @@ def main() -> None:
     def recovery(accuracy: float) -> float:
         return (accuracy - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
 
-    def make_source(text: str, mode: str, objective: str, examples: int,
-                    epochs: int) -> tuple[torch.nn.Module, dict | None]:
+    def make_source(text: str, mode: str, objective: str, settings: dict) -> tuple[torch.nn.Module, dict | None]:
         """The undistilled cut, or the distilled source (kept under ``work`` so reruns and levers reuse it)."""
         first, last = shape(text)
         if objective == "undistilled":
@@ -221,8 +227,8 @@ def main() -> None:
         if (saved / "distill.json").exists():
             return load(saved)[0], read_json(saved / "distill.json")
         common = {"num_student_layers": first + last, "keep_last": last, "objective": objective}
-        dc = dataclasses.replace(cfg.distill, **common, readout_examples=examples,
-                                 epochs=epochs, batch_size=16, lr=3e-4) if objective != "generic" else \
+        dc = dataclasses.replace(cfg.distill, **common, **settings, batch_size=16, lr=3e-4) \
+            if objective != "generic" else \
             dataclasses.replace(cfg.distill, **common, train_sequences=args.generic_sequences)
         source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer, work, True)
         with atomic_dir(saved) as tmp:
@@ -268,14 +274,15 @@ def main() -> None:
             continue
         first, last = shape(text)
         begin = time.perf_counter()
-        objective, examples, epochs = distillation(mode, args)
-        source, record = make_source(text, mode, objective, examples, epochs)
+        objective, settings = distillation(mode, args)
+        source, record = make_source(text, mode, objective, settings)
         common = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
                   "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
                   **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
         if record:
             if objective != "generic":
-                common.update(readout_examples=examples, readout_epochs=epochs)
+                common.update(readout_examples=settings["readout_examples"], readout_epochs=settings["epochs"],
+                              **{k: settings[k] for k in ("readout_pools", "readout_prefixes") if settings[k]})
             common.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
                           distill_seconds=record["cost"]["total"]["wall_seconds"])
         common["readout_agreement"] = readout.evaluate(source)[0]

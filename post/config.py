@@ -61,6 +61,8 @@ class DistillConfig:
     # "readout+hidden": the read-out plus the cosine on the hidden state entering the kept last layers (keep_last)
     readout_examples: int = 2000  # "readout": public texts per task, in the task's template (default pool)
     readout_holdout: int = 128  # "readout": further public texts per task for held-out agreement
+    readout_pools: tuple[str, ...] = ()  # "readout": more public pools, each up to readout_examples texts per task
+    readout_prefixes: int = 0  # "readout": each training text also read out after this many random prefixes
     train_embeddings: bool = False  # False: embeddings and LM head stay exactly the target's
     seq_len: int = 128  # tokens per packed public sequence
     train_sequences: int = 1024
@@ -340,6 +342,8 @@ def check(cfg: Config) -> Config:
                  f"must be one of tune.epsilons {_show(t.epsilons)}: 03 transfers the prompts 02 tuned")
     _require(tr.public_pool in ("", *PUBLIC_POOLS), "transfer.public_pool", tr.public_pool,
              f"must be '' (the task's default pool) or one of {pools}")
+    for i, pool in enumerate(dc.readout_pools):
+        _require(pool in PUBLIC_POOLS, f"distill.readout_pools[{i}]", pool, f"must be a public pool ({pools})")
     for i, pool in enumerate(tr.pools):
         _require(pool in PUBLIC_POOLS, f"transfer.pools[{i}]", pool, f"must be one of {pools}")
     _require(tr.holdout_examples or tr.selection == "last", "transfer.holdout_examples", tr.holdout_examples,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -36,7 +37,7 @@ from .config import Config, DistillConfig, content_key
 from .cost import Cost, n_params
 from .models import load_model, load_tokenizer, resolve_device, resolve_precision
 from .models import autocast as precision_autocast
-from .prompt import shorten
+from .prompt import Verbalizer, shorten
 from .tasks import default_pool, get_task, load_hub_dataset, public_sample, public_texts
 
 CACHE_MODES = ("hidden", "topk", "none")
@@ -403,18 +404,38 @@ def agreement(model, cache: TeacherCache, batch_size: int) -> dict[str, float]:
 
 
 def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_text_tokens: int,
-                  seed: int) -> tuple[list[str], list[str]]:
-    """(train, held-out) public texts wrapped in each task's template: each task's default public pool only.
+                  seed: int, pools: tuple[str, ...] = (), prefixes: int = 0) -> tuple[list[str], list[str]]:
+    """(train, held-out) public texts wrapped in each task's template: each task's default public pool, plus up to
+    ``examples`` texts of each of ``pools``, and each training text also cut after ``prefixes`` random points.
 
     Only the template (public, it travels with the prompt) comes from the task: never its data. A task
-    family's source is made this way, one that answers like the target where the prompt will be read out.
+    family's source is made this way, one that answers like the target where the prompt will be read out. A
+    prefix is a further read-out position of the same public text (how the target reads a review half-way), so
+    a small pool yields more distinct targets; held-out texts are whole texts of the default pool only.
     """
+    rng = np.random.default_rng(seed)
     train, held = [], []
     for name in tasks:
         task = get_task(name)
-        for out, texts in zip((train, held), public_sample(default_pool(name), examples, holdout, seed)):
-            out += [task.format(t) for t in shorten(texts, tokenizer, max_text_tokens)] if texts else []
+        texts, held_out = public_sample(default_pool(name), examples, holdout, seed)
+        for pool in pools:
+            if pool != default_pool(name):
+                texts += public_sample(pool, min(examples, len(set(public_texts(pool)))), 0, seed)[0]
+        texts = shorten(texts, tokenizer, max_text_tokens)
+        train += [task.format(t) for t in texts + text_prefixes(texts, tokenizer, prefixes, rng)]
+        held += [task.format(t) for t in shorten(held_out, tokenizer, max_text_tokens)]
     return train, held
+
+
+def text_prefixes(texts: list[str], tokenizer, per_text: int, rng: np.random.Generator,
+                  shortest: int = 8) -> list[str]:
+    """``per_text`` distinct prefixes of each text, cut before a random word (at least ``shortest`` tokens,
+    never the whole text); texts too short for that many give fewer."""
+    out = []
+    for ids in tokenizer(texts, add_special_tokens=False).input_ids if per_text else []:
+        cuts = np.array([c for c in range(shortest, len(ids)) if tokenizer.decode(ids[c:c + 1]).startswith(" ")])
+        out += [tokenizer.decode(ids[:c]) for c in np.sort(rng.choice(cuts, min(per_text, len(cuts)), replace=False))]
+    return out
 
 
 def readout_hidden(model, texts: list[str], tokenizer,
@@ -475,13 +496,19 @@ class Readout:
     entering the same layers, at every token of the text (offsite-tuning's emulator loss). Those layers are
     the teacher's own, so a front that hands them the teacher's residual stream everywhere, not only where the
     answer is read, leaves them less to make up for. Held-out agreement stays the read-out's in both.
+
+    With ``verbalizers`` (one per task; the held-out texts are the tasks' equal shares, in order) the held-out
+    metrics add ``label_rank``: how alike the student orders the held-out texts by each class's log-probability
+    over the task's label words as the teacher does (Spearman, averaged over classes and tasks). A prompt tuned
+    on the student can carry no better ordering than the student has, and this measures it on public text.
     """
 
     teacher = None  # read-outs are always cached
 
     def __init__(self, tokenizer, head, dc: DistillConfig, train: tuple[list[str], torch.Tensor],
-                 held: tuple[list[str], torch.Tensor], inner: tuple[list[torch.Tensor], int] | None = None):
-        self.tokenizer, self.head, self.dc = tokenizer, head, dc
+                 held: tuple[list[str], torch.Tensor], inner: tuple[list[torch.Tensor], int] | None = None,
+                 verbalizers: list[Verbalizer] | None = None):
+        self.tokenizer, self.head, self.dc, self.verbalizers = tokenizer, head, dc, verbalizers or []
         (self.texts, self.hidden), (self.held_texts, self.held_hidden) = train, held
         self.inner, self.layer = inner or (None, None)
 
@@ -507,13 +534,29 @@ class Readout:
 
     @torch.no_grad()
     def evaluate(self, student) -> tuple[dict, int]:
-        sums = np.zeros(3)  # top-1 agreements, KL, tokens
+        sums, pairs = np.zeros(3), []  # top-1 agreements, KL, tokens; (teacher, student) logits for label_rank
         for start in range(0, len(self.held_texts), self.dc.batch_size):
             logits, tokens, _ = self._logits(student, self.held_texts[start:start + self.dc.batch_size])
             teacher = self.head(self.held_hidden[start:start + len(logits)].to(student.device))
             sums += (*top1_and_kl(F.log_softmax(teacher.float(), -1), F.log_softmax(logits.float(), -1)), tokens)
+            pairs += [(teacher.float().cpu(), logits.float().cpu())] if self.verbalizers else []
         n = len(self.held_texts)
-        return {"top1": float(sums[0] / n), "kl": float(sums[1] / n)}, int(sums[2])
+        metrics = {"top1": float(sums[0] / n), "kl": float(sums[1] / n)}
+        if self.verbalizers:
+            teacher, logits = (torch.cat(x) for x in zip(*pairs))
+            metrics["label_rank"] = label_rank(teacher, logits, self.verbalizers)
+        return metrics, int(sums[2])
+
+
+def label_rank(teacher: torch.Tensor, student: torch.Tensor, verbalizers: list[Verbalizer]) -> float:
+    """Mean Spearman correlation between teacher and student class log-probabilities (over each task's label
+    words) across texts; rows are the tasks' equal shares in ``verbalizers`` order."""
+    share, ranks = len(teacher) // len(verbalizers), []
+    for i, verbalizer in enumerate(verbalizers):
+        rows = slice(i * share, (i + 1) * share)
+        t, s = (F.log_softmax(verbalizer.scores(x[rows]), -1).numpy() for x in (teacher, student))
+        ranks += [spearmanr(t[:, c], s[:, c]).statistic for c in range(t.shape[1])]
+    return float(np.nanmean(ranks))
 
 
 # --- training with checkpoints ----------------------------------------------------------------------------
@@ -674,7 +717,8 @@ def objective_for(cfg: Config, teacher, tokenizer, work: Path, progress: bool = 
     dc = cfg.distill
     if dc.objective in ("readout", "readout+hidden"):
         train_texts, held_texts = readout_texts(list(cfg.data.tasks), tokenizer, dc.readout_examples,
-                                                dc.readout_holdout, cfg.data.max_text_tokens, cfg.seed)
+                                                dc.readout_holdout, cfg.data.max_text_tokens, cfg.seed,
+                                                dc.readout_pools, dc.readout_prefixes)
         texts, n = train_texts + held_texts, len(train_texts)
         layer = None  # "readout+hidden": also the states entering the teacher's kept last layers
         if dc.objective == "readout+hidden":
@@ -686,8 +730,10 @@ def objective_for(cfg: Config, teacher, tokenizer, work: Path, progress: bool = 
         hidden, inner, cost = teacher_states(teacher, tokenizer, texts, layer, dc.batch_size, work / f"{name}.pt",
                                              progress)
         head = copy.deepcopy(teacher.get_output_embeddings()).requires_grad_(False)
+        verbalizers = [Verbalizer.for_task(get_task(task), tokenizer) for task in cfg.data.tasks]
         return Readout(tokenizer, head, dc, (train_texts, hidden[:n]), (held_texts, hidden[n:]),
-                       None if layer is None else (inner[:n], dc.num_student_layers - dc.keep_last)), cost
+                       None if layer is None else (inner[:n], dc.num_student_layers - dc.keep_last),
+                       verbalizers), cost
     if dc.objective != "generic":
         raise ValueError(f"distill.objective must be one of {OBJECTIVES}, got {dc.objective!r}")
     train_ids, eval_ids = public_sequences(dc, tokenizer, cfg.seed)
@@ -702,6 +748,8 @@ def readout_key(cfg: Config) -> str:
     dc = cfg.distill
     payload = {"model": cfg.model, "seed": cfg.seed, "tasks": list(cfg.data.tasks), "examples": dc.readout_examples,
                "holdout": dc.readout_holdout, "max_text_tokens": cfg.data.max_text_tokens}
+    if dc.readout_pools or dc.readout_prefixes:  # keys of earlier read-outs stay as they were
+        payload.update(pools=list(dc.readout_pools), prefixes=dc.readout_prefixes)
     return content_key(payload)
 
 
@@ -734,6 +782,8 @@ def distill_student(cfg: Config, teacher, tokenizer, work: Path, progress: bool 
         "student_params": n_params(student), "device": str(teacher.device), "objective": dc.objective,
         "precision": resolve_precision(dc.precision, teacher.device.type, "distill.precision"),
         "teacher_cache": dc.teacher_cache, "train_tokens": costs["train"]["tokens"], **history,
+        **({"readout_pools": list(dc.readout_pools), "readout_prefixes": dc.readout_prefixes}
+           if dc.objective != "generic" else {}),
         "before": history["evals"][0], "after": history["evals"][-1], "cost": costs,
         "session_wall_seconds": time.perf_counter() - start, "distill_hash": distill_hash(cfg),
     }

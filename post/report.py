@@ -371,16 +371,21 @@ def _distillation(out: Path) -> list[str]:
     val = val[["target", "undistilled cut", "distilled source", "majority class"]].reset_index()
     matched = {"readout": "matched at the read-out position only",
                "readout+hidden": "matched at the read-out position and, before the kept last layers, at every token"}
-    data, held_out = ((f"of public text in each task's template (each task's default public pool), "
+    pools = "".join(f" and {pool}" for pool in d.get("readout_pools", []))
+    prefixes = d.get("readout_prefixes", 0)
+    cut = f", each also read out after {prefixes} random prefix{'es' * (prefixes > 1)} of itself" if prefixes else ""
+    data, held_out = ((f"of public text in each task's template (each task's default public pool{pools}{cut}), "
                        f"{matched[d['objective']]}", "On held-out public texts in the same templates, read-out")
                       if d["objective"] in matched else ("of public news", "On held-out news,"))
+    rank = (f"; the texts ordered by each class's probability over the task's label words agreed with the "
+            f"target's order at Spearman {d['after']['label_rank']:.2f}" if "label_rank" in d["after"] else "")
     return ["### Distillation (01)",
             f"`results/{out.name}/distill.json`, `distill_zero_shot.json`, `figures/{out.name}/distill_*.png`: a "
             f"{len(d['student_layers'])}-layer student (target layers {', '.join(map(str, d['student_layers']))}; "
             f"{d['trainable_params'] / 1e6:.1f}M of its {d['student_params'] / 1e6:.1f}M parameters trained) "
             f"distilled for {d['steps']} steps over {d['train_tokens']:,} tokens {data}. {held_out} "
             f"top-1 agreement with the target went from {d['before']['top1']:.3f} to {d['after']['top1']:.3f} and "
-            f"KL(target || student) from {d['before']['kl']:.2f} to {d['after']['kl']:.2f}; stage cost "
+            f"KL(target || student) from {d['before']['kl']:.2f} to {d['after']['kl']:.2f}{rank}; stage cost "
             f"{d['cost']['total']['wall_seconds']:.0f} s. Zero-shot accuracy on the validation splits:",
             markdown_table(val)]
 

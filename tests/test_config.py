@@ -83,6 +83,7 @@ def test_section_hash_changes_only_with_its_section():
     ({"audit": {"transfer_settings": ["positive", "4"]}}, "audit.transfer_settings[1] = '4': must be one of positive"),
     ({"audit": {"confidence": 1}}, "audit.confidence = 1.0: out of range: must be in (0, 1)"),
     ({"model": ""}, "model = '': must name a model"),
+    ({"distill": {"readout_pools": ["reviews"]}}, "distill.readout_pools[0] = 'reviews': must be a public pool"),
 ])
 def test_bad_settings_are_refused_on_loading_in_one_line(overrides, expected):
     """Each names the key, its value and what is allowed, before any stage runs."""

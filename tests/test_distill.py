@@ -12,6 +12,7 @@ from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2C
 
 import post.artifacts
 import post.distill as distill
+import post.prompt
 import post.tasks
 from post.config import load_config
 from post.models import TINY, load, load_model
@@ -310,6 +311,31 @@ def test_readout_texts_are_public_text_in_each_task_template(monkeypatch):
                for t in train[:6] if len(tokenizer(t).input_ids) < 16)
 
 
+def test_more_pools_and_prefixes_add_public_read_outs_and_leave_the_held_out_texts(monkeypatch):
+    monkeypatch.setattr(post.tasks, "load_split", lambda *a, **k: pytest.fail("asked for a private split"))
+    tokenizer = load("tiny-random-llama")[1]
+    task = post.tasks.get_task("rotten_tomatoes")
+    base, held = distill.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, seed=0)
+    train, held_too = distill.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, 0, ("movie_plots",), 2)
+    assert held_too == held and train[:6] == base
+    plots = {t.strip() for t in post.tasks.public_texts("movie_plots")}
+    bodies = [t[len("Review: "):-len("\nSentiment:")] for t in train]
+    assert all(b in plots or len(tokenizer(b).input_ids) >= 24 for b in bodies[6:12])  # 6 plots, maybe shortened
+    whole, cut = bodies[:12], bodies[12:]
+    assert 12 <= len(cut) <= 24 and all(t == task.format(b) for t, b in zip(train, bodies))
+    assert all(any(w.startswith(c + " ") for w in whole) for c in cut)  # each cut ends before a word of its text
+    assert len(set(train)) == len(train)
+
+
+def test_label_rank_is_one_for_the_teacher_and_minus_one_for_the_reversed_order():
+    verbalizer = post.prompt.Verbalizer(torch.tensor([[0], [1]]), torch.ones(2, 1))
+    teacher = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, -2.0], [1.0, 0.5]])
+    assert distill.label_rank(teacher, 2 * teacher + 1, [verbalizer]) == pytest.approx(1.0)
+    assert distill.label_rank(teacher, -teacher, [verbalizer]) == pytest.approx(-1.0)
+    two_tasks = torch.cat([teacher, teacher])  # rows are the tasks' equal shares
+    assert distill.label_rank(two_tasks, torch.cat([teacher, -teacher]), [verbalizer] * 2) == pytest.approx(0.0)
+
+
 def test_readout_loss_vanishes_for_the_teacher_and_is_batch_invariant(tmp_path):
     teacher, tokenizer = load("tiny-random-llama")
     texts = [post.tasks.get_task("rotten_tomatoes").format(t) for t in ("a fine film", "dull and far too long", "ok")]
@@ -331,6 +357,7 @@ def test_readout_stage_lowers_held_out_kl_and_records_its_objective(sandbox):
     record = distill.run_distill(cfg, progress=False)
     assert record["objective"] == "readout" and record["steps"] == 3 * (3 * 24 // cfg.distill.batch_size)  # 24 texts per task
     assert record["after"]["kl"] < record["before"]["kl"]
+    assert -1 <= record["after"]["label_rank"] <= 1  # each task's label words, on its held-out public texts
     assert record["cost"]["teacher_outputs"]["examples"] == 3 * (24 + 8)
     assert distill.existing(cfg) == record
     assert distill.existing(smoke(objective="generic", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3,
