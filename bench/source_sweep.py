@@ -9,7 +9,8 @@ held-out read-out agreement/KL with the target, the source's zero-shot and promp
 selects, the last step is reported too), FullPT on the target as the reference, and the prompt step's time on
 the source relative to the target's, measured in this run, and (two classes) how well each model orders the
 examples whatever its threshold: the ROC AUC of its class-score margin, beside the target's best threshold on its
-zero-shot scores (a prompt that only moves the threshold reaches no further). A control transfers the owner's
+zero-shot scores (a prompt that only moves the threshold reaches no further) and on POST's (what a better-placed
+threshold would add to POST's ordering; both thresholds are oracles, diagnostics only). A control transfers the owner's
 *starting* prompt (the public task instruction, no private step) the same way: POST's gain over it is what the
 tuned prompt carries. Points are appended to the JSON as they finish, so an interrupted sweep resumes at the next
 point; distillation itself resumes from its checkpoint.
@@ -248,9 +249,13 @@ def main() -> None:
         """POST with ``settings``, scored on validation: held-out-selected and last step."""
         begin = time.perf_counter()
         run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, settings, True)
-        post, post_auc = measure(target, run.prompt)
+        scores = validation_scores(target, run.prompt)
+        post, post_auc = rate(scores)
         last = score(target, SoftPrompt(run.snapshots[max(run.snapshots)]))
-        return {"post": post, "post_auc": post_auc, "post_last": last, "recovery": recovery(post),
+        # how much of what POST misses is its threshold (diagnostics: the oracle reads the validation labels)
+        ceiling = {f"post_{k}": v for k, v in threshold_only(scores).items() if k != "zero_shot_auc"} \
+            if post_auc is not None else {}
+        return {"post": post, "post_auc": post_auc, **ceiling, "post_last": last, "recovery": recovery(post),
                 "recovery_last": recovery(last), "post_selected_step": run.selected_step,
                 "post_last_step": max(run.snapshots), "alpha": row["alpha"],
                 "transfer_seconds": time.perf_counter() - begin}
