@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
 from post.paper import PAPER
 from post.report import recovery_share
-from post.tasks import default_pool, get_task, load_split
+from post.tasks import PUBLIC_POOLS, default_pool, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_sample
 from post.tune import example_losses, tune_prompt
 
@@ -73,12 +74,15 @@ def distillation(mode: str, args) -> tuple[str, dict]:
     settings = {"readout_examples": args.readout_examples, "epochs": args.readout_epochs, "readout_pools": (),
                 "readout_prefixes": 0}
     for part in parts:
-        if "x" in part and part.replace("x", "").isdigit():
+        if re.fullmatch(r"\d+x\d+", part):
             settings["readout_examples"], settings["epochs"] = (int(x) for x in part.split("x"))
-        elif part[:1] == "p" and part[1:].isdigit():
+        elif re.fullmatch(r"p\d+", part):
             settings["readout_prefixes"] = int(part[1:])
-        else:
+        elif part in PUBLIC_POOLS and part not in settings["readout_pools"]:
             settings["readout_pools"] += (part,)
+        else:
+            raise SystemExit(f"mode {mode!r}: {part!r} is neither TEXTSxEPOCHS, pN nor a public pool not yet named "
+                             f"({', '.join(PUBLIC_POOLS)})")
     return objective, settings
 
 
@@ -127,6 +131,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT), help="one JSON per prompt length; its figure is named after it")
     parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
     args = parser.parse_args()
+    for mode in args.modes:  # a misspelt mode stops here, before any model is loaded
+        distillation(mode, args)
     out = Path(args.out)
     if args.plot:
         plot(read_json(out), args.profile, out.stem)
@@ -177,9 +183,10 @@ def main() -> None:
     score = lambda model, prompt=None: measure(model, prompt)[0]  # noqa: E731
 
     def threshold_only(s: np.ndarray) -> dict:
-        """What moving only the threshold of the target's zero-shot scores ``s`` reaches (two classes): the best
-        threshold on their margin, an oracle that reads the validation labels (a diagnostic, never a choice), and
-        the scores centred on the unlabelled validation inputs. A prompt that only shifts it gets no further."""
+        """What moving only the threshold of class scores ``s`` reaches (two classes): the best threshold on their
+        margin, an oracle that reads the validation labels (a diagnostic, never a choice), and the scores centred
+        on the unlabelled validation inputs. On the target's zero-shot scores: how far a prompt that only shifts
+        the threshold gets; on POST's: what a better-placed threshold would add to its ordering."""
         margin = s[:, 1] - s[:, 0]
         cuts = np.r_[-np.inf, np.unique(margin)]  # -inf: every example in class 1; the largest margin: none
         return {"zero_shot_auc": auc(margin, labels == 1),

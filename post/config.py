@@ -81,6 +81,10 @@ class DistillConfig:
     checkpoint_every: int = 24
 
 
+# settings added later, hashed only when they differ from these defaults (which reproduce the earlier behaviour)
+UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0}}
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     prompt_length: int = 20  # soft-prompt tokens P (the paper uses 100)
@@ -165,11 +169,15 @@ class Config:
 
         A ``precision`` of "auto" counts as what it resolves to on this machine: artifacts made in bf16 are
         not reused where "auto" means fp32, and a profile moving from "bf16" to "auto" keeps them where it
-        means bf16.
+        means bf16. A setting added after artifacts existed (``UNHASHED_DEFAULTS``) counts only when it is set, so
+        adding it leaves their keys as they were.
         """
         payload = {"model": self.model, "seed": self.seed}
         for name in sections:
             section = dataclasses.asdict(getattr(self, name))
+            for key, default in UNHASHED_DEFAULTS.get(name, {}).items():
+                if section.get(key) == default:
+                    del section[key]
             if section.get("precision") == "auto":
                 from .models import resolve_device, resolve_precision  # imports torch: only when needed
 

@@ -406,7 +406,9 @@ def agreement(model, cache: TeacherCache, batch_size: int) -> dict[str, float]:
 def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_text_tokens: int,
                   seed: int, pools: tuple[str, ...] = (), prefixes: int = 0) -> tuple[list[str], list[str]]:
     """(train, held-out) public texts wrapped in each task's template: each task's default public pool, plus up to
-    ``examples`` texts of each of ``pools``, and each training text also cut after ``prefixes`` random points.
+    ``examples`` texts of each of ``pools`` (never their first ``holdout``: a pool that is another task's default
+    keeps that task's held-out texts out of training), and each training text also cut before ``prefixes``
+    random words.
 
     Only the template (public, it travels with the prompt) comes from the task: never its data. A task
     family's source is made this way, one that answers like the target where the prompt will be read out. A
@@ -420,7 +422,7 @@ def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_
         texts, held_out = public_sample(default_pool(name), examples, holdout, seed)
         for pool in pools:
             if pool != default_pool(name):
-                texts += public_sample(pool, min(examples, len(set(public_texts(pool)))), 0, seed)[0]
+                texts += public_sample(pool, None, holdout, seed)[0][:examples]
         texts = shorten(texts, tokenizer, max_text_tokens)
         train += [task.format(t) for t in texts + text_prefixes(texts, tokenizer, prefixes, rng)]
         held += [task.format(t) for t in shorten(held_out, tokenizer, max_text_tokens)]
@@ -499,8 +501,8 @@ class Readout:
 
     With ``verbalizers`` (one per task; the held-out texts are the tasks' equal shares, in order) the held-out
     metrics add ``label_rank``: how alike the student orders the held-out texts by each class's log-probability
-    over the task's label words as the teacher does (Spearman, averaged over classes and tasks). A prompt tuned
-    on the student can carry no better ordering than the student has, and this measures it on public text.
+    over the task's label words as the teacher does (Spearman, averaged over every task's classes). The owner's
+    prompt is tuned on the student's ordering, so this is a label-free, public proxy for what it can carry.
     """
 
     teacher = None  # read-outs are always cached
@@ -550,13 +552,17 @@ class Readout:
 
 def label_rank(teacher: torch.Tensor, student: torch.Tensor, verbalizers: list[Verbalizer]) -> float:
     """Mean Spearman correlation between teacher and student class log-probabilities (over each task's label
-    words) across texts; rows are the tasks' equal shares in ``verbalizers`` order."""
+    words) across texts, over every (task, class) pair whose scores are not constant (NaN if none); rows are
+    the tasks' equal shares in ``verbalizers`` order."""
     share, ranks = len(teacher) // len(verbalizers), []
+    if share * len(verbalizers) != len(teacher):
+        raise ValueError(f"{len(teacher)} held-out rows are not equal shares of {len(verbalizers)} tasks")
     for i, verbalizer in enumerate(verbalizers):
         rows = slice(i * share, (i + 1) * share)
         t, s = (F.log_softmax(verbalizer.scores(x[rows]), -1).numpy() for x in (teacher, student))
-        ranks += [spearmanr(t[:, c], s[:, c]).statistic for c in range(t.shape[1])]
-    return float(np.nanmean(ranks))
+        ranks += [spearmanr(t[:, c], s[:, c]).statistic for c in range(t.shape[1])
+                  if np.ptp(t[:, c]) and np.ptp(s[:, c])]
+    return float(np.mean(ranks)) if ranks else float("nan")
 
 
 # --- training with checkpoints ----------------------------------------------------------------------------
@@ -748,7 +754,7 @@ def readout_key(cfg: Config) -> str:
     dc = cfg.distill
     payload = {"model": cfg.model, "seed": cfg.seed, "tasks": list(cfg.data.tasks), "examples": dc.readout_examples,
                "holdout": dc.readout_holdout, "max_text_tokens": cfg.data.max_text_tokens}
-    if dc.readout_pools or dc.readout_prefixes:  # keys of earlier read-outs stay as they were
+    if dc.readout_pools or dc.readout_prefixes:  # the keys of read-outs made before these settings stay valid
         payload.update(pools=list(dc.readout_pools), prefixes=dc.readout_prefixes)
     return content_key(payload)
 

@@ -378,7 +378,8 @@ def _distillation(out: Path) -> list[str]:
                        f"{matched[d['objective']]}", "On held-out public texts in the same templates, read-out")
                       if d["objective"] in matched else ("of public news", "On held-out news,"))
     rank = (f"; the texts ordered by each class's probability over the task's label words agreed with the "
-            f"target's order at Spearman {d['after']['label_rank']:.2f}" if "label_rank" in d["after"] else "")
+            f"target's order at Spearman {d['after']['label_rank']:.2f}"
+            if math.isfinite(d["after"].get("label_rank", math.nan)) else "")
     return ["### Distillation (01)",
             f"`results/{out.name}/distill.json`, `distill_zero_shot.json`, `figures/{out.name}/distill_*.png`: a "
             f"{len(d['student_layers'])}-layer student (target layers {', '.join(map(str, d['student_layers']))}; "

@@ -535,13 +535,15 @@ def default_pool(task: str) -> str:
     return DEFAULT_POOLS[task]
 
 
-def public_sample(pool: str, n: int, holdout: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """``n`` training and ``holdout`` held-out texts of a public pool (distinct texts, seeded order).
+def public_sample(pool: str, n: int | None, holdout: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``n`` training (None: all the others) and ``holdout`` held-out texts of a public pool (distinct texts,
+    seeded order).
 
     The held-out texts come first in the order and the training texts after them, so the held-out set does
     not depend on ``n`` and a larger ``n`` extends a smaller one.
     """
     texts = list(dict.fromkeys(t.strip() for t in public_texts(pool) if t.strip()))
+    n = len(texts) - holdout if n is None else n
     if n + holdout > len(texts):
         raise ValueError(f"public pool {pool!r} has {len(texts)} distinct texts; asked for {n} + {holdout} held out")
     order = np.random.default_rng(seed).permutation(len(texts))

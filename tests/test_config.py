@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -138,3 +139,24 @@ def test_a_profile_can_declare_tasks_from_files():
     with pytest.raises(ConfigError, match="data.task_files") as err:
         load_config("smoke", {"data": {"task_files": ["examples/missing.yaml"]}})
     assert "\n" not in str(err.value)
+
+
+def test_settings_added_later_leave_the_keys_of_earlier_artifacts_alone(monkeypatch):
+    """At their defaults, readout_pools and readout_prefixes hash as if they did not exist (sources made before
+    them stay valid); set, they change the key."""
+    cfg = load_config("smoke")
+    with_them = cfg.section_hash("distill")
+    asdict = dataclasses.asdict
+
+    def as_before(obj):  # the distill section as it was before these settings existed
+        out = asdict(obj)
+        for key in config.UNHASHED_DEFAULTS["distill"] if isinstance(obj, config.DistillConfig) else ():
+            del out[key]
+        return out
+
+    monkeypatch.setattr(config.dataclasses, "asdict", as_before)
+    assert cfg.section_hash("distill") == with_them
+    monkeypatch.undo()
+    for change in ({"readout_prefixes": 1}, {"readout_pools": ("movie_plots",)}):
+        assert dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **change)).section_hash(
+            "distill") != with_them

@@ -318,13 +318,21 @@ def test_more_pools_and_prefixes_add_public_read_outs_and_leave_the_held_out_tex
     base, held = distill.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, seed=0)
     train, held_too = distill.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, 0, ("movie_plots",), 2)
     assert held_too == held and train[:6] == base
-    plots = {t.strip() for t in post.tasks.public_texts("movie_plots")}
+    plots = [t.strip() for t in post.tasks.public_texts("movie_plots")]
     bodies = [t[len("Review: "):-len("\nSentiment:")] for t in train]
-    assert all(b in plots or len(tokenizer(b).input_ids) >= 24 for b in bodies[6:12])  # 6 plots, maybe shortened
+    assert all(any(p.startswith(b.strip()) for p in plots) for b in bodies[6:12])  # 6 plots, maybe shortened
     whole, cut = bodies[:12], bodies[12:]
     assert 12 <= len(cut) <= 24 and all(t == task.format(b) for t, b in zip(train, bodies))
     assert all(any(w.startswith(c + " ") for w in whole) for c in cut)  # each cut ends before a word of its text
     assert len(set(train)) == len(train)
+
+
+def test_a_further_pool_never_trains_on_another_task_s_held_out_texts():
+    tokenizer = load("tiny-random-llama")[1]
+    train, held = distill.readout_texts(["rotten_tomatoes", "trec"], tokenizer, 6, 3, 24, 0, ("movie_questions",))
+    questions = {t[len("Question: "):-len("\nAnswer type:")] for t in held[3:]}  # trec's held-out, its own pool
+    assert len(questions) == 3 and not any(q in t for q in questions for t in train)
+    assert len(train) == 6 + 6 + 6  # rotten_tomatoes: its reviews and 6 questions; trec: only its own pool
 
 
 def test_label_rank_is_one_for_the_teacher_and_minus_one_for_the_reversed_order():
@@ -334,6 +342,10 @@ def test_label_rank_is_one_for_the_teacher_and_minus_one_for_the_reversed_order(
     assert distill.label_rank(teacher, -teacher, [verbalizer]) == pytest.approx(-1.0)
     two_tasks = torch.cat([teacher, teacher])  # rows are the tasks' equal shares
     assert distill.label_rank(two_tasks, torch.cat([teacher, -teacher]), [verbalizer] * 2) == pytest.approx(0.0)
+    flat = torch.zeros(4, 2)  # a student that answers the same for every text orders nothing
+    assert np.isnan(distill.label_rank(teacher, flat, [verbalizer]))
+    with pytest.raises(ValueError, match="equal shares"):
+        distill.label_rank(teacher[:3], teacher[:3], [verbalizer] * 2)
 
 
 def test_readout_loss_vanishes_for_the_teacher_and_is_batch_invariant(tmp_path):
