@@ -406,9 +406,8 @@ def agreement(model, cache: TeacherCache, batch_size: int) -> dict[str, float]:
 def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_text_tokens: int,
                   seed: int, pools: tuple[str, ...] = (), prefixes: int = 0) -> tuple[list[str], list[str]]:
     """(train, held-out) public texts wrapped in each task's template: each task's default public pool, plus up to
-    ``examples`` texts of each of ``pools`` (never their first ``holdout``: a pool that is another task's default
-    keeps that task's held-out texts out of training), and each training text also cut before ``prefixes``
-    random words.
+    ``examples`` texts of each of ``pools`` (without the held-out texts of a task whose default pool it is), and
+    each training text also cut before ``prefixes`` random words.
 
     Only the template (public, it travels with the prompt) comes from the task: never its data. A task
     family's source is made this way, one that answers like the target where the prompt will be read out. A
@@ -416,13 +415,14 @@ def readout_texts(tasks: list[str], tokenizer, examples: int, holdout: int, max_
     a small pool yields more distinct targets; held-out texts are whole texts of the default pool only.
     """
     rng = np.random.default_rng(seed)
+    defaults = {default_pool(name) for name in tasks}  # their first ``holdout`` texts are held out
     train, held = [], []
     for name in tasks:
         task = get_task(name)
         texts, held_out = public_sample(default_pool(name), examples, holdout, seed)
         for pool in pools:
             if pool != default_pool(name):
-                texts += public_sample(pool, None, holdout, seed)[0][:examples]
+                texts += public_sample(pool, None, holdout if pool in defaults else 0, seed)[0][:examples]
         texts = shorten(texts, tokenizer, max_text_tokens)
         train += [task.format(t) for t in texts + text_prefixes(texts, tokenizer, prefixes, rng)]
         held += [task.format(t) for t in shorten(held_out, tokenizer, max_text_tokens)]
