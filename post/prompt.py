@@ -179,7 +179,7 @@ class Verbalizer:
 
 def shorten(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
     """Cut each text to at most ``max_tokens`` tokens, so the template's cue is never truncated away."""
-    if max_tokens <= 0:
+    if max_tokens <= 0 or not texts:
         return list(texts)
     ids = tokenizer(list(texts), add_special_tokens=False).input_ids
     return [t if len(i) <= max_tokens else tokenizer.decode(i[:max_tokens]) for t, i in zip(texts, ids)]

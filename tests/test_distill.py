@@ -325,6 +325,7 @@ def test_more_pools_and_prefixes_add_public_read_outs_and_leave_the_held_out_tex
     assert 12 <= len(cut) <= 24 and all(t == task.format(b) for t, b in zip(train, bodies))
     assert all(any(w.startswith(c + " ") for w in whole) for c in cut)  # each cut ends before a word of its text
     assert len(set(train)) == len(train)
+    assert distill.readout_texts(["rotten_tomatoes"], tokenizer, 4, 0, 24, 0)[1] == []  # notebook 01 holds none out
 
 
 def test_a_further_pool_never_trains_on_another_task_s_held_out_texts():
