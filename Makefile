@@ -26,7 +26,7 @@ DONE := artifacts/$(PROFILE)/stages
 # wildcard: with no such profile post.run says so in one line, instead of make's "no rule to make target"
 INPUTS := $(wildcard params/$(PROFILE).yaml) $(wildcard post/*.py) $(if $(FORCE),force)
 
-.PHONY: setup assets test test-fast reproduce readme distill tune transfer evaluate audit bench lab clean force
+.PHONY: setup assets test test-fast reproduce readme source distill tune transfer evaluate audit bench lab clean force
 # One post.run at a time: it holds the profile's lock, so a parallel stage would be refused.
 .NOTPARALLEL:
 
@@ -62,6 +62,7 @@ readme: setup
 # Setup is order-only: reinstalling (e.g. after a Makefile edit) does not make the stages stale.
 $(DONE)/%.done: notebooks/%.ipynb $(INPUTS) | $(STAMP)
 	@$(RUN) $<
+$(DONE)/01_distill.done: $(wildcard sources/$(PROFILE)/manifest.json)
 $(DONE)/02_tune.done: $(DONE)/01_distill.done
 $(DONE)/03_transfer.done: $(DONE)/02_tune.done
 $(DONE)/04_evaluate.done: $(DONE)/03_transfer.done
@@ -74,6 +75,11 @@ tune: setup ; @$(RUN) notebooks/02_tune.ipynb
 transfer: setup ; @$(RUN) notebooks/03_transfer.ipynb
 evaluate: setup ; @$(RUN) notebooks/04_evaluate.ipynb
 audit: setup ; @$(RUN) notebooks/05_privacy_audit.ipynb
+
+# The provider's one-off source (post/release.py): distil (resumably; progress and ETA on stderr, so it runs well
+# under nohup) and write sources/$(PROFILE)/, the trained layers to commit once. 01 then rebuilds the source.
+source: setup
+	$(PY) -m post.cli distill --profile $(PROFILE) --release
 
 bench: setup
 	$(PY) bench/forward_throughput.py

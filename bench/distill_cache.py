@@ -107,7 +107,7 @@ def main() -> None:
                                  if field != "eval_hidden") / train_ids.numel()
             cache.load()
             student = distill.make_student(teacher, layers)
-            params = distill.trainable(student, dc.train_embeddings)
+            params = distill.trainable(student, dc)
             optimizer = torch.optim.AdamW(params, lr=dc.lr)
             clock = Clock(batch_tokens)
             objective = distill.PackedText(cache, mdc, teacher)

@@ -69,19 +69,22 @@ PAPER_POINTS = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 
 def distillation(mode: str, args) -> tuple[str, dict]:
     """``(objective, read-out settings)`` of a mode: ``readout`` is the sweep's read-out budget; colon-separated
     parts change it (each makes its own source and curve): ``3000x4`` texts per task x epochs, ``p2`` two random
-    prefixes of each text read out too, any other part a further public pool (``readout:3000x4:movie_plots:p2``)."""
+    prefixes of each text read out too, ``t6`` only the top 6 layers trained, any other part a further public
+    pool (``readout:3000x4:movie_plots:p2:t6``)."""
     objective, *parts = mode.split(":")
     settings = {"readout_examples": args.readout_examples, "epochs": args.readout_epochs, "readout_pools": (),
-                "readout_prefixes": 0}
+                "readout_prefixes": 0, "train_layers": 0}
     for part in parts:
         if re.fullmatch(r"\d+x\d+", part):
             settings["readout_examples"], settings["epochs"] = (int(x) for x in part.split("x"))
         elif re.fullmatch(r"p\d+", part):
             settings["readout_prefixes"] = int(part[1:])
+        elif re.fullmatch(r"t\d+", part):
+            settings["train_layers"] = int(part[1:])
         elif part in PUBLIC_POOLS and part not in settings["readout_pools"]:
             settings["readout_pools"] += (part,)
         else:
-            raise SystemExit(f"mode {mode!r}: {part!r} is neither TEXTSxEPOCHS, pN nor a public pool not yet named "
+            raise SystemExit(f"mode {mode!r}: {part!r} is neither TEXTSxEPOCHS, pN, tN nor a public pool not yet named "
                              f"({', '.join(PUBLIC_POOLS)})")
     return objective, settings
 
@@ -294,7 +297,7 @@ def main() -> None:
         if record:
             if objective != "generic":
                 common.update(readout_examples=settings["readout_examples"], readout_epochs=settings["epochs"],
-                              **{k: settings[k] for k in ("readout_pools", "readout_prefixes") if settings[k]})
+                              **{k: settings[k] for k in ("readout_pools", "readout_prefixes", "train_layers") if settings[k]})
             common.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
                           distill_seconds=record["cost"]["total"]["wall_seconds"])
         common["readout_agreement"] = readout.evaluate(source)[0]

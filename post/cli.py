@@ -129,11 +129,16 @@ def distill(args) -> None:
 
     cfg = _config(args)
     with _lock(cfg, "post distill"):
-        record = stage.run_distill(cfg, not args.quiet)
+        record = stage.run_distill(cfg, not args.quiet, args.release)
     before, after = record["before"], record["after"]
     print(f"source model: {relative(source_model_dir(cfg.profile))} (layers {record['student_layers']} of "
           f"{cfg.model}'s {record['teacher_layers']}); held-out top-1 agreement with the target "
           f"{before['top1']:.3f} -> {after['top1']:.3f}")
+    if args.release:
+        from .release import release_dir
+
+        print(f"release: {relative(release_dir(cfg.profile))} (commit it once; the distill stage rebuilds the "
+              "source from it while the profile's distillation settings stay the same)")
 
 
 def transfer(args) -> None:
@@ -335,7 +340,9 @@ def tasks(args) -> None:
 COMMANDS = {  # name -> (function, help, description)
     "distill": (distill, "provider: distil the source model from the target on public text",
                 "Provider. Cut a few of the target's layers into a small source model and distil it on public text "
-                "(notebook 01). Writes artifacts/<profile>/source_model/; with the same settings again, does nothing."),
+                "(notebook 01). Writes artifacts/<profile>/source_model/; with the same settings again, does nothing. "
+                "With --release also writes sources/<profile>/: the trained layers only, which the stage rebuilds "
+                "the source from on any machine (make source)."),
     "transfer": (transfer, "provider: turn an owner's prompt file into a prompt for the target",
                  "Provider. POST transfer (notebook 03's code) of the owner's prompt file to the target, on public "
                  "text only. Needs the task's declaration (--task-file), never its data. Writes "
@@ -383,6 +390,8 @@ def parser() -> argparse.ArgumentParser:
         if name in ("distill", "transfer", "tune", "evaluate", "audit"):
             p.add_argument("--quiet", action="store_true", help="no progress bars")
     options = sub.choices
+    options["distill"].add_argument("--release", action="store_true",
+                                    help="also write sources/<profile>/, the trained layers to commit")
     options["tune"].add_argument("--task", required=True, help="the private task")
     options["tune"].add_argument("--epsilon", required=True, type=epsilon, help="DP epsilon; inf for no DP")
     options["transfer"].add_argument("--prompt", required=True, metavar="FILE", help="the owner's prompt file")

@@ -63,6 +63,7 @@ class DistillConfig:
     readout_holdout: int = 128  # "readout": further public texts per task for held-out agreement
     readout_pools: tuple[str, ...] = ()  # "readout": more public pools, each up to readout_examples texts per task
     readout_prefixes: int = 0  # "readout": each training text also read out after this many random prefixes
+    train_layers: int = 0  # > 0: only the student's top train_layers layers learn; those below stay the target's
     train_embeddings: bool = False  # False: embeddings and LM head stay exactly the target's
     seq_len: int = 128  # tokens per packed public sequence
     train_sequences: int = 1024
@@ -82,7 +83,7 @@ class DistillConfig:
 
 
 # settings added later, hashed only when they differ from these defaults (which reproduce the earlier behaviour)
-UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0}}
+UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0, "train_layers": 0}}
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,9 @@ def check(cfg: Config) -> Config:
              dc.public_pool, f"must be a public pool ({pools}) or hf:<dataset>[:<config>]")
     _require(dc.keep_last < dc.num_student_layers or not dc.keep_last, "distill.keep_last", dc.keep_last,
              f"must be 0 or below distill.num_student_layers ({dc.num_student_layers})")
+    n_student = len(dc.student_layers) or dc.num_student_layers
+    _require(0 <= dc.train_layers <= n_student, "distill.train_layers", dc.train_layers,
+             f"must be 0 (all layers learn) or at most the student's {n_student} layers")
     _require(dc.objective != "readout+hidden" or (dc.keep_last and not dc.student_layers), "distill.objective",
              dc.objective, "needs distill.keep_last > 0 and no distill.student_layers (it matches the hidden state "
              "entering the kept last layers)")

@@ -163,12 +163,24 @@ def make_student(teacher, layers) -> nn.Module:
     return student.eval().requires_grad_(False)
 
 
-def trainable(student, train_embeddings: bool) -> list[nn.Parameter]:
-    """Turn on gradients for what distillation trains; embeddings and LM head stay frozen unless asked."""
+def trainable(student, dc: DistillConfig) -> list[nn.Parameter]:
+    """Turn on gradients for what distillation trains; embeddings and LM head stay frozen unless asked.
+
+    With ``train_layers`` only the top layers (and the final norm) learn: the ones below stay exact copies of
+    the target's, so the source is the target plus a few trained layers (what a provider has to ship), and the
+    backward pass stops where they begin.
+    """
     student.requires_grad_(True)
-    if not train_embeddings:
+    if not dc.train_embeddings:
         student.get_input_embeddings().requires_grad_(False)
         student.get_output_embeddings().requires_grad_(False)
+    blocks = layer_list(student)[1]
+    if not 0 <= dc.train_layers <= len(blocks):
+        raise ValueError(f"distill.train_layers must be between 0 (all) and the student's {len(blocks)} layers, "
+                         f"got {dc.train_layers}")
+    if dc.train_layers:
+        for block in blocks[:len(blocks) - dc.train_layers]:
+            block.requires_grad_(False)
     return [p for p in student.parameters() if p.requires_grad]
 
 
@@ -638,7 +650,7 @@ def train(student, objective, dc: DistillConfig, seed: int, checkpoint: Path, ru
     if n < dc.batch_size:
         raise ValueError(f"{n} training rows are fewer than distill.batch_size ({dc.batch_size})")
     total = (n // dc.batch_size) * dc.epochs
-    params = trainable(student, dc.train_embeddings)
+    params = trainable(student, dc)
     optimizer = torch.optim.AdamW(params, lr=dc.lr)
     state = {"step": 0, "losses": [], "evals": [], "train_cost": Cost(), "eval_cost": Cost()}
     saved = readable(checkpoint, lambda f: torch.load(f, map_location="cpu", weights_only=False))
@@ -676,6 +688,10 @@ def train(student, objective, dc: DistillConfig, seed: int, checkpoint: Path, ru
         state["losses"].append({"step": step + 1, "lr": optimizer.param_groups[0]["lr"],
                                 **{k: v.item() for k, v in losses.items()}})
         state["step"] = step + 1
+        if state["step"] == total:  # what a release stores (post.release): a source made here and one rebuilt
+            with torch.no_grad():  # from its release are the same model; bf16 autocast's matmuls saw bf16 anyway
+                for p in params:
+                    p.copy_(p.to(torch.bfloat16))
         postfix = {"loss": f"{losses['total'].item():.3f}"}
         if state["step"] % dc.eval_every == 0 or state["step"] == total:
             postfix["top1"] = f"{evaluate(state['step'])['top1']:.3f}"
@@ -790,32 +806,37 @@ def distill_student(cfg: Config, teacher, tokenizer, work: Path, progress: bool 
         "teacher_cache": dc.teacher_cache, "train_tokens": costs["train"]["tokens"], **history,
         **({"readout_pools": list(dc.readout_pools), "readout_prefixes": dc.readout_prefixes}
            if dc.objective != "generic" else {}),
+        **({"train_layers": dc.train_layers} if dc.train_layers else {}),
         "before": history["evals"][0], "after": history["evals"][-1], "cost": costs,
         "session_wall_seconds": time.perf_counter() - start, "distill_hash": distill_hash(cfg),
     }
     return student, record
 
 
-def run_distill(cfg: Config, progress: bool = True) -> dict:
-    """Distil the source model of ``cfg.profile`` into ``artifacts/<profile>/source_model/``.
+def run_distill(cfg: Config, progress: bool = True, release: bool = False) -> dict:
+    """Make the source model of ``cfg.profile`` in ``artifacts/<profile>/source_model/``.
 
-    Skips all work when that directory was made with the same distillation settings; otherwise resumes an
-    interrupted run. Writes the model, tokenizer, ``distill.json`` (history, before/after agreement, costs),
+    Skips all work when that directory was made with the same distillation settings; rebuilds it from the
+    profile's release (``sources/<profile>/``, :mod:`post.release`) when that was; otherwise distils, resuming
+    an interrupted run. Writes the model, tokenizer, ``distill.json`` (history, before/after agreement, costs),
     ``cost.json`` and ``manifest.json`` there, copies the record to ``results/<profile>/distill.json`` and
-    returns it.
+    returns it. ``release``: also write the release, unless the profile's is already this source's.
     """
+    from .release import load_release, matches, write_release
+
     dc = cfg.distill
     if dc.teacher_cache not in CACHE_MODES:
         raise ValueError(f"distill.teacher_cache must be one of {CACHE_MODES}, got {dc.teacher_cache!r}")
     autocast(dc, torch.device("cpu"))  # refuses an unknown precision before any work
     record = existing(cfg)
-    if record is not None:
-        write_json(results_dir(cfg.profile) / "distill.json", record)
-        return record
-    tokenizer = load_tokenizer(cfg.model)
-    teacher = load_model(cfg.model, seed=cfg.seed).to(resolve_device(cfg.device))
-    student, record = distill_student(cfg, teacher, tokenizer, work_dir(cfg.profile), progress)
-    save_source_model(cfg, student, tokenizer, record)
+    if record is None:
+        tokenizer = load_tokenizer(cfg.model)
+        teacher = load_model(cfg.model, seed=cfg.seed).to(resolve_device(cfg.device))
+        student, record = load_release(cfg, teacher) or distill_student(cfg, teacher, tokenizer,
+                                                                        work_dir(cfg.profile), progress)
+        save_source_model(cfg, student, tokenizer, record)
+    if release and not matches(cfg):
+        write_release(cfg, load_model(str(source_model_dir(cfg.profile))), record)
     write_json(results_dir(cfg.profile) / "distill.json", record)
     return record
 

@@ -380,10 +380,13 @@ def _distillation(out: Path) -> list[str]:
     rank = (f"; the texts ordered by each class's probability over the task's label words agreed with the "
             f"target's order at Spearman {d['after']['label_rank']:.2f}"
             if math.isfinite(d["after"].get("label_rank", math.nan)) else "")
+    top = (f": its top {d['train_layers']} layers and final norm, the layers below them the target's own"
+           if d.get("train_layers") else "")
     return ["### Distillation (01)",
             f"`results/{out.name}/distill.json`, `distill_zero_shot.json`, `figures/{out.name}/distill_*.png`: a "
             f"{len(d['student_layers'])}-layer student (target layers {', '.join(map(str, d['student_layers']))}; "
-            f"{d['trainable_params'] / 1e6:.1f}M of its {d['student_params'] / 1e6:.1f}M parameters trained) "
+            f"{d['trainable_params'] / 1e6:.1f}M of its {d['student_params'] / 1e6:.1f}M parameters trained"
+            f"{top}) "
             f"distilled for {d['steps']} steps over {d['train_tokens']:,} tokens {data}. {held_out} "
             f"top-1 agreement with the target went from {d['before']['top1']:.3f} to {d['after']['top1']:.3f} and "
             f"KL(target || student) from {d['before']['kl']:.2f} to {d['after']['kl']:.2f}{rank}; stage cost "

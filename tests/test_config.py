@@ -85,6 +85,8 @@ def test_section_hash_changes_only_with_its_section():
     ({"audit": {"confidence": 1}}, "audit.confidence = 1.0: out of range: must be in (0, 1)"),
     ({"model": ""}, "model = '': must name a model"),
     ({"distill": {"readout_pools": ["reviews"]}}, "distill.readout_pools[0] = 'reviews': must be a public pool"),
+    ({"distill": {"train_layers": 3}}, "distill.train_layers = 3: must be 0 (all layers learn) or at most the "
+                                       "student's 2 layers"),
 ])
 def test_bad_settings_are_refused_on_loading_in_one_line(overrides, expected):
     """Each names the key, its value and what is allowed, before any stage runs."""
@@ -142,8 +144,8 @@ def test_a_profile_can_declare_tasks_from_files():
 
 
 def test_settings_added_later_leave_the_keys_of_earlier_artifacts_alone(monkeypatch):
-    """At their defaults, readout_pools and readout_prefixes hash as if they did not exist (sources made before
-    them stay valid); set, they change the key."""
+    """At their defaults, readout_pools, readout_prefixes and train_layers hash as if they did not exist (sources
+    made before them stay valid); set, they change the key."""
     cfg = load_config("smoke")
     with_them = cfg.section_hash("distill")
     asdict = dataclasses.asdict
@@ -157,6 +159,6 @@ def test_settings_added_later_leave_the_keys_of_earlier_artifacts_alone(monkeypa
     monkeypatch.setattr(config.dataclasses, "asdict", as_before)
     assert cfg.section_hash("distill") == with_them
     monkeypatch.undo()
-    for change in ({"readout_prefixes": 1}, {"readout_pools": ("movie_plots",)}):
+    for change in ({"readout_prefixes": 1}, {"readout_pools": ("movie_plots",)}, {"train_layers": 1}):
         assert dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **change)).section_hash(
             "distill") != with_them

@@ -15,7 +15,7 @@ import post.distill as distill
 import post.prompt
 import post.tasks
 from post.config import load_config
-from post.models import TINY, load, load_model
+from post.models import TINY, load, load_model, load_tokenizer
 
 SMALL = {"seq_len": 16, "train_sequences": 16, "eval_sequences": 4, "batch_size": 4, "epochs": 2,
          "eval_every": 4, "checkpoint_every": 2, "lr": 1e-3}
@@ -375,6 +375,23 @@ def test_readout_stage_lowers_held_out_kl_and_records_its_objective(sandbox):
     assert distill.existing(cfg) == record
     assert distill.existing(smoke(objective="generic", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3,
                                   precision="fp32")) is None
+
+
+def test_train_layers_leaves_the_lower_layers_exactly_the_target_s(sandbox):
+    """Only the top layers learn: the source ships as the target plus those layers."""
+    cfg = smoke(objective="readout", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=1, precision="fp32",
+                num_student_layers=3, train_layers=1)
+    teacher = load_model(cfg.model)
+    student, record = distill.distill_student(cfg, teacher, load_tokenizer(cfg.model),
+                                              sandbox / "work", progress=False)
+    layers = distill.layer_list(teacher)[1]
+    for i, (kept, block) in enumerate(zip(record["student_layers"], distill.layer_list(student)[1])):
+        same = all(torch.equal(a, b) for a, b in zip(block.state_dict().values(),
+                                                    layers[kept].state_dict().values()))
+        assert same == (i < 2), i  # the lower two untouched, the top one trained
+    top = sum(p.numel() for p in distill.layer_list(student)[1][2].parameters())
+    assert record["trainable_params"] == top + student.config.hidden_size  # and the final norm
+    assert record["after"]["kl"] < record["before"]["kl"]
 
 
 def test_hidden_targets_are_the_teacher_states_entering_a_layer_at_every_token(tmp_path):
