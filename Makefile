@@ -62,7 +62,6 @@ readme: setup
 # Setup is order-only: reinstalling (e.g. after a Makefile edit) does not make the stages stale.
 $(DONE)/%.done: notebooks/%.ipynb $(INPUTS) | $(STAMP)
 	@$(RUN) $<
-$(DONE)/01_distill.done: $(wildcard sources/$(PROFILE)/manifest.json)
 $(DONE)/02_tune.done: $(DONE)/01_distill.done
 $(DONE)/03_transfer.done: $(DONE)/02_tune.done
 $(DONE)/04_evaluate.done: $(DONE)/03_transfer.done

@@ -240,7 +240,8 @@ def main() -> None:
         common = {"num_student_layers": first + last, "keep_last": last, "objective": objective}
         dc = dataclasses.replace(cfg.distill, **common, **settings, batch_size=16, lr=3e-4) \
             if objective != "generic" else \
-            dataclasses.replace(cfg.distill, **common, train_sequences=args.generic_sequences)
+            dataclasses.replace(cfg.distill, **common, train_sequences=args.generic_sequences,
+                                train_layers=settings["train_layers"])
         source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer, work, True)
         with atomic_dir(saved) as tmp:
             source.save_pretrained(tmp)
@@ -297,7 +298,9 @@ def main() -> None:
         if record:
             if objective != "generic":
                 common.update(readout_examples=settings["readout_examples"], readout_epochs=settings["epochs"],
-                              **{k: settings[k] for k in ("readout_pools", "readout_prefixes", "train_layers") if settings[k]})
+                              **{k: settings[k] for k in ("readout_pools", "readout_prefixes") if settings[k]})
+            if settings["train_layers"]:
+                common["train_layers"] = settings["train_layers"]
             common.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
                           distill_seconds=record["cost"]["total"]["wall_seconds"])
         common["readout_agreement"] = readout.evaluate(source)[0]

@@ -340,6 +340,9 @@ def check(cfg: Config) -> Config:
     n_student = len(dc.student_layers) or dc.num_student_layers
     _require(0 <= dc.train_layers <= n_student, "distill.train_layers", dc.train_layers,
              f"must be 0 (all layers learn) or at most the student's {n_student} layers")
+    _require(dc.objective != "readout+hidden" or not dc.train_layers or dc.train_layers > dc.keep_last,
+             "distill.train_layers", dc.train_layers, f"must exceed distill.keep_last ({dc.keep_last}) with objective "
+             "'readout+hidden' (its hidden-state term is read below the kept last layers)")
     _require(dc.objective != "readout+hidden" or (dc.keep_last and not dc.student_layers), "distill.objective",
              dc.objective, "needs distill.keep_last > 0 and no distill.student_layers (it matches the hidden state "
              "entering the kept last layers)")

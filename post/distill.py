@@ -31,13 +31,14 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import (artifact_dir, atomic_dir, atomic_path, read_json, readable, results_dir, source_model_dir,
-                        write_json, write_manifest)
+from .artifacts import (artifact_dir, atomic_dir, atomic_path, read_json, readable, relative, results_dir,
+                        source_model_dir, write_json, write_manifest)
 from .config import Config, DistillConfig, content_key
 from .cost import Cost, n_params
 from .models import load_model, load_tokenizer, resolve_device, resolve_precision
 from .models import autocast as precision_autocast
 from .prompt import Verbalizer, shorten
+from .release import check_releasable, load_release, release_dir, release_hash, verify, write_release
 from .tasks import default_pool, get_task, load_hub_dataset, public_sample, public_texts
 
 CACHE_MODES = ("hidden", "topk", "none")
@@ -166,9 +167,10 @@ def make_student(teacher, layers) -> nn.Module:
 def trainable(student, dc: DistillConfig) -> list[nn.Parameter]:
     """Turn on gradients for what distillation trains; embeddings and LM head stay frozen unless asked.
 
-    With ``train_layers`` only the top layers (and the final norm) learn: the ones below stay exact copies of
-    the target's, so the source is the target plus a few trained layers (what a provider has to ship), and the
-    backward pass stops where they begin.
+    With ``train_layers`` only the top layers (and what sits above them, the final norm) learn: the layers
+    below and every embedding table (token and, e.g. GPT-2's, position) stay exact copies of the target's, so
+    the source is the target plus a few trained layers (what a provider ships, ``post.release``) and, unless
+    ``train_embeddings``, the backward pass stops where those layers begin.
     """
     student.requires_grad_(True)
     if not dc.train_embeddings:
@@ -181,6 +183,10 @@ def trainable(student, dc: DistillConfig) -> list[nn.Parameter]:
     if dc.train_layers:
         for block in blocks[:len(blocks) - dc.train_layers]:
             block.requires_grad_(False)
+        if not dc.train_embeddings:
+            for module in student.modules():
+                if isinstance(module, nn.Embedding):
+                    module.requires_grad_(False)
     return [p for p in student.parameters() if p.requires_grad]
 
 
@@ -688,8 +694,8 @@ def train(student, objective, dc: DistillConfig, seed: int, checkpoint: Path, ru
         state["losses"].append({"step": step + 1, "lr": optimizer.param_groups[0]["lr"],
                                 **{k: v.item() for k, v in losses.items()}})
         state["step"] = step + 1
-        if state["step"] == total:  # what a release stores (post.release): a source made here and one rebuilt
-            with torch.no_grad():  # from its release are the same model; bf16 autocast's matmuls saw bf16 anyway
+        if state["step"] == total and dc.train_layers:  # what a release stores (post.release): a source made
+            with torch.no_grad():  # here and one rebuilt from its release are the same model
                 for p in params:
                     p.copy_(p.to(torch.bfloat16))
         postfix = {"loss": f"{losses['total'].item():.3f}"}
@@ -725,7 +731,7 @@ def existing(cfg: Config) -> dict | None:
     """The record of a source model already distilled with these exact settings, else None."""
     directory = source_model_dir(cfg.profile)
     manifest = directory / "manifest.json"
-    if manifest.exists() and read_json(manifest).get("distill_hash") == distill_hash(cfg):
+    if manifest.exists() and read_json(manifest).get("distill_hash") in (distill_hash(cfg), release_hash(cfg)):
         return read_json(directory / "distill.json")
     return None
 
@@ -820,10 +826,9 @@ def run_distill(cfg: Config, progress: bool = True, release: bool = False) -> di
     profile's release (``sources/<profile>/``, :mod:`post.release`) when that was; otherwise distils, resuming
     an interrupted run. Writes the model, tokenizer, ``distill.json`` (history, before/after agreement, costs),
     ``cost.json`` and ``manifest.json`` there, copies the record to ``results/<profile>/distill.json`` and
-    returns it. ``release``: also write the release, unless the profile's is already this source's.
+    returns it. ``release``: also write the release (refused before distilling if it could not be written),
+    unless the profile's release is already this source.
     """
-    from .release import load_release, matches, write_release
-
     dc = cfg.distill
     if dc.teacher_cache not in CACHE_MODES:
         raise ValueError(f"distill.teacher_cache must be one of {CACHE_MODES}, got {dc.teacher_cache!r}")
@@ -832,16 +837,28 @@ def run_distill(cfg: Config, progress: bool = True, release: bool = False) -> di
     if record is None:
         tokenizer = load_tokenizer(cfg.model)
         teacher = load_model(cfg.model, seed=cfg.seed).to(resolve_device(cfg.device))
-        student, record = load_release(cfg, teacher) or distill_student(cfg, teacher, tokenizer,
-                                                                        work_dir(cfg.profile), progress)
-        save_source_model(cfg, student, tokenizer, record)
-    if release and not matches(cfg):
-        write_release(cfg, load_model(str(source_model_dir(cfg.profile))), record)
+        if release:
+            check_releasable(make_student(teacher, student_layers(dc, len(layer_list(teacher)[1]))), cfg)
+        rebuilt = load_release(cfg, teacher)
+        if rebuilt is not None:
+            student, record = rebuilt
+        else:
+            if (release_dir(cfg.profile) / "manifest.json").is_file():
+                print(f"{relative(release_dir(cfg.profile))} was released with other distillation settings: "
+                      "distilling")
+            student, record = distill_student(cfg, teacher, tokenizer, work_dir(cfg.profile), progress)
+        save_source_model(cfg, student, tokenizer, record,
+                          **({"rebuilt_from": relative(release_dir(cfg.profile))} if rebuilt else {}))
+    if release:
+        if release_hash(cfg) == record["distill_hash"]:
+            verify(cfg)
+        else:
+            write_release(cfg, load_model(str(source_model_dir(cfg.profile))), record)
     write_json(results_dir(cfg.profile) / "distill.json", record)
     return record
 
 
-def save_source_model(cfg: Config, student, tokenizer, record: dict) -> Path:
+def save_source_model(cfg: Config, student, tokenizer, record: dict, **manifest) -> Path:
     """Write the student as a Hugging Face checkpoint with its records; it appears complete or not at all."""
     target = source_model_dir(cfg.profile)
     with atomic_dir(target) as tmp:
@@ -850,5 +867,5 @@ def save_source_model(cfg: Config, student, tokenizer, record: dict) -> Path:
         write_json(tmp / "distill.json", record)
         write_json(tmp / "cost.json", record["cost"])
         write_manifest(tmp, cfg, distill_hash=record["distill_hash"], student_layers=record["student_layers"],
-                       cost=record["cost"]["total"])
+                       cost=record["cost"]["total"], **manifest)
     return target

@@ -85,6 +85,8 @@ def test_section_hash_changes_only_with_its_section():
     ({"audit": {"confidence": 1}}, "audit.confidence = 1.0: out of range: must be in (0, 1)"),
     ({"model": ""}, "model = '': must name a model"),
     ({"distill": {"readout_pools": ["reviews"]}}, "distill.readout_pools[0] = 'reviews': must be a public pool"),
+    ({"distill": {"objective": "readout+hidden", "keep_last": 1, "train_layers": 1}},
+     "distill.train_layers = 1: must exceed distill.keep_last (1) with objective 'readout+hidden'"),
     ({"distill": {"train_layers": 3}}, "distill.train_layers = 3: must be 0 (all layers learn) or at most the "
                                        "student's 2 layers"),
 ])

@@ -13,6 +13,7 @@ from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2C
 import post.artifacts
 import post.distill as distill
 import post.prompt
+import post.release
 import post.tasks
 from post.config import load_config
 from post.models import TINY, load, load_model, load_tokenizer
@@ -48,6 +49,7 @@ def sandbox(tmp_path, monkeypatch):
     """Artifacts and results under tmp_path."""
     monkeypatch.setattr(post.artifacts, "ARTIFACTS", tmp_path / "artifacts")
     monkeypatch.setattr(post.artifacts, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(post.release, "SOURCES", tmp_path / "sources")  # a committed release stays out of it
     return tmp_path
 
 
@@ -392,6 +394,15 @@ def test_train_layers_leaves_the_lower_layers_exactly_the_target_s(sandbox):
     top = sum(p.numel() for p in distill.layer_list(student)[1][2].parameters())
     assert record["trainable_params"] == top + student.config.hidden_size  # and the final norm
     assert record["after"]["kl"] < record["before"]["kl"]
+
+
+def test_train_layers_freezes_everything_below_them_on_gpt2_too():
+    """GPT-2's position table sits below every layer: frozen with them, so the backward stops at the top layers."""
+    model = ARCHITECTURES["gpt2"]()
+    dc = smoke(train_layers=1, num_student_layers=4).distill
+    ids = {id(p) for p in distill.trainable(model, dc)}
+    names = [n for n, p in model.named_parameters() if id(p) in ids]
+    assert names and all(n.startswith(("transformer.h.3.", "transformer.ln_f.")) for n in names)
 
 
 def test_hidden_targets_are_the_teacher_states_entering_a_layer_at_every_token(tmp_path):

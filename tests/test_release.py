@@ -1,5 +1,7 @@
 """The provider's release: the trained layers only, rebuilt into the very source that was distilled."""
 
+import copy
+
 import pytest
 import torch
 
@@ -36,7 +38,7 @@ def test_a_release_carries_only_the_trained_layers_and_rebuilds_the_same_source(
     made = source_state(cfg.profile)
     manifest = post.artifacts.read_json(release.release_dir(cfg.profile) / "manifest.json")
     assert manifest["distill_hash"] == record["distill_hash"] and manifest["train_layers"] == 1
-    assert manifest["sha256"] == release.sha256(release.release_dir(cfg.profile) / release.FILE)
+    assert manifest["sha256"][release.FILE] == release.sha256(release.release_dir(cfg.profile) / release.FILE)
     tensors = release.load_file(str(release.release_dir(cfg.profile) / release.FILE))
     assert sum(t.numel() for t in tensors.values()) == record["trainable_params"]  # the top layer and final norm
     assert all(t.dtype == torch.bfloat16 for t in tensors.values())
@@ -47,6 +49,11 @@ def test_a_release_carries_only_the_trained_layers_and_rebuilds_the_same_source(
     assert distill.run_distill(cfg, progress=False) == record
     rebuilt = source_state(cfg.profile)
     assert rebuilt.keys() == made.keys() and all(torch.equal(rebuilt[k], made[k]) for k in made)
+    source_manifest = post.artifacts.source_model_dir(cfg.profile) / "manifest.json"
+    assert post.artifacts.read_json(source_manifest)["rebuilt_from"].endswith("sources/smoke")
+
+    # "auto" precision counts as what it meant where the release was made (here fp32), on any machine
+    assert release.release_hash(smoke(precision="auto")) == record["distill_hash"]
 
 
 def test_a_release_for_other_settings_is_not_used_and_a_tampered_one_is_refused(sandbox):
@@ -56,18 +63,26 @@ def test_a_release_for_other_settings_is_not_used_and_a_tampered_one_is_refused(
                                               sandbox / "work", progress=False)
     release.write_release(cfg, student, record)
     assert release.load_release(smoke(lr=1e-3), teacher) is None  # another source: distil it
-    assert release.load_release(cfg, teacher) is not None
+    rebuilt, _ = release.load_release(cfg, teacher)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), student.state_dict().values()))
+    other = copy.deepcopy(teacher)  # another target underneath: the lower layers differ
+    with torch.no_grad():
+        next(distill.layer_list(other)[1][0].parameters()).add_(1.0)
+    with pytest.raises(release.ReleaseError, match="another target"):
+        release.load_release(cfg, other)
     path = release.release_dir(cfg.profile) / release.FILE
-    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
     with pytest.raises(release.ReleaseError, match="SHA-256"):
         release.load_release(cfg, teacher)
 
 
-def test_a_release_over_the_size_limit_is_refused(sandbox, monkeypatch):
-    cfg = smoke(train_layers=0)
-    teacher = load_model(cfg.model)
-    student = distill.make_student(teacher, (0, 1, 3))
+def test_a_release_that_could_not_be_written_is_refused_before_distilling(sandbox, monkeypatch):
+    monkeypatch.setattr(distill, "distill_student", lambda *a, **k: pytest.fail("distilled first"))
+    with pytest.raises(release.ReleaseError, match="set distill.train_layers"):
+        distill.run_distill(smoke(train_layers=0), progress=False, release=True)  # every layer: not rounded
     monkeypatch.setattr(release, "LIMIT_MB", 0.01)
-    with pytest.raises(release.ReleaseError, match="train_layers"):
-        release.write_release(cfg, student, {"distill_hash": "x", "student_layers": [0, 1, 3]})
-    assert not release.release_dir(cfg.profile).exists()
+    with pytest.raises(release.ReleaseError, match="smaller distill.train_layers"):
+        distill.run_distill(smoke(), progress=False, release=True)
+    assert not release.release_dir("smoke").exists()
