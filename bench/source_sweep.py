@@ -19,6 +19,7 @@ point; distillation itself resumes from its checkpoint.
     python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
     python bench/source_sweep.py --shapes 6+4 --modes readout+hidden   # offsite-tuning's emulator loss added
     python bench/source_sweep.py --shapes 6+4 --owner-seeds 0 1 2   # the spread over the owner's tuning seed
+    python bench/source_sweep.py --shapes 10+4 --modes profile   # the profile's own source (make source / 01)
     python bench/source_sweep.py --plot      # the figure from the JSON only
     python bench/source_sweep.py --shapes 6+4 --prompt-length 100 --out bench/results/source_sweep_prompt100.json
 """
@@ -41,7 +42,7 @@ import pandas as pd
 import torch
 
 from post import distill
-from post.artifacts import artifact_dir, atomic_dir, read_json, write_json
+from post.artifacts import artifact_dir, atomic_dir, read_json, relative, source_model_dir, write_json
 from post.config import load_config
 from post.cost import Cost
 from post.evaluate import class_scores, majority_accuracy
@@ -72,6 +73,8 @@ def distillation(mode: str, args) -> tuple[str, dict]:
     prefixes of each text read out too, ``t6`` only the top 6 layers trained, any other part a further public
     pool (``readout:3000x4:movie_plots:p2:t6``)."""
     objective, *parts = mode.split(":")
+    if objective == "profile" and parts:
+        raise SystemExit(f"mode {mode!r}: 'profile' is the profile's own source as made; it takes no settings")
     settings = {"readout_examples": args.readout_examples, "epochs": args.readout_epochs, "readout_pools": (),
                 "readout_prefixes": 0, "train_layers": 0}
     for part in parts:
@@ -234,6 +237,15 @@ def main() -> None:
         first, last = shape(text)
         if objective == "undistilled":
             return distill.make_student(target, distill.end_layers(n_layers, first + last, last)), None
+        if objective == "profile":  # the profile's own source, as 01 or make source made it (all its tasks)
+            directory = source_model_dir(args.profile)
+            if not (directory / "distill.json").exists():
+                raise SystemExit(f"mode 'profile': no {relative(directory)}: run make source or 01 first")
+            record = read_json(directory / "distill.json")
+            if record["student_layers"] != list(distill.end_layers(n_layers, first + last, last)):
+                raise SystemExit(f"mode 'profile': the profile's source has layers {record['student_layers']}, "
+                                 f"not the first {first} + last {last}")
+            return load(directory)[0], record
         saved = work / f"{text}-{mode.replace(':', '-')}"
         if (saved / "distill.json").exists():
             return load(saved)[0], read_json(saved / "distill.json")
@@ -296,7 +308,10 @@ def main() -> None:
                   "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
                   **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
         if record:
-            if objective != "generic":
+            if objective == "profile":
+                common.update(distill_hash=record["distill_hash"], train_layers=record.get("train_layers"),
+                              readout_pools=record.get("readout_pools"), readout_prefixes=record.get("readout_prefixes"))
+            elif objective != "generic":
                 common.update(readout_examples=settings["readout_examples"], readout_epochs=settings["epochs"],
                               **{k: settings[k] for k in ("readout_pools", "readout_prefixes") if settings[k]})
             if settings["train_layers"]:

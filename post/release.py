@@ -76,8 +76,12 @@ def check_releasable(cut, cfg: Config) -> None:
         raise ReleaseError("a release stores only the layers distillation trained: set distill.train_layers")
     size = release_megabytes(cut, cfg)
     if size > LIMIT_MB:
+        one = release_megabytes(cut, dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill,
+                                                                                            train_layers=1)))
+        advice = ("set a smaller distill.train_layers" if one <= LIMIT_MB else
+                  f"even one of {cfg.model}'s layers takes {one:.0f} MB: distil its sources where they are used")
         raise ReleaseError(f"the top {cfg.distill.train_layers} layers take {size:.0f} MB in bf16, more than a "
-                           f"release's {LIMIT_MB} MB: set a smaller distill.train_layers")
+                           f"release's {LIMIT_MB} MB: {advice}")
 
 
 def write_release(cfg: Config, student, record: dict) -> Path:

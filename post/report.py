@@ -30,6 +30,7 @@ from .membership import ci_text
 from .paper import PAPER
 from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, read_record
+from .release import release_dir
 from .tasks import get_task
 from .transfer import load_run, source_prompt_path
 from .tune import owner_validation
@@ -389,9 +390,19 @@ def _distillation(out: Path) -> list[str]:
             f"{top}) "
             f"distilled for {d['steps']} steps over {d['train_tokens']:,} tokens {data}. {held_out} "
             f"top-1 agreement with the target went from {d['before']['top1']:.3f} to {d['after']['top1']:.3f} and "
-            f"KL(target || student) from {d['before']['kl']:.2f} to {d['after']['kl']:.2f}{rank}; stage cost "
-            f"{d['cost']['total']['wall_seconds']:.0f} s. Zero-shot accuracy on the validation splits:",
+            f"KL(target || student) from {d['before']['kl']:.2f} to {d['after']['kl']:.2f}{rank}; distillation cost "
+            f"{d['cost']['total']['wall_seconds']:.0f} s{_released(out.name, d)}. Zero-shot accuracy on the "
+            "validation splits:",
             markdown_table(val)]
+
+
+def _released(profile: str, d: dict) -> str:
+    """Where the source is the profile's committed release: its cost was paid once, by the provider."""
+    manifest = release_dir(profile) / "manifest.json"
+    if not manifest.is_file() or read_json(manifest)["distill_hash"] != d["distill_hash"]:
+        return ""
+    return (f", paid once by `make source`, which committed the trained layers as the release `sources/{profile}/`; "
+            "01 rebuilds the source from it in seconds")
 
 
 def _tuning(out: Path) -> list[str]:

@@ -82,7 +82,28 @@ def test_a_release_that_could_not_be_written_is_refused_before_distilling(sandbo
     monkeypatch.setattr(distill, "distill_student", lambda *a, **k: pytest.fail("distilled first"))
     with pytest.raises(release.ReleaseError, match="set distill.train_layers"):
         distill.run_distill(smoke(train_layers=0), progress=False, release=True)  # every layer: not rounded
-    monkeypatch.setattr(release, "LIMIT_MB", 0.01)
+    cut = distill.make_student(load_model(smoke().model), (0, 1, 3))
+    monkeypatch.setattr(release, "LIMIT_MB", release.release_megabytes(cut, smoke(train_layers=2)) - 0.001)
     with pytest.raises(release.ReleaseError, match="smaller distill.train_layers"):
+        distill.run_distill(smoke(train_layers=2), progress=False, release=True)
+    monkeypatch.setattr(release, "LIMIT_MB", 0.01)
+    with pytest.raises(release.ReleaseError, match="even one of"):
         distill.run_distill(smoke(), progress=False, release=True)
     assert not release.release_dir("smoke").exists()
+
+
+COMMITTED = sorted(path.parent.name for path in release.SOURCES.glob("*/manifest.json"))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("profile", COMMITTED)
+def test_a_committed_release_is_what_its_manifest_names_and_rebuilds_its_source(profile):
+    """Both SHA-256 sums, the size limit, and the source rebuilt on the real target has the released digest."""
+    manifest = post.artifacts.read_json(release.release_dir(profile) / "manifest.json")
+    assert manifest["megabytes"] <= release.LIMIT_MB and manifest["train_layers"] > 0
+    made = {key: manifest["config"][key] for key in ("model", "seed", "data", "distill")}
+    cfg = load_config(profile, made)  # the settings it was made with (the profile may have moved on)
+    assert release.release_hash(cfg) == manifest["distill_hash"]
+    student, record = release.load_release(cfg, load_model(cfg.model))
+    assert record["distill_hash"] == manifest["distill_hash"] and record["train_layers"] == manifest["train_layers"]
+    assert len(distill.layer_list(student)[1]) == len(manifest["student_layers"])
