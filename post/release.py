@@ -99,7 +99,8 @@ def write_release(cfg: Config, student, record: dict) -> Path:
         write_json(tmp / "distill.json", record)
         write_manifest(tmp, cfg, distill_hash=record["distill_hash"], precision=record["precision"],
                        student_layers=record["student_layers"], train_layers=cfg.distill.train_layers,
-                       tensors=len(tensors), megabytes=round(release_megabytes(student, cfg), 1),
+                       tensors=len(tensors),
+                       megabytes=round(sum(t.numel() * t.element_size() for t in tensors.values()) / 1e6, 1),
                        sha256={name: sha256(tmp / name) for name in (FILE, "distill.json")},
                        source_digest=state_digest(student), train_tokens=record["train_tokens"],
                        distill_wall_seconds=record["cost"]["total"]["wall_seconds"],
