@@ -338,21 +338,28 @@ def main() -> None:
             save()
             print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
 
-    if args.levers:
+    if args.levers:  # each variant on each owner seed's prompt: a lever is judged against the seeds' spread
         text, mode = args.lever_point.rsplit("-", 1)
-        source = make_source(text, mode, *distillation(mode, args))[0]
-        prompt, prepared = owner_prompt(source, cfg.seed), prepare(source)
-        levers = result.setdefault("levers", {"point": args.lever_point, "compt": score(source, prompt),
-                                             "direct": score(target, prompt), "runs": []})
-        for variant in args.levers:
-            if any(r["variant"] == variant for r in levers["runs"]):
+        source, prepared = make_source(text, mode, *distillation(mode, args))[0], None
+        levers = result.setdefault("levers", {"point": args.lever_point, "runs": []})
+        if levers["point"] != args.lever_point:
+            parser.error(f"{out} holds levers on {levers['point']}, not {args.lever_point}: pass another --out")
+        seed_of = lambda run: run.get("owner_seed", cfg.seed)  # noqa: E731  (runs before seeds: the profile's)
+        for seed in owner_seeds:
+            todo = [v for v in args.levers if not any((r["variant"], seed_of(r)) == (v, seed) for r in levers["runs"])]
+            if not todo:
                 continue
-            changes = {k: type(getattr(transfer, k))(v) for k, v in (kv.split("=") for kv in variant.split(","))}
-            levers["runs"].append({"variant": variant, **transferred(source, prepared, prompt,
-                                                                     dataclasses.replace(transfer, **changes))})
-            save()
-            print(levers["runs"][-1], flush=True)
-    plot(result, args.profile, out.stem)
+            prompt, prepared = owner_prompt(source, seed), prepared or prepare(source)
+            owner = {"owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(source, prompt))),
+                     **dict(zip(("direct", "direct_auc"), measure(target, prompt)))}
+            for variant in todo:
+                changes = {k: type(getattr(transfer, k))(v) for k, v in (kv.split("=") for kv in variant.split(","))}
+                levers["runs"].append({"variant": variant, **owner,
+                                       **transferred(source, prepared, prompt, dataclasses.replace(transfer, **changes))})
+                save()
+                print(levers["runs"][-1], flush=True)
+    if result["points"]:  # levers alone (--shapes with none) make no map
+        plot(result, args.profile, out.stem)
 
 
 def avx512_bf16() -> bool:
@@ -397,8 +404,9 @@ def plot(result: dict, profile: str, name: str = OUT.stem):
     for p in PAPER_POINTS:
         right.plot([p["layer_fraction"]], [p["recovery"]], marker="*", ms=12, ls="", color="C3", label=p["label"])
     if "levers" in result:  # the best transfer variant on the lever point, at that point's cost
-        lev = result["levers"]
-        best = max(lev["runs"], key=lambda r: r["recovery"])
+        lev = result["levers"]  # a variant's recovery: its mean over the owner seeds it ran on
+        best = pd.DataFrame(lev["runs"]).groupby("variant", sort=False)["recovery"].mean().reset_index().loc[
+            lambda v: v["recovery"].idxmax()]
         shape_, mode = lev["point"].rsplit("-", 1)
         at = data[(data["shape"] == shape_) & (data["mode"] == mode)].layer_fraction
         if len(at):

@@ -404,6 +404,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         costs["attack and bootstrap"] = analysis
     result = {
         "profile": cfg.profile, "task": name, "source_model": model_name(source), "target_model": cfg.model,
+        "distill_hash": read_json(source_dir / "distill.json")["distill_hash"],  # which source: the report checks it
         "settings": dataclasses.asdict(a), "shadow_tuning": tuning, "owner_train_examples": owner_examples,
         "lira": readings(rows), "canaries": canaries, "paper": list(PAPER["lira"]),
         "cost": {part: cost.to_dict() for part, cost in costs.items()},

@@ -428,7 +428,7 @@ def _audit(out: Path) -> list[str]:
                           "members": lira.n_in, "non-members": lira.n_out, "reading": lira.reading})
     canaries = pd.DataFrame(result["canaries"])[["setting", "epsilon", "noise_multiplier", "prv_epsilon", "eps_hat",
                                                  "auc", "m", "r", "v"]].rename(columns={"auc": "canary AUC"})
-    return ["### Privacy audit (05)",
+    return ["### Privacy audit (05)", *_audit_source(result, out),
             f"`results/{out.name}/audit.json`, `figures/{out.name}/audit_*.png`: online LiRA with "
             f"{result['settings']['shadows']} shadow prompts on {result['task']} (paper, RoBERTa sst2, 8 shadows: "
             f"AUC {paper['no DP']:.3f} without DP, {paper['eps=8']:.3f} at eps=8):",
@@ -438,6 +438,18 @@ def _audit(out: Path) -> list[str]:
             "audit has the power to notice a broken guarantee:", markdown_table(canaries),
             f"Audit wall time {result['wall_seconds']['total']:.0f} s in its last run; making each part once took "
             f"{audit_made_seconds(result):.0f} s in all (a rerun reads finished parts back)."]
+
+
+def _audit_source(result: dict, out: Path) -> list[str]:
+    """A warning when the audit was made on another source than the results' (01 changed; 05 not yet rerun)."""
+    if not (out / "distill.json").exists():
+        return []
+    source, audited = read_json(out / "distill.json")["distill_hash"], result.get("distill_hash")
+    if audited == source:
+        return []
+    return [f"**This audit is of another source than the results above** (it names "
+            f"{f'distillation {audited}' if audited else 'no distillation: made before audits recorded theirs'}; "
+            f"the results: {source}). `make audit` reruns it on theirs."]
 
 
 def audit_made_seconds(result: dict) -> float:
@@ -507,13 +519,28 @@ def _source_map(bench: Path) -> list[str]:
              "epochs; step cost is a prompt-tuning step's wall time on the source over the target's in the same run"
              f"{_step_cost_spread(d['points'])}.",
              markdown_table(rows)]
-    if "levers" in d:
-        lev = d["levers"]
-        parts += [f"Transfer levers on the {lev['point']} source (CompPT {lev['compt']:.3f}, Direct {lev['direct']:.3f}):",
-                  markdown_table(pd.DataFrame([{"variant": r["variant"], "POST": r["post"], "step": r["post_selected_step"],
-                                                "POST last": r["post_last"], "last step": r["post_last_step"],
-                                                "recovery": r["recovery"]} for r in lev["runs"]]))]
-    return parts
+    return parts + _levers(d)
+
+
+def _levers(d: dict) -> list[str]:
+    """The transfer variants run on one source of a sweep (``--levers``), each on the owner seeds' prompts."""
+    if "levers" not in d:
+        return []
+    lev, seed = d["levers"], d["settings"]["seed"]
+    rows = pd.DataFrame([{"variant": r["variant"], "owner seed": r.get("owner_seed", seed),
+                          "CompPT": r.get("compt", lev.get("compt")), "Direct": r.get("direct", lev.get("direct")),
+                          "Direct AUC": r.get("direct_auc"), "POST": r["post"], "POST AUC": r.get("post_auc"),
+                          "step": r["post_selected_step"], "POST last": r["post_last"], "last step": r["post_last_step"],
+                          "recovery": r["recovery"]} for r in lev["runs"]]).dropna(axis=1, how="all")
+    shape, mode = lev["point"].rsplit("-", 1)
+    same = d["settings"]["transfer"]  # the points of that source whose transfer is the one the variants change
+    base = [p["post"] for p in d["points"] if (p["shape"], p["mode"], p["transfer_space"], p["transfer_steps"])
+            == (shape, mode, same.get("space", "vocab"), same["steps"])]  # before spaces: the vocabulary
+    means = "; ".join(f"{variant} {post:.3f}" for variant, post in rows.groupby("variant", sort=False)["POST"].mean().items())
+    return [f"Transfer levers on the {lev['point']} source (`--levers`, the profile's transfer with one change each). "
+            f"Mean POST over the owner seeds: {means}"
+            + (f"; the profile's transfer on the same source (the points above): {np.mean(base):.3f}." if base else "."),
+            markdown_table(rows)]
 
 
 def _source_control(bench: Path, name: str = "source_sweep_val1275") -> list[str]:
@@ -549,7 +576,7 @@ def _source_control(bench: Path, name: str = "source_sweep_val1275") -> list[str
             "(public text and the source); POST's lead over the control is what the owner's tuned prompt carries. "
             f"Target: zero-shot {ref['zero_shot']:.3f}, FullPT {ref['fullpt']:.3f}, majority class "
             f"{ref['majority']:.3f}." + _seed_spread(rows) + _threshold_only(ref),
-            markdown_table(rows.drop(columns="transfer") if rows.transfer.nunique() == 1 else rows)]
+            markdown_table(rows.drop(columns="transfer") if rows.transfer.nunique() == 1 else rows), *_levers(d)]
 
 
 def _threshold_only(ref: dict) -> str:

@@ -109,6 +109,7 @@ def test_a_rerun_reads_finished_parts_back_and_redoes_only_what_changed(tiny, tm
     monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
     model.save_pretrained(artifacts.source_model_dir("smoke"))  # the tiny model stands in for the source too
     tok.save_pretrained(artifacts.source_model_dir("smoke"))
+    (artifacts.source_model_dir("smoke") / "distill.json").write_text('{"distill_hash": "tiny"}')
     fast = {"canary_epochs": 4, "bootstrap": 10}
     trained, transferred = [], []  # the epsilon of every prompt tuned, and every POST transfer
     tune_prompt, post_transfer = audit.tune_prompt, transfer.post_transfer
@@ -117,6 +118,7 @@ def test_a_rerun_reads_finished_parts_back_and_redoes_only_what_changed(tiny, tm
     cfg = load_config("smoke", {"audit": fast})
     first = audit.run_audit(cfg, progress=False)
     assert len(trained) == 3 * 4 + 3 and len(transferred) == 4  # shadows of no DP, eps=1, positive; 3 canary runs
+    assert first["distill_hash"] == "tiny"  # which source was audited: the report compares it with the results'
     kept = sorted(p.name.split("_")[0] for p in artifacts.artifact_dir("smoke", "audit").iterdir())
     assert kept == ["canaries"] * 3 + ["shadows"] * 3 + ["transfer"]
     again = audit.run_audit(cfg, progress=False)

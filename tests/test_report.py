@@ -49,6 +49,28 @@ def test_threshold_only_reads_the_reference_and_is_silent_without_it():
     assert report._threshold_only({"zero_shot": 0.7, "fullpt": 0.9}) == ""
 
 
+def test_levers_average_each_variant_over_owner_seeds_beside_the_same_transfer_unchanged():
+    point = {"shape": "4+2", "mode": "readout", "transfer_space": "labels", "transfer_steps": 120}
+    runs = [{"variant": v, "owner_seed": seed, "compt": 0.7, "direct": 0.6, "post": post, "post_selected_step": 20,
+             "post_last": post, "post_last_step": 40, "recovery": 0.5}
+            for v, seed, post in (("alpha=1", 0, 0.80), ("alpha=1", 1, 0.70), ("lr=0.1", 0, 0.65))]
+    d = {"settings": {"seed": 0, "transfer": {"space": "labels", "steps": 120}},
+         "points": [{**point, "post": 0.74}, {**point, "post": 0.76}, {**point, "transfer_steps": 40, "post": 0.1}],
+         "levers": {"point": "4+2-readout", "runs": runs}}
+    text, table = report._levers(d)
+    assert "alpha=1 0.750; lr=0.1 0.650; the profile's transfer on the same source (the points above): 0.750." in text
+    assert table.count("\n") == 4 and "| alpha=1 | 1 |" in table  # a row a run
+    assert report._levers({"points": []}) == []
+
+
+def test_an_audit_of_another_source_than_the_results_says_so(tmp_path):
+    (tmp_path / "distill.json").write_text('{"distill_hash": "new"}')
+    assert report._audit_source({"distill_hash": "new"}, tmp_path) == []
+    assert "names distillation old; the results: new" in report._audit_source({"distill_hash": "old"}, tmp_path)[0]
+    assert "no distillation" in report._audit_source({}, tmp_path)[0]
+    assert report._audit_source({}, tmp_path / "nowhere") == []  # no distillation record: nothing to compare
+
+
 def test_dp_columns_are_named_by_epsilon():
     table = report.accuracy_table(rows("a", 0.6, 0.8, 0.7) + rows("a", 0.6, 0.7, 0.65, epsilon="8")[1:],
                                   ("inf", "8"))
