@@ -710,10 +710,13 @@ def readme_results(profile: str = README_PROFILE) -> str:
             note = ("\n\n\\* not rerun with the other stages (its inputs did not change): the distillation's own "
                     "recorded cost, from an earlier run on a shared machine.")
         elif "01_distill" in stages and (out / "distill.json").exists():
-            recorded = read_json(out / "distill.json")["cost"]["total"]["wall_seconds"]
-            if recorded > float(stages["01_distill"]):  # the run resumed a distillation made before it
-                note = (f"\n\n01's line is the notebook's last run, which reused a finished distillation (resumable, "
-                        f"same settings): the distillation itself recorded {recorded:.0f} s.")
+            record = read_json(out / "distill.json")
+            recorded = record["cost"]["total"]["wall_seconds"]
+            if recorded > float(stages["01_distill"]):  # the run resumed a distillation made before it, or a release
+                how = (f"rebuilt the source from its release `sources/{profile}/`" if _released(profile, record)
+                       else "reused a finished distillation (resumable, same settings)")
+                note = (f"\n\n01's line is the notebook's last run, which {how}: the distillation itself recorded "
+                        f"{recorded:.0f} s.")
         if "05_privacy_audit" in stages and (out / "audit.json").exists():
             made = audit_made_seconds(read_json(out / "audit.json"))
             if made > float(stages["05_privacy_audit"]):  # it read back parts an earlier run made
