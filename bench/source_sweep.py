@@ -294,6 +294,11 @@ def main() -> None:
         return tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, seed,
                            cfg.data.max_text_tokens, cfg.eval.batch_size, True)
 
+    def owner_scores(source, prompt, seed: int) -> dict:
+        """The owner's prompt on validation: on its source (CompPT) and pasted onto the target (Direct)."""
+        return {"owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(source, prompt))),
+                **dict(zip(("direct", "direct_auc"), measure(target, prompt)))}
+
     owner_seeds = list(dict.fromkeys(args.owner_seeds or [cfg.seed]))
     done = {(p["shape"], p["mode"], p["transfer_space"], p.get("owner_seed", cfg.seed)) for p in result["points"]}
     for text, mode in [(t, m) for t in args.shapes for m in args.modes]:  # shape by shape
@@ -328,8 +333,7 @@ def main() -> None:
         prepared = prepare(source)
         for seed in seeds:  # the source's own measurements are shared; seconds: since the last point
             prompt = owner_prompt(source, seed)
-            point = {**common, "owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(source, prompt))),
-                     **dict(zip(("direct", "direct_auc"), measure(target, prompt)))}
+            point = {**common, **owner_scores(source, prompt, seed)}
             point.update(transferred(source, prepared, prompt, transfer))
             control_run = control_run or control(source, prepared)  # the same for every owner seed: made once
             point.update(control_run, seconds=time.perf_counter() - begin)
@@ -350,8 +354,7 @@ def main() -> None:
             if not todo:
                 continue
             prompt, prepared = owner_prompt(source, seed), prepared or prepare(source)
-            owner = {"owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(source, prompt))),
-                     **dict(zip(("direct", "direct_auc"), measure(target, prompt)))}
+            owner = owner_scores(source, prompt, seed)
             for variant in todo:
                 changes = {k: type(getattr(transfer, k))(v) for k, v in (kv.split("=") for kv in variant.split(","))}
                 levers["runs"].append({"variant": variant, **owner,

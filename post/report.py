@@ -704,13 +704,12 @@ def readme_results(profile: str = README_PROFILE) -> str:
     walls = out / "notebooks" / "wall_seconds.txt"
     if walls.exists():
         stages = dict(line.split() for line in walls.read_text().splitlines() if line.strip())
-        note = ""
-        if "01_distill" not in stages and (out / "distill.json").exists():
-            stages = {"01_distill *": read_json(out / "distill.json")["cost"]["total"]["wall_seconds"], **stages}
+        note, record = "", read_json(out / "distill.json") if (out / "distill.json").exists() else None
+        if "01_distill" not in stages and record:
+            stages = {"01_distill *": record["cost"]["total"]["wall_seconds"], **stages}
             note = ("\n\n\\* not rerun with the other stages (its inputs did not change): the distillation's own "
                     "recorded cost, from an earlier run on a shared machine.")
-        elif "01_distill" in stages and (out / "distill.json").exists():
-            record = read_json(out / "distill.json")
+        elif "01_distill" in stages and record:
             recorded = record["cost"]["total"]["wall_seconds"]
             if recorded > float(stages["01_distill"]):  # the run resumed a distillation made before it, or a release
                 how = (f"rebuilt the source from its release `sources/{profile}/`" if _released(profile, record)
