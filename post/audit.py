@@ -80,11 +80,17 @@ def membership_matrix(shadows: int, n: int, seed: int) -> np.ndarray:
     return rng(seed, "membership").random((shadows, n)) < 0.5
 
 
+def without_validation(tune: TuneConfig) -> TuneConfig:
+    """02's settings for a prompt trained without validation, keeping its last step, as every audit prompt is.
+    02's validation settings (how often, on how many examples, when to stop) are zeroed, so they stay out of the
+    keys of the audit's parts: changing how 02 validates does not remake an audit that never validates."""
+    return dataclasses.replace(tune, eval_every=0, eval_examples=0, select="last", patience=0, max_steps=0)
+
+
 def shadow_settings(tune: TuneConfig, epsilon: float) -> tuple[TuneConfig, int]:
     """02's settings and steps for a prompt at ``epsilon`` (DP: larger Poisson batches, fewer steps), without
-    validation during training and keeping the last step, as every DP prompt of 02 does. A non-private shadow
-    takes 02's fixed ``tune.steps`` too: without validation it has no plateau to stop at."""
-    return run_settings(dataclasses.replace(tune, eval_every=0, select="last", patience=0), epsilon, tune.steps)
+    validation. A non-private shadow takes 02's fixed ``tune.steps`` too: it has no plateau to stop at."""
+    return run_settings(without_validation(tune), epsilon, tune.steps)
 
 
 def epochs_to_steps(epochs: float, examples: float, batch_size: int) -> int:
@@ -387,7 +393,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         canaries = []
         finite = [e for e in a.epsilons if not math.isinf(e)]
         control = [(min(finite), False)] if finite else []  # the smallest epsilon claimed, no noise added
-        settings = dataclasses.replace(cfg.tune, batch_size=a.canary_batch_size)
+        settings = dataclasses.replace(without_validation(cfg.tune), batch_size=a.canary_batch_size)
         for epsilon, noise in [(e, True) for e in a.epsilons] + control:
             path = keyed_path(cfg.profile, "audit", "canaries", ".json", {
                 **identity, "canaries": [data["canaries"].texts, data["canaries"].labels],

@@ -99,6 +99,16 @@ def test_shadows_tune_with_02s_settings_on_their_halves(tiny):
     assert len({p.record["seed"] for p in run.prompts}) == 4
 
 
+def test_how_02_validates_does_not_change_the_audits_prompts():
+    """Audit prompts never validate: 02's validation settings must not reach them (nor the keys of their parts)."""
+    validating = dataclasses.replace(SMOKE.tune, eval_every=7, eval_examples=3, select="validation", patience=2,
+                                     max_steps=99)
+    for epsilon in (math.inf, 1.0):
+        assert audit.shadow_settings(validating, epsilon) == audit.shadow_settings(SMOKE.tune, epsilon)
+    assert audit.without_validation(validating) == audit.without_validation(SMOKE.tune)
+    assert audit.without_validation(validating).eval_every == 0
+
+
 @pytest.mark.stage
 def test_a_rerun_reads_finished_parts_back_and_redoes_only_what_changed(tiny, tmp_path, monkeypatch):
     """A second run_audit with the same settings trains and transfers nothing and returns the same rows (with
