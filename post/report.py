@@ -23,6 +23,7 @@ from matplotlib.ticker import NullFormatter
 
 from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, prompt_path, read_json, require, results_dir,
                         source_model_dir)
+from .audit import control_checks
 from .config import ROOT, Config
 from .cost import GPT2_XL, LLAMA2_7B, Workload, projected_costs
 from .evaluate import accuracy
@@ -428,7 +429,7 @@ def _audit(out: Path) -> list[str]:
                           "members": lira.n_in, "non-members": lira.n_out, "reading": lira.reading})
     canaries = pd.DataFrame(result["canaries"])[["setting", "epsilon", "noise_multiplier", "prv_epsilon", "eps_hat",
                                                  "auc", "m", "r", "v"]].rename(columns={"auc": "canary AUC"})
-    return ["### Privacy audit (05)", *_audit_source(result, out),
+    return ["### Privacy audit (05)", *_audit_source(result, out), *_failed_controls(result),
             f"`results/{out.name}/audit.json`, `figures/{out.name}/audit_*.png`: online LiRA with "
             f"{result['settings']['shadows']} shadow prompts on {result['task']} (paper, RoBERTa sst2, 8 shadows: "
             f"AUC {paper['no DP']:.3f} without DP, {paper['eps=8']:.3f} at eps=8):",
@@ -450,6 +451,16 @@ def _audit_source(result: dict, out: Path) -> list[str]:
     return [f"**This audit is of another source than the results above** (it names "
             f"{f'distillation {audited}' if audited else 'no distillation: made before audits recorded theirs'}; "
             f"the results: {source}). `make audit` reruns it on theirs."]
+
+
+def _failed_controls(result: dict) -> list[str]:
+    """A warning naming every control of the audit that failed (post.audit.control_checks, as 05 prints them)."""
+    checks = control_checks(result)
+    failed = checks[~checks.passed] if len(checks) else checks
+    if failed.empty:
+        return []
+    return ["**A control of this audit failed**, so the rows it guards show no validated power or bound: " +
+            "; ".join(f"{c.check}: {c.value}" for c in failed.itertuples()) + "."]
 
 
 def audit_made_seconds(result: dict) -> float:

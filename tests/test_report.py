@@ -71,6 +71,17 @@ def test_an_audit_of_another_source_than_the_results_says_so(tmp_path):
     assert report._audit_source({}, tmp_path / "nowhere") == []  # no distillation record: nothing to compare
 
 
+def test_a_failed_audit_control_is_named_above_the_audit_tables():
+    def lira(setting, ci):
+        return {"variant": "online", "model": "source", "setting": setting, "auc_ci": ci}
+    canary = {"setting": "eps=1", "epsilon": "1", "eps_hat": 0.0}
+    passing = {"lira": [lira("positive control", [0.55, 0.9]), lira("null control", [0.4, 0.6])], "canaries": [canary]}
+    assert report._failed_controls(passing) == []
+    failing = {**passing, "lira": [lira("positive control", [0.472, 0.84]), lira("null control", [0.4, 0.6])]}
+    (line,) = report._failed_controls(failing)
+    assert "positive control leaks (AUC CI above 0.5): CI low 0.472" in line and "null" not in line
+
+
 def test_dp_columns_are_named_by_epsilon():
     table = report.accuracy_table(rows("a", 0.6, 0.8, 0.7) + rows("a", 0.6, 0.7, 0.65, epsilon="8")[1:],
                                   ("inf", "8"))
