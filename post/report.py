@@ -455,12 +455,11 @@ def _audit_source(result: dict, out: Path) -> list[str]:
 
 def _failed_controls(result: dict) -> list[str]:
     """A warning naming every control of the audit that failed (post.audit.control_checks, as 05 prints them)."""
-    checks = control_checks(result)
-    failed = checks[~checks.passed] if len(checks) else checks
-    if failed.empty:
+    failed = [c for c in control_checks(result).to_dict("records") if not c["passed"]]
+    if not failed:
         return []
     return ["**A control of this audit failed**, so the rows it guards show no validated power or bound: " +
-            "; ".join(f"{c.check}: {c.value}" for c in failed.itertuples()) + "."]
+            "; ".join(f"{c['check']}: {c['value']}" for c in failed) + "."]
 
 
 def audit_made_seconds(result: dict) -> float:
