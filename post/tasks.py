@@ -114,8 +114,14 @@ def load_tweet_sentiment() -> tuple[list[str], list[int]]:
     return [t for _, t in rows], labels
 
 
+def amazon_review_ratings() -> list[tuple[float, str]]:
+    """(mean human rating in [-4, 4], text) of VADER's Amazon review snippets. POST uses the texts only; the
+    ratings serve a lever study (``bench/transfer_selection.py``) that assumes labelled public text."""
+    return _vader("amazonReviewSnippets_GroundTruth.txt")
+
+
 def load_amazon_reviews() -> list[str]:
-    return [t for _, t in _vader("amazonReviewSnippets_GroundTruth.txt")]
+    return [t for _, t in amazon_review_ratings()]
 
 
 def load_news() -> list[str]:

@@ -1,0 +1,25 @@
+"""What the lever studies under bench/ share: where their JSON goes, and redrawing a figure from it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from post.artifacts import read_json
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_or_plot(parser: argparse.ArgumentParser, name: str, plot: Callable[[dict], object]):
+    """Parse the command line with ``--out`` (default ``bench/results/<name>.json``) and ``--plot`` added.
+
+    With ``--plot`` the figure is redrawn from ``--out`` and None is returned: the bench has nothing to run.
+    """
+    parser.add_argument("--out", default=str(RESULTS / f"{name}.json"))
+    parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
+    args = parser.parse_args()
+    if args.plot:
+        plot(read_json(Path(args.out)))
+        return None
+    return args
