@@ -10,7 +10,8 @@ validation only measures. The run is kept under ``artifacts/<profile>/bench/``, 
 only the scoring. Writes ``bench/results/transfer_length.json`` and ``figures/<profile>/transfer_length.png``.
 
     python bench/transfer_length.py [--profile cpu] [--tasks rotten_tomatoes] [--steps 480] [--caps 160 320 480]
-    python bench/transfer_length.py --plot   # the figure from the JSON only
+    python bench/transfer_length.py --set lr=0.003 --out bench/results/transfer_length_lr0.003.json  # a variant
+    python bench/transfer_length.py --plot   # the figure from the JSON only (named after --out)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from common import parse_or_plot
 from post.artifacts import keyed_path, prompt_path, read_json, readable, write_json
 from post.config import load_config
 from post.evaluate import accuracy
@@ -45,17 +47,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=480)
     parser.add_argument("--caps", type=int, nargs="+", default=[160, 320, 480])
     parser.add_argument("--validation", type=int, default=300)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "transfer_length.json"))
-    parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
-    args = parser.parse_args()
-    if args.plot:
-        plot(read_json(Path(args.out)))
+    parser.add_argument("--set", default="", metavar="KEY=VALUE,...",
+                        help="transfer settings changed for this run, e.g. lr=0.003 or public_pool=movie_plots")
+    args = parse_or_plot(parser, "transfer_length", plot)
+    if args is None:
         return
     cfg = load_config(args.profile)
     every = cfg.transfer.eval_every
     if max(args.caps) > args.steps or any(cap % every for cap in args.caps):
         parser.error(f"every cap must be a multiple of transfer.eval_every ({every}) and at most --steps ({args.steps})")
-    settings = dataclasses.replace(cfg.transfer, steps=args.steps, patience=0)
+    changes = {k: type(getattr(cfg.transfer, k))(v) for k, v in (kv.split("=") for kv in args.set.split(",") if kv)}
+    settings = dataclasses.replace(cfg.transfer, **changes, steps=args.steps, patience=0)
     source, target, tokenizer = load_models(cfg)
     rows = []
     for name in args.tasks:
@@ -67,8 +69,8 @@ def main() -> None:
         held_path = path.with_suffix(".holdout.json")  # load_run keeps no history: the held-out losses go beside
         run = readable(path, load_run)
         if run is None or not held_path.exists():
-            run, _ = post_transfer(cfg, source, target, tokenizer, prepare(cfg, source, target, tokenizer, name),
-                                   source_prompt, settings)
+            prepared = prepare(cfg, source, target, tokenizer, name, settings.public_pool)
+            run, _ = post_transfer(cfg, source, target, tokenizer, prepared, source_prompt, settings)
             write_json(held_path, {h["step"]: h["holdout_loss"] for h in run.history if "holdout_loss" in h})
             save_run(path, run)
         held = {int(step): loss for step, loss in read_json(held_path).items()}
@@ -92,8 +94,8 @@ def main() -> None:
                      "oracle_step": best["step"], "oracle_accuracy": best["validation_accuracy"],
                      "transfer_seconds": run.prompt.meta["cost"]["wall_seconds"], "curve": curve})
         print({k: v for k, v in rows[-1].items() if k != "curve"}, flush=True)
-    result = {"profile": args.profile, "steps": args.steps, "patience": cfg.transfer.patience,
-              "eval_every": cfg.transfer.eval_every, "holdout_examples": cfg.transfer.holdout_examples,
+    result = {"profile": args.profile, "figure": Path(args.out).stem, "changes": changes, "steps": args.steps,
+              "patience": cfg.transfer.patience, "eval_every": cfg.transfer.eval_every, "holdout_examples": cfg.transfer.holdout_examples,
               "validation_examples": args.validation, "transfer_precision": resolve_precision(settings.precision),
               "eval_precision": resolve_precision(cfg.eval.precision), "threads": torch.get_num_threads(),
               "load_average_1min": os.getloadavg()[0], "rows": rows}
@@ -124,7 +126,7 @@ def plot(result: dict):
     fig.legend(handles, labels, fontsize=7, frameon=False, loc="upper center", ncol=len(labels),
                bbox_to_anchor=(0.5, 0))
     data = pd.concat([pd.DataFrame(r["curve"]).assign(task=r["task"]) for r in rows])
-    save_figure(fig, data, "transfer_length", result["profile"])
+    save_figure(fig, data, result.get("figure", "transfer_length"), result["profile"])
     return fig
 
 
