@@ -1,4 +1,5 @@
-"""What the lever studies under bench/ share: where their JSON goes, and redrawing a figure from it."""
+"""What the lever studies under bench/ share: where their JSON goes, redrawing a figure from it, and reading a
+settings variant from the command line."""
 
 from __future__ import annotations
 
@@ -23,3 +24,9 @@ def parse_or_plot(parser: argparse.ArgumentParser, name: str, plot: Callable[[di
         plot(read_json(Path(args.out)))
         return None
     return args
+
+
+def changes(settings, variant: str) -> dict:
+    """The changes ``variant`` (``"key=value,key=value"``) makes to ``settings``, a config dataclass; each value is
+    cast to the type of the setting it replaces. An empty variant changes nothing."""
+    return {k: type(getattr(settings, k))(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)}

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common import changes
 from post import distill
 from post.artifacts import artifact_dir, atomic_dir, read_json, relative, source_model_dir, write_json
 from post.config import load_config
@@ -356,9 +357,8 @@ def main() -> None:
             prompt, prepared = owner_prompt(source, seed), prepared or prepare(source)
             owner = owner_scores(source, prompt, seed)
             for variant in todo:
-                changes = {k: type(getattr(transfer, k))(v) for k, v in (kv.split("=") for kv in variant.split(","))}
-                levers["runs"].append({"variant": variant, **owner,
-                                       **transferred(source, prepared, prompt, dataclasses.replace(transfer, **changes))})
+                settings = dataclasses.replace(transfer, **changes(transfer, variant))
+                levers["runs"].append({"variant": variant, **owner, **transferred(source, prepared, prompt, settings)})
                 save()
                 print(levers["runs"][-1], flush=True)
     if result["points"]:  # levers alone (--shapes with none) make no map

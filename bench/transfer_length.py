@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from common import parse_or_plot
+from common import changes, parse_or_plot
 from post.artifacts import keyed_path, prompt_path, read_json, readable, write_json
 from post.config import load_config
 from post.evaluate import accuracy
@@ -56,8 +56,8 @@ def main() -> None:
     every = cfg.transfer.eval_every
     if max(args.caps) > args.steps or any(cap % every for cap in args.caps):
         parser.error(f"every cap must be a multiple of transfer.eval_every ({every}) and at most --steps ({args.steps})")
-    changes = {k: type(getattr(cfg.transfer, k))(v) for k, v in (kv.split("=") for kv in args.set.split(",") if kv)}
-    settings = dataclasses.replace(cfg.transfer, **changes, steps=args.steps, patience=0)
+    changed = changes(cfg.transfer, args.set)
+    settings = dataclasses.replace(cfg.transfer, **changed, steps=args.steps, patience=0)
     source, target, tokenizer = load_models(cfg)
     rows = []
     for name in args.tasks:
@@ -94,8 +94,9 @@ def main() -> None:
                      "oracle_step": best["step"], "oracle_accuracy": best["validation_accuracy"],
                      "transfer_seconds": run.prompt.meta["cost"]["wall_seconds"], "curve": curve})
         print({k: v for k, v in rows[-1].items() if k != "curve"}, flush=True)
-    result = {"profile": args.profile, "figure": Path(args.out).stem, "changes": changes, "steps": args.steps,
-              "patience": cfg.transfer.patience, "eval_every": cfg.transfer.eval_every, "holdout_examples": cfg.transfer.holdout_examples,
+    result = {"profile": args.profile, "figure": Path(args.out).stem, "changes": changed, "steps": args.steps,
+              "patience": cfg.transfer.patience, "eval_every": cfg.transfer.eval_every,
+              "holdout_examples": cfg.transfer.holdout_examples,
               "validation_examples": args.validation, "transfer_precision": resolve_precision(settings.precision),
               "eval_precision": resolve_precision(cfg.eval.precision), "threads": torch.get_num_threads(),
               "load_average_1min": os.getloadavg()[0], "rows": rows}

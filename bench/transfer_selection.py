@@ -7,15 +7,16 @@ snapshots (``artifacts/<profile>/prompts/<task>/post_epsinf_seed<seed>.snapshots
 
 - ``held-out loss``: 03's rule, as committed;
 - ``public labels``: the best accuracy on labelled public text of the task's kind, step 0 included. Amazon
-  review snippets carry mean human ratings (VADER): below -0.5 negative, above 0.5 positive, neutral between
-  (left out for two-class tasks). Reviews of the transfer's own public sample are excluded. This adds an
-  assumption POST does not make (the provider holds labelled public text of the task family), so it applies
-  only to tasks whose public pool has labels: the sentiment tasks here, not TREC;
+  review snippets carry mean human ratings (VADER), classed as the tweets of tweet_sentiment are
+  (``post.tasks.vader_sentiment``; neutral left out for two-class tasks). Reviews of the transfer's own public
+  sample are excluded. This adds an assumption POST does not make (the provider holds labelled public text of
+  the task family), so it applies only to tasks whose public pool has labels: the sentiment tasks here, not TREC;
 - ``direct`` (step 0) and ``last`` for reference, and the ``oracle``: the best step on the owner's validation
   split, which only private labels could pick (a diagnostic, never a choice).
 
 Each rule's step is measured on the owner's validation split with the accuracies 04 already computed for its
-cost curves (the figure's data, ``figures/<profile>/accuracy_vs_cumulative_cost.csv``), beside validation zero-shot and FullPT's kept step.
+cost curves (the figure's data, ``figures/<profile>/accuracy_vs_cumulative_cost.csv``), beside validation
+zero-shot and FullPT's kept step.
 Writes ``bench/results/transfer_selection.json`` and ``figures/<profile>/transfer_selection.png``.
 
     python bench/transfer_selection.py [--profile cpu] [--tasks rotten_tomatoes tweet_sentiment] [--public 300]
@@ -42,11 +43,12 @@ from post.models import load, resolve_precision
 from post.plots import save_figure
 from post.prompt import SoftPrompt
 from post.report import recovery_share
-from post.tasks import Split, amazon_review_ratings, default_pool, get_task, public_sample
+from post.tasks import (SENTIMENTS, Split, amazon_review_ratings, default_pool, get_task, public_sample,
+                        vader_sentiment)
 from post.transfer import load_run
 from post.tune import owner_validation
 
-SENTIMENT = {("negative", "positive"), ("negative", "neutral", "positive")}
+SENTIMENT = {SENTIMENTS, ("negative", "positive")}
 
 
 def rated_reviews(task, cfg, n: int) -> Split:
@@ -60,8 +62,7 @@ def rated_reviews(task, cfg, n: int) -> Split:
     rating = {text.strip(): r for r, text in amazon_review_ratings()}
     texts, labels = [], []
     for text in (t for t in rest if t not in used):
-        r = rating[text]
-        name = "negative" if r < -0.5 else "positive" if r > 0.5 else "neutral"
+        name = SENTIMENTS[vader_sentiment(rating[text])]
         if name in task.classes:
             texts.append(text)
             labels.append(task.classes.index(name))
@@ -94,8 +95,9 @@ def main() -> None:
         full = curves[(curves.task == name) & (curves.method == "FullPT") & curves.kept].accuracy.iloc[0]
         validation = owner_validation(cfg, name)  # the examples 04's curves scored
         zero_shot = score(task, validation, None)
-        curve = [{"step": step, "public_accuracy": score(task, public, weight), "validation_accuracy": float(post[step])}
-                 for step, weight in tqdm(sorted(run.snapshots.items()), desc=f"public {name}", leave=False)]
+        snapshots = tqdm(sorted(run.snapshots.items()), desc=f"public {name}", leave=False)
+        curve = [{"step": step, "public_accuracy": score(task, public, weight),
+                  "validation_accuracy": float(post[step])} for step, weight in snapshots]
         best = lambda key: max(curve, key=lambda c: (c[key], -c["step"]))["step"]  # noqa: E731  ties: earliest
         steps = {"held-out loss": run.selected_step, "public labels": best("public_accuracy"), "direct": 0,
                  "last": curve[-1]["step"], "oracle": best("validation_accuracy")}

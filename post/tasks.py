@@ -107,10 +107,18 @@ def load_trec() -> tuple[list[str], list[int]]:
     return texts, labels
 
 
+SENTIMENTS = ("negative", "neutral", "positive")
+
+
+def vader_sentiment(rating: float) -> int:
+    """The index in ``SENTIMENTS`` of a VADER mean human rating: < -0.5 negative, > 0.5 positive, else neutral."""
+    return 0 if rating < -0.5 else 2 if rating > 0.5 else 1
+
+
 def load_tweet_sentiment() -> tuple[list[str], list[int]]:
-    """VADER tweets, 3 classes from the mean human rating: < -0.5 negative, > 0.5 positive, else neutral."""
+    """VADER tweets, 3 classes from the mean human rating (``vader_sentiment``)."""
     rows = _vader("tweets_GroundTruth.txt")
-    labels = [0 if r < -0.5 else 2 if r > 0.5 else 1 for r, _ in rows]
+    labels = [vader_sentiment(r) for r, _ in rows]
     return [t for _, t in rows], labels
 
 
@@ -437,7 +445,7 @@ def declare_pool(spec, base: Path, where: str) -> Callable[[], list[str]]:
 
 MOVIES = {"classes": dict(zip(("negative", "positive"), BINARY_WORDS)), "template": REVIEW,
           "instruction": MOVIE_INSTRUCTION, "public_pool": "amazon_reviews"}
-TWEETS = {"classes": dict(zip(("negative", "neutral", "positive"), TERNARY_WORDS)), "template": TWEET,
+TWEETS = {"classes": dict(zip(SENTIMENTS, TERNARY_WORDS)), "template": TWEET,
           "instruction": TWEET_INSTRUCTION, "public_pool": "amazon_reviews"}
 QUESTIONS = {"classes": dict(zip(TREC_CLASSES, TREC_WORDS)), "template": QUESTION, "instruction": TREC_INSTRUCTION,
              "public_pool": "movie_questions"}
