@@ -377,7 +377,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
                 weights = torch.stack([p.weight.detach().cpu() for p in run.prompts]).numpy()
                 path = keyed_path(cfg.profile, "audit", "transfer", ".json", {
                     **identity, "prompts": hashlib.sha256(weights.tobytes()).hexdigest(), "texts": part.pool.texts,
-                    "transfer": transfer.settings_hash(cfg)})
+                    "transfer": transfer.settings_hash(cfg), "pool": transfer.public_pool(cfg, name)})
                 scored = readable(path, read_json)
                 if scored is None:
                     scores, cost = transferred_scores(cfg, source, target, tokenizer, name, run.prompts,

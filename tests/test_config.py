@@ -71,6 +71,8 @@ def test_section_hash_changes_only_with_its_section():
     ({"transfer": {"holdout_examples": 0}}, "transfer.holdout_examples = 0: must be > 0 when transfer.selection"),
     ({"transfer": {"pools": ["news", "tweets"]}}, "transfer.pools[1] = 'tweets': must be one of amazon_reviews"),
     ({"transfer": {"public_pool": "tweets"}}, "transfer.public_pool = 'tweets': must be '' (the task's default"),
+    ({"transfer": {"task_pools": ["trec:news"]}}, "transfer.task_pools[0] = 'trec:news': must be task=pool, a task"),
+    ({"transfer": {"task_pools": ["trec=news", "trec=movie_plots"]}}, "transfer.task_pools = ['trec=news', 'trec=movie_plots']: names a task twice"),
     ({"transfer": {"sweep_task": "sst2"}}, "transfer.sweep_task = 'sst2': must be a task of post.tasks"),
     ({"distill": {"public_pool": "wiki"}}, "distill.public_pool = 'wiki': must be a public pool"),
     ({"distill": {"keep_last": 2}}, "distill.keep_last = 2: must be 0 or below distill.num_student_layers (2)"),

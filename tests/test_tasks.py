@@ -75,6 +75,13 @@ def test_public_pools_have_text():
         assert len(texts) > 500 and all(isinstance(t, str) and t for t in texts)
 
 
+def test_the_film_synopses_are_the_carriers_and_share_no_text_with_the_reviews():
+    plots = tasks.load_movie_plots()
+    assert plots == tasks.movie_plots_in_carrier() and len(plots) == 1083
+    reviews = {t.strip().lower() for t in tasks.load_rotten_tomatoes()[0]}
+    assert not reviews & {p.lower() for p in plots}
+
+
 def test_unknown_names_are_clear():
     with pytest.raises(KeyError, match="known tasks"):
         tasks.get_task("sst3")

@@ -349,6 +349,18 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     redone = transfer.run_sweeps(cfg, lambda p: 0.5, progress=False)
     assert len(runs) == 4 + 5 + 1 + 1 and without_cost(redone) == without_cost(sweeps[0])
 
+    # one task's own pool: that task's transfers alone are redone, and the film synopses, which ship offline in
+    # the file of the private reviews, are read from their own copy
+    plots = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, task_pools=("rotten_tomatoes=movie_plots",)))
+    with watch() as opened:
+        moved = transfer.run_transfer(plots, progress=False)
+    assert not private_files & set(opened) and str(tasks.MOVIE_PLOTS.resolve()) in opened
+    assert len(runs) == 4 + 5 + 1 + 1 + 2
+    pools = {(r["task"], r["epsilon"]): r["public_pool"] for r in moved if r["method"] == "post"}
+    assert pools == {("rotten_tomatoes", "inf"): "movie_plots", ("rotten_tomatoes", "8"): "movie_plots",
+                     ("trec", "inf"): "movie_questions", ("trec", "8"): "movie_questions"}
+    assert without_cost(r for r in moved if r["task"] == "trec") == without_cost(r for r in again if r["task"] == "trec")
+
 
 def without_cost(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "cost"} for r in rows]
