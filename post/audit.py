@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dp, transfer
-from .artifacts import (artifact_dir, atomic_path, eps_tag, keyed_path, read_json, readable, require,
+from .artifacts import (atomic_path, eps_tag, keyed_path, read_json, readable, require,
                         results_dir, source_model_dir, write_json)
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
