@@ -20,6 +20,8 @@ point; distillation itself resumes from its checkpoint.
     python bench/source_sweep.py --shapes 6+4 --modes readout+hidden   # offsite-tuning's emulator loss added
     python bench/source_sweep.py --shapes 6+4 --owner-seeds 0 1 2   # the spread over the owner's tuning seed
     python bench/source_sweep.py --shapes 10+4 --modes profile   # the profile's own source (make source / 01)
+    python bench/source_sweep.py --shapes --lever-point 10+4-profile --owner-seeds 0 1 2 \
+        --levers public_pool=movie_plots public_pool=amazon_reviews   # transfer levers alone, on each owner seed
     python bench/source_sweep.py --plot      # the figure from the JSON only
     python bench/source_sweep.py --shapes 6+4 --prompt-length 100 --out bench/results/source_sweep_prompt100.json
 """
@@ -53,8 +55,8 @@ from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
 from post.paper import PAPER
 from post.report import recovery_share
-from post.tasks import PUBLIC_POOLS, default_pool, get_task, load_split
-from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_sample
+from post.tasks import PUBLIC_POOLS, get_task, load_split
+from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_pool, public_sample
 from post.tune import example_losses, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "source_sweep.json"
@@ -221,11 +223,19 @@ def main() -> None:
     print("reference", ref, flush=True)
     target_step = step_seconds(target, tokenizer, task, *timing_batch, tune.prompt_length, 3, context)
 
-    # public data for the transfer and held-out read-outs for agreement: the same for every point
-    pool = cfg.transfer.public_pool or default_pool(task.name)
-    texts, held = public_sample(pool, transfer.public_examples, transfer.holdout_examples, cfg.seed)
-    plain_target = {name: all_logits(target, tokenizer, view, x, None, cfg.eval.batch_size, transfer.max_text_tokens)
-                    for name, x in (("train", texts), ("holdout", held))}
+    # public data for the transfer (the profile's pool for the task; a lever may name another) and the target's
+    # logits on it: the same for every point
+    pool = public_pool(cfg, task.name)
+    public = {}
+
+    def public_data(name: str) -> dict:
+        if name not in public:
+            texts, held = public_sample(name, transfer.public_examples, transfer.holdout_examples, cfg.seed)
+            public[name] = {part: (x, all_logits(target, tokenizer, view, x, None, cfg.eval.batch_size,
+                                                 transfer.max_text_tokens))
+                            for part, x in (("train", texts), ("holdout", held))}
+        return public[name]
+
     rcfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, objective="readout",
                                                                 readout_examples=args.readout_examples))
     readout = distill.objective_for(rcfg, target, tokenizer, work, True)[0]
@@ -262,12 +272,13 @@ def main() -> None:
             write_json(tmp / "distill.json", record)
         return source, record
 
-    def prepare(source) -> Prepared:
-        """The unprompted source's and target's logits on the public texts: once a source, for all its transfers."""
-        return Prepared(view, pool,
+    def prepare(source, name: str = pool) -> Prepared:
+        """The unprompted source's and target's logits on a pool's public texts: once a source and pool, for all
+        its transfers."""
+        return Prepared(view, name,
                         *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
-                                                   transfer.max_text_tokens), plain_target[name])
-                          for name, x in (("train", texts), ("holdout", held))), cost=Cost())
+                                                   transfer.max_text_tokens), plain)
+                          for x, plain in public_data(name).values()), cost=Cost())
 
     def transferred(source, prepared: Prepared, prompt, settings) -> dict:
         """POST with ``settings``, scored on validation: held-out-selected and last step."""
@@ -311,7 +322,7 @@ def main() -> None:
         objective, settings = distillation(mode, args)
         source, record = make_source(text, mode, objective, settings)
         common = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
-                  "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
+                  "public_pool": pool, "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
                   **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
         if record:
             if objective == "profile":
@@ -345,7 +356,7 @@ def main() -> None:
 
     if args.levers:  # each variant on each owner seed's prompt: a lever is judged against the seeds' spread
         text, mode = args.lever_point.rsplit("-", 1)
-        source, prepared = make_source(text, mode, *distillation(mode, args))[0], None
+        source, prepared = make_source(text, mode, *distillation(mode, args))[0], {}
         levers = result.setdefault("levers", {"point": args.lever_point, "runs": []})
         if levers["point"] != args.lever_point:
             parser.error(f"{out} holds levers on {levers['point']}, not {args.lever_point}: pass another --out")
@@ -354,11 +365,15 @@ def main() -> None:
             todo = [v for v in args.levers if not any((r["variant"], seed_of(r)) == (v, seed) for r in levers["runs"])]
             if not todo:
                 continue
-            prompt, prepared = owner_prompt(source, seed), prepared or prepare(source)
+            prompt = owner_prompt(source, seed)
             owner = owner_scores(source, prompt, seed)
-            for variant in todo:
+            for variant in todo:  # public_pool=... transfers with that pool instead of the profile's
                 settings = dataclasses.replace(transfer, **changes(transfer, variant))
-                levers["runs"].append({"variant": variant, **owner, **transferred(source, prepared, prompt, settings)})
+                name = settings.public_pool if settings.public_pool != transfer.public_pool else pool
+                if name not in prepared:
+                    prepared[name] = prepare(source, name)
+                levers["runs"].append({"variant": variant, **owner, "public_pool": name,
+                                       **transferred(source, prepared[name], prompt, settings)})
                 save()
                 print(levers["runs"][-1], flush=True)
     if result["points"]:  # levers alone (--shapes with none) make no map
