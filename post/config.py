@@ -135,6 +135,11 @@ class TransferConfig:
     public_sizes: tuple[int, ...] = (32, 128, 512, 2048)
     pools: tuple[str, ...] = ("amazon_reviews", "news", "movie_questions")
 
+    @property
+    def pools_by_task(self) -> dict[str, str]:
+        """``task_pools`` as {task: pool}."""
+        return dict(entry.partition("=")[::2] for entry in self.task_pools)
+
 
 @dataclass(frozen=True)
 class AuditConfig:
@@ -363,8 +368,7 @@ def check(cfg: Config) -> Config:
         task, _, pool = entry.partition("=")
         _require(task in TASKS and pool in PUBLIC_POOLS, f"transfer.task_pools[{i}]", entry,
                  f"must be task=pool, a task of {tasks} and a pool of {pools}")
-    named = [entry.partition("=")[0] for entry in tr.task_pools]
-    _require(len(set(named)) == len(named), "transfer.task_pools", tr.task_pools, "names a task twice")
+    _require(len(tr.pools_by_task) == len(tr.task_pools), "transfer.task_pools", tr.task_pools, "names a task twice")
     for i, pool in enumerate(dc.readout_pools):
         _require(pool in PUBLIC_POOLS, f"distill.readout_pools[{i}]", pool, f"must be a public pool ({pools})")
     for i, pool in enumerate(tr.pools):

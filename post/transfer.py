@@ -347,8 +347,7 @@ class Prepared:
 def public_pool(cfg: Config, task: str) -> str:
     """The pool the provider transfers ``task``'s prompts with: ``transfer.task_pools`` names it, else
     ``transfer.public_pool``, else the task's default."""
-    named = dict(entry.split("=", 1) for entry in cfg.transfer.task_pools)
-    return named.get(task) or cfg.transfer.public_pool or default_pool(task)
+    return cfg.transfer.pools_by_task.get(task) or cfg.transfer.public_pool or default_pool(task)
 
 
 def prepare(cfg: Config, source, target, tokenizer, task: str, pool: str = "", examples: int = 0) -> Prepared:
