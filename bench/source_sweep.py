@@ -22,6 +22,8 @@ point; distillation itself resumes from its checkpoint.
     python bench/source_sweep.py --shapes 10+4 --modes profile   # the profile's own source (make source / 01)
     python bench/source_sweep.py --shapes --lever-point 10+4-profile --owner-seeds 0 1 2 \
         --levers public_pool=movie_plots public_pool=amazon_reviews   # transfer levers alone, on each owner seed
+    python bench/source_sweep.py --shapes --lever-point 10+4-profile --owner-seeds 0 1 2 --owner-plateau \
+        --transfer-steps 160 --transfer-eval-every 10 --levers ...   # owner prompts and transfer as 02 and 03 make them
     python bench/source_sweep.py --plot      # the figure from the JSON only
     python bench/source_sweep.py --shapes 6+4 --prompt-length 100 --out bench/results/source_sweep_prompt100.json
 """
@@ -57,7 +59,7 @@ from post.paper import PAPER
 from post.report import recovery_share
 from post.tasks import PUBLIC_POOLS, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_pool, public_sample
-from post.tune import example_losses, tune_prompt
+from post.tune import example_losses, owner_validation, run_settings, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "source_sweep.json"
 # what makes points comparable: the sweep's own settings (profile defaults may move; each point keeps its own)
@@ -123,6 +125,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=["6+4", "2+2", "12+4", "18+4"])
     parser.add_argument("--modes", nargs="*", default=["readout", "undistilled", "generic"])
     parser.add_argument("--steps", type=int, default=100, help="prompt-tuning steps (CompPT and FullPT)")
+    parser.add_argument("--owner-plateau", action="store_true",
+                        help="tune CompPT and FullPT as 02 does instead of --steps: keep the best step on 02's "
+                             "validation examples, stop at the plateau (tune.patience, at most tune.max_steps)")
     parser.add_argument("--validation", type=int, default=300)
     parser.add_argument("--readout-examples", type=int, default=2000)
     parser.add_argument("--readout-epochs", type=int, default=2)
@@ -153,7 +158,8 @@ def main() -> None:
     tune = dataclasses.replace(cfg.tune, eval_every=0, prompt_length=args.prompt_length or cfg.tune.prompt_length)
     transfer = dataclasses.replace(cfg.transfer, steps=args.transfer_steps, eval_every=args.transfer_eval_every,
                                    space=args.transfer_space or cfg.transfer.space)
-    settings = {"task": args.task, "steps": args.steps, "validation": args.validation, "tune": dataclasses.asdict(tune),
+    settings = {"task": args.task, "steps": "plateau" if args.owner_plateau else args.steps,
+                "validation": args.validation, "tune": dataclasses.asdict(tune),
                 "transfer": dataclasses.asdict(transfer), "readout_examples": args.readout_examples,
                 "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
                 "distill": dataclasses.asdict(cfg.distill), "model": cfg.model, "seed": cfg.seed}
@@ -173,6 +179,17 @@ def main() -> None:
     context = lambda: autocast(tune.precision, "cpu", "tune.precision")  # noqa: E731
     labels = np.asarray(validation.labels)
     timing_batch = train.texts[:tune.batch_size], torch.tensor(train.labels[:tune.batch_size])
+
+    def owner_tuning(model, seed: int) -> SoftPrompt:
+        """The owner's non-DP prompt on ``model``: --steps fixed steps, or (--owner-plateau) as 02 trains it."""
+        if args.owner_plateau:
+            plateau, steps = run_settings(dataclasses.replace(cfg.tune, prompt_length=tune.prompt_length), math.inf,
+                                          cfg.tune.steps)
+            return tune_prompt(model, tokenizer, task, train, plateau, math.inf, steps,
+                               owner_validation(cfg, task.name), seed, cfg.data.max_text_tokens, cfg.eval.batch_size,
+                               True)
+        return tune_prompt(model, tokenizer, task, train, tune, math.inf, args.steps, None, seed,
+                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
 
     def validation_scores(model, prompt=None) -> np.ndarray:
         """(N, C) class scores on the validation examples, scored as every method is."""
@@ -208,8 +225,7 @@ def main() -> None:
 
     if "reference" not in result:
         begin = time.perf_counter()
-        full = tune_prompt(target, tokenizer, task, train, tune, math.inf, args.steps, None, cfg.seed,
-                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+        full = owner_tuning(target, cfg.seed)
         zero_shot = validation_scores(target)  # one pass for the accuracy and, two classes, the threshold
         result["reference"] = {"layers": n_layers, "zero_shot": rate(zero_shot)[0], "fullpt": score(target, full),
                                "fullpt_seconds": time.perf_counter() - begin,
@@ -302,10 +318,6 @@ def main() -> None:
         run = transferred(source, prepared, start, transfer)
         return dict(zip(CONTROL_KEYS, (score(target, start), run["post"], run["recovery"], run["post_selected_step"])))
 
-    def owner_prompt(source, seed: int):
-        return tune_prompt(source, tokenizer, task, train, tune, math.inf, args.steps, None, seed,
-                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
-
     def owner_scores(source, prompt, seed: int) -> dict:
         """The owner's prompt on validation: on its source (CompPT) and pasted onto the target (Direct)."""
         return {"owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(source, prompt))),
@@ -344,7 +356,7 @@ def main() -> None:
         control_run = {k: stored[0][k] for k in CONTROL_KEYS} if stored and "control_post" in stored[0] else None
         prepared = prepare(source)
         for seed in seeds:  # the source's own measurements are shared; seconds: since the last point
-            prompt = owner_prompt(source, seed)
+            prompt = owner_tuning(source, seed)
             point = {**common, **owner_scores(source, prompt, seed)}
             point.update(transferred(source, prepared, prompt, transfer))
             control_run = control_run or control(source, prepared)  # the same for every owner seed: made once
@@ -365,7 +377,7 @@ def main() -> None:
             todo = [v for v in args.levers if not any((r["variant"], seed_of(r)) == (v, seed) for r in levers["runs"])]
             if not todo:
                 continue
-            prompt = owner_prompt(source, seed)
+            prompt = owner_tuning(source, seed)
             owner = owner_scores(source, prompt, seed)
             for variant in todo:  # public_pool=... transfers with that pool instead of the profile's
                 settings = dataclasses.replace(transfer, **changes(transfer, variant))
