@@ -180,15 +180,13 @@ def main() -> None:
     labels = np.asarray(validation.labels)
     timing_batch = train.texts[:tune.batch_size], torch.tensor(train.labels[:tune.batch_size])
 
+    # the owner's non-DP tuning: --steps fixed steps, or (--owner-plateau) as 02 tunes, on 02's validation examples
+    owner_settings, owner_steps, owner_held = (
+        (*run_settings(dataclasses.replace(cfg.tune, prompt_length=tune.prompt_length), math.inf, cfg.tune.steps),
+         owner_validation(cfg, task.name)) if args.owner_plateau else (tune, args.steps, None))
+
     def owner_tuning(model, seed: int) -> SoftPrompt:
-        """The owner's non-DP prompt on ``model``: --steps fixed steps, or (--owner-plateau) as 02 trains it."""
-        if args.owner_plateau:
-            plateau, steps = run_settings(dataclasses.replace(cfg.tune, prompt_length=tune.prompt_length), math.inf,
-                                          cfg.tune.steps)
-            return tune_prompt(model, tokenizer, task, train, plateau, math.inf, steps,
-                               owner_validation(cfg, task.name), seed, cfg.data.max_text_tokens, cfg.eval.batch_size,
-                               True)
-        return tune_prompt(model, tokenizer, task, train, tune, math.inf, args.steps, None, seed,
+        return tune_prompt(model, tokenizer, task, train, owner_settings, math.inf, owner_steps, owner_held, seed,
                            cfg.data.max_text_tokens, cfg.eval.batch_size, True)
 
     def validation_scores(model, prompt=None) -> np.ndarray:
