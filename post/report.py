@@ -474,11 +474,12 @@ def _dp_repeats(bench: Path, profile: str) -> list[str]:
     if d.get("profile") != profile or "summary" not in d:
         return []
     table = pd.DataFrame(d["summary"])[["epsilon", "published", "repeats", "mean", "sd", "min", "max"]].rename(
-        columns={"published": "02's release"})
+        columns={"published": "02's release then"})
     return ["### DP results over repeats",
             f"`python bench/dp_repeats.py` (`bench/results/dp_repeats.json`): CompPT on {d['task']} tuned again as 02 "
             "tunes it, each time with fresh secret randomness, scored on the test split. 02's release is one such "
-            "draw:", markdown_table(table)]
+            "draw (the column is the release of the 02 run the repeats were made beside, not necessarily the one in "
+            "the tables above):", markdown_table(table)]
 
 
 def _benchmarks(bench: Path) -> list[str]:
