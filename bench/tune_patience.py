@@ -94,21 +94,21 @@ def main() -> None:
         begin = time.perf_counter()
         prompt = tuned(seed, max_steps, selection)
         curve = prompt.record["validation"]
+        at = dict(zip(curve["step"], curve["accuracy"]))
+        stops = {p: stop_and_keep(curve["step"], curve["accuracy"], p) for p in sorted(args.patiences)}
         prompts = {prompt.record["selected_step"]: prompt}
-        if stop_and_keep(curve["step"], curve["accuracy"], longest)[1] not in prompts:
+        if stops[longest][1] not in prompts:
             raise RuntimeError(f"seed {seed}: the plateau rule read off the curve disagrees with tune_prompt's")
-        runs = []
-        for patience in sorted(args.patiences):
-            stopped, kept = stop_and_keep(curve["step"], curve["accuracy"], patience)
+        for _, kept in stops.values():
             if kept not in prompts:  # the same batches up to ``kept``: that step's prompt, made again
                 prompts[kept] = tuned(seed, kept, None)
                 again = score(prompts[kept], selection)
-                if again != curve["accuracy"][curve["step"].index(kept)]:
+                if again != at[kept]:
                     raise RuntimeError(f"seed {seed}: step {kept} retuned scores {again} on the selection examples, "
-                                       f"not {curve['accuracy'][curve['step'].index(kept)]}: the run is not replayable")
-            runs.append({"patience": patience, "stopped_step": stopped, "kept_step": kept,
-                         "selection_accuracy": curve["accuracy"][curve["step"].index(kept)],
-                         "held_out_accuracy": score(prompts[kept], held_out)})
+                                       f"not {at[kept]}: the run is not replayable")
+        held = {step: score(p, held_out) for step, p in prompts.items()}  # each kept prompt scored once
+        runs = [{"patience": p, "stopped_step": stopped, "kept_step": kept, "selection_accuracy": at[kept],
+                 "held_out_accuracy": held[kept]} for p, (stopped, kept) in stops.items()]
         result["seeds"].append({"seed": seed, "curve": {"step": curve["step"], "accuracy": curve["accuracy"]},
                                 "runs": runs, "seconds": time.perf_counter() - begin})
         write_json(out, result)
