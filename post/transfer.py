@@ -464,9 +464,16 @@ def finished_rows(cfg: Config, done: dict, task: str, epsilon: float, source_pro
     return rows
 
 
+# figures only: 03's sweeps read them, no transfer that 04 or 05 uses does
+SWEEP_ONLY = ("sweep_task", "sweep_test", "alphas", "public_sizes", "pools")
+
+
 def settings_hash(cfg: Config) -> str:
-    """The settings all tasks' transfers share; which pool a task used is checked on its own rows."""
-    shared = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, task_pools=()))
+    """The settings all tasks' transfers share: not the sweeps', so that changing a figure does not redo every
+    transfer (and 05's); which pool a task used is checked on its own rows."""
+    defaults = TransferConfig()
+    shared = dataclasses.replace(cfg, transfer=dataclasses.replace(
+        cfg.transfer, task_pools=(), **{k: getattr(defaults, k) for k in SWEEP_ONLY}))
     return shared.section_hash("transfer", "data", "eval")
 
 

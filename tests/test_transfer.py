@@ -193,6 +193,22 @@ def test_public_samples_are_nested_and_held_out_fixed():
         transfer.public_sample("amazon_reviews", 10**6, 8)
 
 
+def test_transfers_are_reused_across_sweep_changes_but_not_transfer_changes():
+    cfg = load_config("smoke")
+    key = transfer.settings_hash(cfg)
+
+    def with_transfer(**change):
+        return dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, **change))
+
+    figures_only = {"sweep_task": "trec", "sweep_test": 7, "alphas": (0.3,), "public_sizes": (5,), "pools": ("news",),
+                    "task_pools": ("trec=news",)}
+    assert {k for k in figures_only if k != "task_pools"} == set(transfer.SWEEP_ONLY)
+    for name, value in figures_only.items():
+        assert transfer.settings_hash(with_transfer(**{name: value})) == key, name
+    for change in ({"lr": cfg.transfer.lr / 2}, {"temperature": 3.0}, {"steps": cfg.transfer.steps + 1}):
+        assert transfer.settings_hash(with_transfer(**change)) != key, change
+
+
 def test_ptfer_recovers_the_prompt_direction_when_the_embeddings_are_shared(models):
     source, target, tok = models  # the cut shares the target's embeddings, as 01's source does
     prompt = source_prompt(source, tok)
