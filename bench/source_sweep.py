@@ -24,6 +24,7 @@ point; distillation itself resumes from its checkpoint.
         --levers public_pool=movie_plots public_pool=amazon_reviews   # transfer levers alone, on each owner seed
     python bench/source_sweep.py --shapes --lever-point 10+4-profile --owner-seeds 0 1 2 --owner-plateau \
         --transfer-steps 160 --transfer-eval-every 10 --levers ...   # owner prompts and transfer as 02 and 03 make them
+    ... --owner-plateau --unseen --validation 0   # scored on the validation examples 02's selection never reads
     python bench/source_sweep.py --plot      # the figure from the JSON only
     python bench/source_sweep.py --shapes 6+4 --prompt-length 100 --out bench/results/source_sweep_prompt100.json
 """
@@ -57,7 +58,7 @@ from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
 from post.paper import PAPER
 from post.report import recovery_share
-from post.tasks import PUBLIC_POOLS, get_task, load_split
+from post.tasks import PUBLIC_POOLS, Split, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_pool, public_sample
 from post.tune import example_losses, owner_validation, run_settings, tune_prompt
 
@@ -128,7 +129,10 @@ def main() -> None:
     parser.add_argument("--owner-plateau", action="store_true",
                         help="tune CompPT and FullPT as 02 does instead of --steps: keep the best step on 02's "
                              "validation examples, stop at the plateau (tune.patience, at most tune.max_steps)")
-    parser.add_argument("--validation", type=int, default=300)
+    parser.add_argument("--validation", type=int, default=300, help="validation examples scored (0: all)")
+    parser.add_argument("--unseen", action="store_true",
+                        help="score on the validation examples after those 02's selection reads (with "
+                             "--owner-plateau the owner's step is chosen on those, which flatters CompPT and Direct)")
     parser.add_argument("--readout-examples", type=int, default=2000)
     parser.add_argument("--readout-epochs", type=int, default=2)
     parser.add_argument("--generic-sequences", type=int, default=512)
@@ -159,7 +163,8 @@ def main() -> None:
     transfer = dataclasses.replace(cfg.transfer, steps=args.transfer_steps, eval_every=args.transfer_eval_every,
                                    space=args.transfer_space or cfg.transfer.space)
     settings = {"task": args.task, "steps": "plateau" if args.owner_plateau else args.steps,
-                "validation": args.validation, "tune": dataclasses.asdict(tune),
+                "validation": f"unseen:{args.validation}" if args.unseen else args.validation,
+                "tune": dataclasses.asdict(tune),
                 "transfer": dataclasses.asdict(transfer), "readout_examples": args.readout_examples,
                 "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
                 "distill": dataclasses.asdict(cfg.distill), "model": cfg.model, "seed": cfg.seed}
@@ -174,6 +179,12 @@ def main() -> None:
     task = get_task(args.task)
     view = provider_view(task)
     train, validation = load_split(task.name, "train", 0), load_split(task.name, "validation", args.validation)
+    if args.unseen:  # 02's selection reads the split's prefix: score on what follows it
+        skip, everything = len(owner_validation(cfg, task.name) or []), load_split(task.name, "validation", 0)
+        end = skip + args.validation if args.validation else None
+        validation = Split(everything.texts[skip:end], everything.labels[skip:end])
+        if len(validation.texts) < 100:
+            parser.error(f"{task.name} has {len(validation.texts)} validation examples beyond the {skip} 02 selects on")
     target, tokenizer = load(cfg.model)
     n_layers = target.config.num_hidden_layers
     context = lambda: autocast(tune.precision, "cpu", "tune.precision")  # noqa: E731
