@@ -263,7 +263,8 @@ def main() -> None:
 
     rcfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, objective="readout",
                                                                 readout_examples=args.readout_examples))
-    readout = distill.objective_for(rcfg, target, tokenizer, work, True)[0]
+    # the held-out read-out agreement of each map point (the teacher's read-outs take minutes; levers need none)
+    readout = distill.objective_for(rcfg, target, tokenizer, work, True)[0] if args.shapes else None
 
     def recovery(accuracy: float) -> float:
         return (accuracy - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
