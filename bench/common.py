@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Callable
 
 from post.artifacts import read_json
+from post.config import Config
+from post.tasks import Split, load_split
+from post.tune import owner_validation
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,3 +33,16 @@ def changes(settings, variant: str) -> dict:
     """The changes ``variant`` (``"key=value,key=value"``) makes to ``settings``, a config dataclass; each value is
     cast to the type of the setting it replaces. An empty variant changes nothing."""
     return {k: type(getattr(settings, k))(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)}
+
+
+def unseen_validation(cfg: Config, task: str, limit: int = 0) -> Split:
+    """The validation examples after the prefix 02's selection reads (``owner_validation``), at most ``limit``
+    (0: all): scores there are not flattered by the examples that chose the owner's step. ValueError if fewer
+    than 100 remain, too few to judge a selection."""
+    skip, everything = len(owner_validation(cfg, task) or []), load_split(task, "validation", 0)
+    end = skip + limit if limit else None
+    unseen = Split(everything.texts[skip:end], everything.labels[skip:end])
+    if len(unseen.texts) < 100:
+        raise ValueError(f"{task} has {len(unseen.texts)} validation examples beyond the {skip} the owner selects "
+                         "on: too few to judge the selection")
+    return unseen

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import changes
+from common import changes, unseen_validation
 from post import distill
 from post.artifacts import artifact_dir, atomic_dir, read_json, relative, source_model_dir, write_json
 from post.config import load_config
@@ -58,7 +58,7 @@ from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
 from post.paper import PAPER
 from post.report import recovery_share
-from post.tasks import PUBLIC_POOLS, Split, get_task, load_split
+from post.tasks import PUBLIC_POOLS, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_pool, public_sample
 from post.tune import example_losses, owner_validation, run_settings, tune_prompt
 
@@ -179,12 +179,11 @@ def main() -> None:
     task = get_task(args.task)
     view = provider_view(task)
     train, validation = load_split(task.name, "train", 0), load_split(task.name, "validation", args.validation)
-    if args.unseen:  # 02's selection reads the split's prefix: score on what follows it
-        skip, everything = len(owner_validation(cfg, task.name) or []), load_split(task.name, "validation", 0)
-        end = skip + args.validation if args.validation else None
-        validation = Split(everything.texts[skip:end], everything.labels[skip:end])
-        if len(validation.texts) < 100:
-            parser.error(f"{task.name} has {len(validation.texts)} validation examples beyond the {skip} 02 selects on")
+    if args.unseen:
+        try:
+            validation = unseen_validation(cfg, task.name, args.validation)
+        except ValueError as error:
+            parser.error(str(error))
     target, tokenizer = load(cfg.model)
     n_layers = target.config.num_hidden_layers
     context = lambda: autocast(tune.precision, "cpu", "tune.precision")  # noqa: E731

@@ -24,12 +24,13 @@ import statistics
 import time
 from pathlib import Path
 
+from common import unseen_validation
 from post.artifacts import read_json, require, source_model_dir, write_json
 from post.config import load_config
 from post.cost import plateaued
 from post.evaluate import accuracy
 from post.models import load
-from post.tasks import Split, get_task, load_split
+from post.tasks import get_task, load_split
 from post.tune import owner_validation, run_settings, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "tune_patience.json"
@@ -62,11 +63,10 @@ def main() -> None:
         parser.error(f"profile {args.profile!r} does not evaluate during tuning (tune.eval_every: 0)")
     task = get_task(args.task)
     selection = owner_validation(cfg, task.name)
-    everything = load_split(task.name, "validation", 0)  # the selection examples are its prefix
-    held_out = Split(everything.texts[len(selection):], everything.labels[len(selection):])
-    if len(held_out.texts) < 100:
-        parser.error(f"{task.name} has {len(held_out.texts)} validation examples beyond the {len(selection)} the "
-                     "owner selects on: too few to judge the selection")
+    try:
+        held_out = unseen_validation(cfg, task.name)
+    except ValueError as error:
+        parser.error(str(error))
     longest = max(args.patiences)
     settings, max_steps = run_settings(dataclasses.replace(cfg.tune, patience=longest, select="validation"),
                                        math.inf, cfg.tune.steps)
