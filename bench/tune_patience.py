@@ -72,6 +72,7 @@ def main() -> None:
                                        math.inf, cfg.tune.steps)
     out = Path(args.out)
     key = {"profile": cfg.profile, "task": task.name, "method": args.method, "tune": dataclasses.asdict(settings),
+           "patiences": sorted(args.patiences),  # each seed's stops are made for these: others start afresh
            "selection_examples": len(selection), "held_out_examples": len(held_out.texts)}
     result = read_json(out) if out.exists() else {}
     if result.get("settings") != key:
