@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -195,9 +196,21 @@ def main() -> None:
         (*run_settings(dataclasses.replace(cfg.tune, prompt_length=tune.prompt_length), math.inf, cfg.tune.steps),
          owner_validation(cfg, task.name)) if args.owner_plateau else (tune, args.steps, None))
 
-    def owner_tuning(model, seed: int) -> SoftPrompt:
-        return tune_prompt(model, tokenizer, task, train, owner_settings, math.inf, owner_steps, owner_held, seed,
-                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+    def owner_tuning(model, seed: int, source: str, record: dict | None) -> SoftPrompt:
+        """The owner's prompt on ``source`` (its name and distillation record), kept under ``work``: reruns and
+        later lever runs on the same source reuse it instead of retuning (minutes a seed)."""
+        key = json.dumps({"source": source, "record": record, "task": task.name, "seed": seed,
+                          "tune": dataclasses.asdict(owner_settings), "steps": owner_steps,
+                          "held": len(owner_held.texts) if owner_held else 0,
+                          "max_text_tokens": cfg.data.max_text_tokens}, sort_keys=True, default=str)
+        path = work / "owner_prompts" / f"{source}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        if path.exists():
+            return SoftPrompt.load(path, model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prompt = tune_prompt(model, tokenizer, task, train, owner_settings, math.inf, owner_steps, owner_held, seed,
+                             cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+        prompt.save(path)
+        return prompt
 
     def validation_scores(model, prompt=None) -> np.ndarray:
         """(N, C) class scores on the validation examples, scored as every method is."""
@@ -365,7 +378,7 @@ def main() -> None:
         control_run = {k: stored[0][k] for k in CONTROL_KEYS} if stored and "control_post" in stored[0] else None
         prepared = prepare(source)
         for seed in seeds:  # the source's own measurements are shared; seconds: since the last point
-            prompt = owner_tuning(source, seed)
+            prompt = owner_tuning(source, seed, f"{text}-{mode}", record)
             point = {**common, **owner_scores(source, prompt, seed)}
             point.update(transferred(source, prepared, prompt, transfer))
             control_run = control_run or control(source, prepared)  # the same for every owner seed: made once
@@ -377,7 +390,7 @@ def main() -> None:
 
     if args.levers:  # each variant on each owner seed's prompt: a lever is judged against the seeds' spread
         text, mode = args.lever_point.rsplit("-", 1)
-        source, prepared = make_source(text, mode, *distillation(mode, args))[0], {}
+        (source, record), prepared = make_source(text, mode, *distillation(mode, args)), {}
         levers = result.setdefault("levers", {"point": args.lever_point, "runs": []})
         if levers["point"] != args.lever_point:
             parser.error(f"{out} holds levers on {levers['point']}, not {args.lever_point}: pass another --out")
@@ -386,7 +399,7 @@ def main() -> None:
             todo = [v for v in args.levers if not any((r["variant"], seed_of(r)) == (v, seed) for r in levers["runs"])]
             if not todo:
                 continue
-            prompt = owner_tuning(source, seed)
+            prompt = owner_tuning(source, seed, args.lever_point, record)
             owner = owner_scores(source, prompt, seed)
             for variant in todo:  # public_pool=... transfers with that pool instead of the profile's
                 settings = dataclasses.replace(transfer, **changes(transfer, variant))
