@@ -196,6 +196,10 @@ def main() -> None:
         (*run_settings(dataclasses.replace(cfg.tune, prompt_length=tune.prompt_length), math.inf, cfg.tune.steps),
          owner_validation(cfg, task.name)) if args.owner_plateau else (tune, args.steps, None))
 
+    def tuned(model, seed: int) -> SoftPrompt:
+        return tune_prompt(model, tokenizer, task, train, owner_settings, math.inf, owner_steps, owner_held, seed,
+                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+
     def owner_tuning(model, seed: int, source: str, record: dict | None) -> SoftPrompt:
         """The owner's prompt on ``source`` (its name and distillation record), kept under ``work``: reruns and
         later lever runs on the same source reuse it instead of retuning (minutes a seed)."""
@@ -207,8 +211,7 @@ def main() -> None:
         if path.exists():
             return SoftPrompt.load(path, model)
         path.parent.mkdir(parents=True, exist_ok=True)
-        prompt = tune_prompt(model, tokenizer, task, train, owner_settings, math.inf, owner_steps, owner_held, seed,
-                             cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+        prompt = tuned(model, seed)
         prompt.save(path)
         return prompt
 
@@ -246,7 +249,7 @@ def main() -> None:
 
     if "reference" not in result:
         begin = time.perf_counter()
-        full = owner_tuning(target, cfg.seed)
+        full = tuned(target, cfg.seed)  # FullPT, timed: never from the cache
         zero_shot = validation_scores(target)  # one pass for the accuracy and, two classes, the threshold
         result["reference"] = {"layers": n_layers, "zero_shot": rate(zero_shot)[0], "fullpt": score(target, full),
                                "fullpt_seconds": time.perf_counter() - begin,
