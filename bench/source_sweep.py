@@ -13,7 +13,8 @@ zero-shot scores (a prompt that only moves the threshold reaches no further) and
 threshold would add to POST's ordering; both thresholds are oracles, diagnostics only). A control transfers the owner's
 *starting* prompt (the public task instruction, no private step) the same way: POST's gain over it is what the
 tuned prompt carries. Points are appended to the JSON as they finish, so an interrupted sweep resumes at the next
-point; distillation itself resumes from its checkpoint.
+point; distillation itself resumes from its checkpoint, and each owner prompt is kept (``artifacts/<profile>/
+source_sweep/owner_prompts``), so another lever run on the same source and settings does not retune it.
 
     python bench/source_sweep.py [--profile cpu] [--shapes 6+4 2+2 ...] [--modes readout undistilled generic]
     python bench/source_sweep.py --shapes 6+4 --modes readout:3000x4   # a larger read-out budget, its own curve
@@ -207,7 +208,8 @@ def main() -> None:
                           "tune": dataclasses.asdict(owner_settings), "steps": owner_steps,
                           "held": len(owner_held.texts) if owner_held else 0,
                           "max_text_tokens": cfg.data.max_text_tokens}, sort_keys=True, default=str)
-        path = work / "owner_prompts" / f"{source}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = work / "owner_prompts" / f"{task.name}-{source}-seed{seed}-{digest}.pt"
         if path.exists():
             return SoftPrompt.load(path, model)
         path.parent.mkdir(parents=True, exist_ok=True)
