@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -51,7 +50,7 @@ import torch
 from common import changes, unseen_validation
 from post import distill
 from post.artifacts import artifact_dir, atomic_dir, read_json, relative, source_model_dir, write_json
-from post.config import load_config
+from post.config import content_key, load_config
 from post.cost import Cost
 from post.evaluate import class_scores, majority_accuracy
 from post.membership import auc
@@ -204,12 +203,11 @@ def main() -> None:
     def owner_tuning(model, seed: int, source: str, record: dict | None) -> SoftPrompt:
         """The owner's prompt on ``source`` (its name and distillation record), kept under ``work``: reruns and
         later lever runs on the same source reuse it instead of retuning (minutes a seed)."""
-        key = json.dumps({"source": source, "record": record, "task": task.name, "seed": seed,
-                          "tune": dataclasses.asdict(owner_settings), "steps": owner_steps,
-                          "held": len(owner_held.texts) if owner_held else 0,
-                          "max_text_tokens": cfg.data.max_text_tokens}, sort_keys=True, default=str)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        path = work / "owner_prompts" / f"{task.name}-{source}-seed{seed}-{digest}.pt"
+        key = content_key({"source": source, "record": record, "task": task.name, "seed": seed,
+                           "tune": dataclasses.asdict(owner_settings), "steps": owner_steps,
+                           "held": len(owner_held.texts) if owner_held else 0,
+                           "max_text_tokens": cfg.data.max_text_tokens})
+        path = work / "owner_prompts" / f"{task.name}-{source}-seed{seed}-{key}.pt"
         if path.exists():
             return SoftPrompt.load(path, model)
         path.parent.mkdir(parents=True, exist_ok=True)
