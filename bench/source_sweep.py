@@ -208,8 +208,8 @@ def main() -> None:
                            "held": len(owner_held.texts) if owner_held else 0,
                            "max_text_tokens": cfg.data.max_text_tokens})
         path = work / "owner_prompts" / f"{task.name}-{source}-seed{seed}-{key}.pt"
-        if path.exists():
-            return SoftPrompt.load(path, model)
+        if path.exists():  # the key names the source; its model name does not (a source distilled in this
+            return SoftPrompt.load(path, model, same_model=False)  # run is named apart from the same one reloaded)
         path.parent.mkdir(parents=True, exist_ok=True)
         prompt = tuned(model, seed)
         prompt.save(path)
