@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -74,6 +75,7 @@ def main() -> None:
     key = {"profile": cfg.profile, "task": task.name, "method": args.method, "tune": dataclasses.asdict(settings),
            "patiences": sorted(args.patiences),  # each seed's stops are made for these: others start afresh
            "selection_examples": len(selection), "held_out_examples": len(held_out.texts)}
+    key = json.loads(json.dumps(key))  # as the JSON holds it (tuples become lists), so a rerun can recognise it
     result = read_json(out) if out.exists() else {}
     if result.get("settings") != key:
         result = {"settings": key, "seeds": []}

@@ -83,3 +83,35 @@ def test_source_sweep_refuses_a_misspelt_mode_before_loading_anything(bench, tmp
     with pytest.raises(SystemExit, match="neither TEXTSxEPOCHS"):
         bench("source_sweep", "--profile", "smoke", "--modes", "readout:lots", "--out", str(tmp_path / "x.json"))
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_shorter_patience_stops_and_keeps_where_tune_prompt_would(bench):
+    from tune_patience import stop_and_keep  # bench/ is on the path while ``bench`` is in use
+
+    steps, scores = [0, 50, 100, 150, 200, 250], [0.5, 0.6, 0.59, 0.58, 0.62, 0.61]
+    assert stop_and_keep(steps, scores, 2) == (150, 50)  # two evaluations without a better one
+    assert stop_and_keep(steps, scores, 3) == (250, 200)  # runs to the end of the curve, keeps its best
+    assert stop_and_keep(steps, [0.5, 0.5, 0.5], 1) == (50, 0)  # a tie is no improvement; the first best is kept
+
+
+def test_tune_patience_replays_the_shorter_patiences_and_starts_afresh_for_others(bench, tmp_path):
+    out = tmp_path / "patience.json"
+    args = ("--profile", "smoke", "--method", "fullpt", "--seeds", "0", "1", "--out", str(out))
+    read = bench("tune_patience", *args, "--patiences", "1", "3")
+    result = json.loads(out.read_text())
+    assert [s["seed"] for s in result["seeds"]] == [0, 1]
+    for seed in result["seeds"]:
+        runs = {r["patience"]: r for r in seed["runs"]}
+        assert sorted(runs) == [1, 3]
+        assert runs[1]["stopped_step"] <= runs[3]["stopped_step"]
+        for run in runs.values():
+            assert run["kept_step"] <= run["stopped_step"]
+            curve = dict(zip(seed["curve"]["step"], seed["curve"]["accuracy"]))
+            assert run["selection_accuracy"] == curve[run["kept_step"]]
+    assert [s["patience"] for s in result["summary"]] == [1, 3]
+    assert {split for _, split in read} == {"train", "validation"}
+
+    bench("tune_patience", *args, "--patiences", "1", "3")  # resumed: every seed is done, nothing retuned
+    assert json.loads(out.read_text())["seeds"] == result["seeds"]
+    bench("tune_patience", *args, "--patiences", "2")  # other patiences: the old seeds' stops do not answer them
+    assert [r["patience"] for s in json.loads(out.read_text())["seeds"] for r in s["runs"]] == [2, 2]
