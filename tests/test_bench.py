@@ -115,3 +115,15 @@ def test_tune_patience_replays_the_shorter_patiences_and_starts_afresh_for_other
     assert json.loads(out.read_text())["seeds"] == result["seeds"]
     bench("tune_patience", *args, "--patiences", "2")  # other patiences: the old seeds' stops do not answer them
     assert [r["patience"] for s in json.loads(out.read_text())["seeds"] for r in s["runs"]] == [2, 2]
+
+
+
+NO_PROFILE = {"dp_step", "forward_throughput"}  # they time one model, named by --model
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "common"))
+def test_every_bench_script_imports_what_it_uses_and_explains_itself(bench, name, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench(name, "--help")
+    assert stopped.value.code == 0
+    assert name in NO_PROFILE or "--profile" in capsys.readouterr().out
