@@ -4,6 +4,7 @@ settings variant from the command line."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +14,12 @@ from post.tasks import Split, load_split
 from post.tune import owner_validation
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def as_stored(value):
+    """``value`` as its JSON reads back (tuples become lists, floats stay floats), so a settings key saved with a
+    result can be compared with the one a rerun builds: a bench that resumes must recognise its own settings."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def parse_or_plot(parser: argparse.ArgumentParser, name: str, plot: Callable[[dict], object]):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import re
@@ -47,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import changes, unseen_validation
+from common import as_stored, changes, unseen_validation
 from post import distill
 from post.artifacts import artifact_dir, atomic_dir, read_json, relative, source_model_dir, write_json
 from post.config import content_key, load_config
@@ -174,7 +173,7 @@ def main() -> None:
     if made != tune.prompt_length:  # points of two prompt lengths are not one map
         parser.error(f"{out} holds prompts of {made} tokens, not {tune.prompt_length}: pass another --out")
     if {k: result.get("settings", {}).get(k) for k in SWEEP_KEYS} != {k: settings[k] for k in SWEEP_KEYS}:
-        result = {"settings": json.loads(json.dumps(settings, default=str)), "points": []}
+        result = {"settings": as_stored(settings), "points": []}
     work = artifact_dir(args.profile, "source_sweep")
 
     task = get_task(args.task)

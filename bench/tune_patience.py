@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import statistics
 import time
 from pathlib import Path
 
-from common import unseen_validation
+from common import as_stored, unseen_validation
 from post.artifacts import read_json, require, source_model_dir, write_json
 from post.config import load_config
 from post.cost import plateaued
@@ -75,7 +74,7 @@ def main() -> None:
     key = {"profile": cfg.profile, "task": task.name, "method": args.method, "tune": dataclasses.asdict(settings),
            "patiences": sorted(args.patiences),  # each seed's stops are made for these: others start afresh
            "selection_examples": len(selection), "held_out_examples": len(held_out.texts)}
-    key = json.loads(json.dumps(key))  # as the JSON holds it (tuples become lists), so a rerun can recognise it
+    key = as_stored(key)
     result = read_json(out) if out.exists() else {}
     if result.get("settings") != key:
         result = {"settings": key, "seeds": []}

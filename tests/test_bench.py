@@ -118,6 +118,29 @@ def test_tune_patience_replays_the_shorter_patiences_and_starts_afresh_for_other
 
 
 
+def test_dp_repeats_resumes_and_starts_afresh_when_the_source_changes(bench, tiny, tmp_path):
+    model, tok = tiny
+    source = artifacts.source_model_dir("smoke")  # the tiny model stands in for the source
+    model.save_pretrained(source)
+    tok.save_pretrained(source)
+    (source / "distill.json").write_text('{"distill_hash": "tiny"}')
+    published = {"task": "rotten_tomatoes", "method": "CompPT", "epsilon": "8", "accuracy": 0.5}
+    (artifacts.results_dir("smoke") / "tune.json").write_text(json.dumps([published]))
+    out = tmp_path / "repeats.json"
+    args = ("--profile", "smoke", "--task", "rotten_tomatoes", "--epsilons", "8", "--out", str(out))
+    bench("dp_repeats", *args, "--repeats", "2")
+    result = json.loads(out.read_text())
+    assert [(r["epsilon"], r["repeat"], r["randomness"]) for r in result["runs"]] == [("8", 0, "secret"), ("8", 1, "secret")]
+    assert result["summary"][0]["repeats"] == 2 and result["summary"][0]["published"] == 0.5
+
+    bench("dp_repeats", *args, "--repeats", "2")  # resumed: both repeats are done, nothing is tuned again
+    assert json.loads(out.read_text())["runs"] == result["runs"]
+    (source / "distill.json").write_text('{"distill_hash": "another"}')  # another source: old repeats do not count
+    bench("dp_repeats", *args, "--repeats", "1")
+    again = json.loads(out.read_text())
+    assert [r["repeat"] for r in again["runs"]] == [0] and again["settings"]["source"] != result["settings"]["source"]
+
+
 NO_PROFILE = {"dp_step", "forward_throughput"}  # they time one model, named by --model
 
 
