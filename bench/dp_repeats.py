@@ -4,8 +4,9 @@ A DP prompt draws its sampling and noise from secret randomness (``tune.dp_rando
 made again bit for bit, and the one DP number per epsilon that 02 publishes is one draw. This benchmark tunes
 CompPT on one task ``--repeats`` more times per epsilon, exactly as 02 does (same source, data, settings, DP
 batch and steps), scores each on the test split, and reports mean, spread and range beside 02's own number.
-Each finished repeat is kept in the JSON with the settings that made it (source, data, DP settings), so an interrupted
-run resumes at the next one, and a run with other settings starts afresh instead of mixing its repeats with old ones.
+Each finished repeat is kept in the JSON with the run key 02 gives that prompt (``post.tune.run_key``: source, data,
+DP settings), so an interrupted run resumes at the next one, and repeats made under other settings are dropped
+instead of being mixed with new ones.
 
     python bench/dp_repeats.py [--profile cpu] [--task rotten_tomatoes] [--epsilons 8 1] [--repeats 3] [--out ...]
 """
@@ -13,18 +14,15 @@ run resumes at the next one, and a run with other settings starts afresh instead
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 from pathlib import Path
-
-from common import as_stored
 
 from post.artifacts import read_json, require, results_dir, source_model_dir, write_json
 from post.config import eps_tag, load_config
 from post.evaluate import accuracy
 from post.models import load
 from post.tasks import get_task, load_split
-from post.tune import fixed_length, run_settings, source_fingerprint, tune_prompt
+from post.tune import run_key, run_settings, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "dp_repeats.json"
 
@@ -44,11 +42,11 @@ def main() -> None:
 
     published = {r["epsilon"]: r["accuracy"] for r in read_json(results_dir(cfg.profile) / "tune.json")
                  if r["task"] == args.task and r["method"] == "CompPT"}
-    settings = as_stored({"source": source_fingerprint(cfg.profile), "seed": cfg.seed, "data": dataclasses.asdict(cfg.data),
-                          "tune": fixed_length(dataclasses.asdict(cfg.tune))})
+    keys = {eps_tag(e): run_key(cfg, args.task, "compt", e) for e in args.epsilons}  # what 02 would make now
     result = read_json(out) if out.exists() else {}
-    if (result.get("profile"), result.get("task"), result.get("settings")) != (cfg.profile, args.task, settings):
-        result = {"profile": cfg.profile, "task": args.task, "settings": settings, "runs": []}
+    if result.get("profile") != cfg.profile or result.get("task") != args.task:
+        result = {"profile": cfg.profile, "task": args.task, "runs": []}
+    result["runs"] = [r for r in result["runs"] if keys.get(r["epsilon"], r.get("run_key")) == r.get("run_key")]
     model, tokenizer = load(require(source_model_dir(cfg.profile), "source_model", cfg.profile), device=cfg.device)
     task = get_task(args.task)
     train = load_split(args.task, "train", cfg.data.max_train)
@@ -62,7 +60,8 @@ def main() -> None:
             score = accuracy(model, tokenizer, task, test, prompt, cfg.eval.batch_size, cfg.data.max_text_tokens,
                              True, cfg.eval.precision)["accuracy"]
             result["runs"].append({"epsilon": eps_tag(epsilon), "repeat": repeat, "accuracy": score,
-                                   "randomness": prompt.meta["dp"]["randomness"], "test_n": len(test)})
+                                   "randomness": prompt.meta["dp"]["randomness"], "test_n": len(test),
+                                   "run_key": keys[eps_tag(epsilon)]})
             write_json(out, result)
             print(result["runs"][-1], flush=True)
     result["summary"] = [summary(result["runs"], tag, published.get(tag)) for tag in map(eps_tag, args.epsilons)]

@@ -138,7 +138,7 @@ def test_dp_repeats_resumes_and_starts_afresh_when_the_source_changes(bench, tin
     (source / "distill.json").write_text('{"distill_hash": "another"}')  # another source: old repeats do not count
     bench("dp_repeats", *args, "--repeats", "1")
     again = json.loads(out.read_text())
-    assert [r["repeat"] for r in again["runs"]] == [0] and again["settings"]["source"] != result["settings"]["source"]
+    assert [r["repeat"] for r in again["runs"]] == [0] and again["runs"][0]["run_key"] != result["runs"][0]["run_key"]
 
 
 NO_PROFILE = {"dp_step", "forward_throughput"}  # they time one model, named by --model
