@@ -84,7 +84,7 @@ class DistillConfig:
 
 # settings added later, hashed only when they differ from these defaults (which reproduce the earlier behaviour)
 UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0, "train_layers": 0},
-                     "transfer": {"task_pools": ()}}
+                     "transfer": {"task_pools": (), "anchor": 0.0}}
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ class TransferConfig:
     alpha_rule: str = "proxy"  # "proxy": alpha from public data (transfer.alpha_proxy); "fixed": use alpha
     alpha: float = 0.5  # weight of the shift term when alpha_rule is "fixed"
     temperature: float = 2.0
+    anchor: float = 0.0  # weight of T^2 KL(Direct || POST): keeps the target prompt near the pasted one (0: the paper)
     init: str = "source"  # target prompt starts as "source" (the source prompt) or "instruction" (its text)
     selection: str = "holdout"  # "holdout": lowest held-out public loss among evaluation steps; "last"
     patience: int = 0  # stop once the held-out public loss has not improved for this many evaluations (0: never)

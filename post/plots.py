@@ -137,14 +137,16 @@ def plot_sweep(sweeps: list[dict], compared: list[dict], kind: str, profile: str
 
 
 def plot_losses(histories: dict[str, list[dict]], profile: str, smooth: int = 5):
-    """Transfer loss and its two terms per task and epsilon (moving average over ``smooth`` steps)."""
+    """Transfer loss and its terms per task and epsilon (moving average over ``smooth`` steps); the drift from
+    Direct gets a panel where the transfer was anchored."""
     data = pd.DataFrame([{"run": run, **h} for run, history in histories.items() for h in history if "loss" in h])
-    terms = ("loss", "absolute", "shift")
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0), sharex=True)
+    titles = {"loss": "POST loss", "absolute": "KL(P_s || P_t)", "shift": "KL(Q_s || Q_t)", "drift": "KL(D_t || P_t)"}
+    terms = [term for term in titles if term in data]
+    fig, axes = plt.subplots(1, len(terms), figsize=(10 / 3 * len(terms), 3.0), sharex=True)
     for ax, term in zip(axes, terms):
         for run, part in data.groupby("run", sort=False):
             ax.plot(part.step, part[term].rolling(smooth, min_periods=1).mean(), label=run)
-        ax.set_title({"loss": "POST loss", "absolute": "KL(P_s || P_t)", "shift": "KL(Q_s || Q_t)"}[term])
+        ax.set_title(titles[term])
         ax.set_xlabel("transfer step")
         ax.set_yscale("log")
     axes[0].legend(fontsize=7, frameon=False)

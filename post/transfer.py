@@ -11,6 +11,10 @@ position and over the whole vocabulary (temperature ``T``),
 The first term makes the prompted target predict like the prompted source; the second makes the prompt move
 the target the way it moves the source, which keeps what the target knows on its own. The source side is the
 teacher in both terms (the reference code's ``KLDivLoss(log P_t, P_s)``: Hinton-style distillation).
+An optional third term, ``b * T^2 KL(D_t || P_t)`` with ``D_t = softmax(z_t(x; p_s) / T)``, anchors the transfer
+to Direct (the source prompt pasted onto the target, POST's own starting point): the prompt moves away from
+Direct's predictions only as far as the other two terms pay for. It is zero at the first step of a transfer that
+starts from the source prompt; ``b = 0`` (the default) is the paper's objective.
 Everything except ``z_t(x; p_t)`` is constant while ``p_t`` trains, so it is computed once per public example
 (:class:`PublicData`) and only the prompted target runs at each step.
 
@@ -96,6 +100,7 @@ class PublicData:
     target_plain: torch.Tensor  # (N, V) z_t(x)
     agreement: float  # share of texts where the unprompted target picks the prompted source's class
     project: Callable[[torch.Tensor], torch.Tensor] | None = None  # "labels" space: logits -> class scores (V -> C)
+    direct: torch.Tensor | None = None  # (N, V) log D_t = log_softmax(z_t(x; p_s) / T), made for the anchor term
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -106,12 +111,13 @@ SPACES = ("vocab", "labels")
 
 def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain: Unprompted,
                 temperature: float = 2.0, batch_size: int = 32, max_text_tokens: int = 64,
-                cost: Cost | None = None, space: str = "vocab") -> PublicData:
+                cost: Cost | None = None, space: str = "vocab", target=None) -> PublicData:
     """Run the prompted source once over the texts and build the constant terms of the loss.
 
     ``space="vocab"`` compares distributions over the whole vocabulary (the paper); ``"labels"`` over the task's
     classes (the verbalizer's scores: label words are public facts that travel with the prompt), so the
-    transfer spends nothing on matching tokens the task never reads.
+    transfer spends nothing on matching tokens the task never reads. With ``target``, the target also runs
+    once with the source prompt pasted on, for the anchor term (one more pass: only when the anchor is used).
     """
     if space not in SPACES:
         raise ValueError(f"transfer.space must be one of {SPACES}, got {space!r}")
@@ -119,10 +125,15 @@ def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain:
                           max_text_tokens, cost)
     verbalizer = Verbalizer.for_task(task, tokenizer)
     agree = (verbalizer.scores(prompted).argmax(1) == verbalizer.scores(plain.target).argmax(1)).float().mean()
+    direct = None if target is None else all_logits(target, tokenizer, task, plain.texts,
+                                                    source_prompt.weight.detach(), batch_size, max_text_tokens, cost)
     project = verbalizer.scores if space == "labels" else None
     prompted, source_plain, target_plain = (project(z) if project else z for z in (prompted, plain.source, plain.target))
+    if direct is not None:
+        direct = F.log_softmax((project(direct) if project else direct) / temperature, -1)
     return PublicData(plain.texts, F.log_softmax(prompted / temperature, -1),
-                      F.log_softmax((prompted - source_plain) / temperature, -1), target_plain, float(agree), project)
+                      F.log_softmax((prompted - source_plain) / temperature, -1), target_plain, float(agree), project,
+                      direct)
 
 
 # --- the objective ------------------------------------------------------------------------------------------
@@ -135,16 +146,24 @@ def kl(teacher_log_probs: torch.Tensor, student_logits: torch.Tensor, temperatur
 
 
 def post_loss(target_prompted: torch.Tensor, teacher: torch.Tensor, teacher_shift: torch.Tensor,
-              target_plain: torch.Tensor, alpha: float, temperature: float = 2.0) -> tuple[torch.Tensor, dict]:
-    """The POST objective on a batch, and its two terms (floats) for the record."""
+              target_plain: torch.Tensor, alpha: float, temperature: float = 2.0, anchor: float = 0.0,
+              direct: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The POST objective on a batch, and its terms (floats) for the record; ``anchor`` weighs the drift
+    from Direct's predictions ``direct`` (log-probabilities)."""
     absolute = kl(teacher, target_prompted, temperature)
     shift = kl(teacher_shift, target_prompted - target_plain, temperature)
-    return (1 - alpha) * absolute + alpha * shift, {"absolute": absolute.item(), "shift": shift.item()}
+    loss, parts = (1 - alpha) * absolute + alpha * shift, {"absolute": absolute.item(), "shift": shift.item()}
+    if anchor:
+        if direct is None:
+            raise ValueError("an anchor weight needs Direct's predictions: build the public data with the target")
+        drift = kl(direct, target_prompted, temperature)
+        loss, parts["drift"] = loss + anchor * drift, drift.item()
+    return loss, parts
 
 
 def batch_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: PublicData, idx: list[int],
                alpha: float, temperature: float = 2.0, max_text_tokens: int = 64,
-               precision: str = "fp32") -> tuple[torch.Tensor, dict, int]:
+               precision: str = "fp32", anchor: float = 0.0) -> tuple[torch.Tensor, dict, int]:
     """Loss of target prompt ``weight`` on examples ``idx`` of ``data``, its terms, and the tokens processed."""
     context = autocast(precision, target.device.type, "transfer.precision")  # the weight stays on the CPU
     batch = encode(task, tokenizer, [data.texts[i] for i in idx], max_text_tokens)
@@ -155,7 +174,8 @@ def batch_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: Public
     at = torch.as_tensor(idx)  # the constant terms stay on the CPU (N x V each); a batch's rows go to the model
     teacher, teacher_shift, target_plain = (terms[at].to(logits.device)
                                             for terms in (data.teacher, data.teacher_shift, data.target_plain))
-    loss, parts = post_loss(logits.float(), teacher, teacher_shift, target_plain, alpha, temperature)
+    direct = data.direct[at].to(logits.device) if anchor and data.direct is not None else None
+    loss, parts = post_loss(logits.float(), teacher, teacher_shift, target_plain, alpha, temperature, anchor, direct)
     return loss, parts, int(batch["attention_mask"].sum()) + weight.shape[0] * len(idx)
 
 
@@ -167,7 +187,7 @@ def public_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: Publi
     for start in range(0, len(data), settings.batch_size):
         idx = list(range(start, min(start + settings.batch_size, len(data))))
         loss, _, tokens = batch_loss(target, tokenizer, task, weight, data, idx, alpha, settings.temperature,
-                                     settings.max_text_tokens, settings.precision)
+                                     settings.max_text_tokens, settings.precision, settings.anchor)
         total += loss.item() * len(idx)
         if cost is not None:
             cost.add(target, tokens, len(idx), "forward")
@@ -244,7 +264,7 @@ def transfer(target, tokenizer, task: Task, source_prompt: SoftPrompt, data: Pub
                 queue += torch.randperm(len(data), generator=generator).tolist()
             idx, queue = queue[:settings.batch_size], queue[settings.batch_size:]
             loss, parts, tokens = batch_loss(target, tokenizer, task, weight, data, idx, alpha, settings.temperature,
-                                             settings.max_text_tokens, settings.precision)
+                                             settings.max_text_tokens, settings.precision, settings.anchor)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -376,7 +396,8 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
     cost = Cost() + prepared.cost
     with Timer() as timer:
         data, holdout = (public_data(source, tokenizer, prepared.task, source_prompt, plain, s.temperature,
-                                     cfg.eval.batch_size, s.max_text_tokens, cost, s.space)
+                                     cfg.eval.batch_size, s.max_text_tokens, cost, s.space,
+                                     target if s.anchor else None)
                          for plain in (prepared.train.subset(s.public_examples), prepared.holdout))
     cost.wall_seconds += timer.seconds
     alpha = alpha_proxy(data, len(prepared.task.classes)) if s.alpha_rule == "proxy" else s.alpha
@@ -385,7 +406,7 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
     held = {h["step"]: h["holdout_loss"] for h in result.history if "holdout_loss" in h}
     record = {"public_pool": prepared.pool, "public_examples": len(data), "alpha": alpha, "alpha_rule": s.alpha_rule,
               "agreement": data.agreement, "init": s.init, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr,
-              "temperature": s.temperature, "space": s.space, "patience": s.patience, "selection": s.selection,
+              "temperature": s.temperature, "space": s.space, "anchor": s.anchor, "patience": s.patience, "selection": s.selection,
               "selected_step": result.selected_step, "last_step": max(result.snapshots),
               "holdout_loss": held.get(result.selected_step)}
     result.prompt = SoftPrompt(result.prompt.weight, **derived_meta(source_prompt, target, "post", result.cost,

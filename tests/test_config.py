@@ -52,6 +52,7 @@ def test_section_hash_changes_only_with_its_section():
     ({"tune": {"epsilons": ["inf", -1]}}, "tune.epsilons[1] = -1.0: out of range: must be > 0"),
     ({"tune": {"lr": "inf"}}, "tune.lr = inf: must be finite (inf only in epsilon lists)"),
     ({"transfer": {"alpha": 7}}, "transfer.alpha = 7.0: out of range: must be in [0, 1]"),
+    ({"transfer": {"anchor": -0.5}}, "transfer.anchor = -0.5: out of range: must be >= 0"),
     ({"transfer": {"alphas": [0.5, 1.5]}}, "transfer.alphas[1] = 1.5: out of range: must be in [0, 1]"),
     ({"tune": {"precision": "fp8"}}, "tune.precision = 'fp8': must be one of auto, fp32, bf16"),
     ({"device": "tpu"}, "device = 'tpu': must be one of auto, cpu, cuda"),
@@ -148,21 +149,24 @@ def test_a_profile_can_declare_tasks_from_files():
 
 
 def test_settings_added_later_leave_the_keys_of_earlier_artifacts_alone(monkeypatch):
-    """At their defaults, readout_pools, readout_prefixes and train_layers hash as if they did not exist (sources
-    made before them stay valid); set, they change the key."""
+    """At their defaults, distill's readout_pools, readout_prefixes and train_layers and transfer's task_pools and
+    anchor hash as if they did not exist (artifacts made before them stay valid); set, they change the key."""
     cfg = load_config("smoke")
-    with_them = cfg.section_hash("distill")
+    with_them = cfg.section_hash("distill", "transfer")
     asdict = dataclasses.asdict
+    added = {config.DistillConfig: ("readout_pools", "readout_prefixes", "train_layers"),
+             config.TransferConfig: ("task_pools", "anchor")}
 
-    def as_before(obj):  # the distill section as it was before these settings existed
+    def as_before(obj):  # the sections as they were before these settings existed
         out = asdict(obj)
-        for key in config.UNHASHED_DEFAULTS["distill"] if isinstance(obj, config.DistillConfig) else ():
+        for key in added.get(type(obj), ()):
             del out[key]
         return out
 
     monkeypatch.setattr(config.dataclasses, "asdict", as_before)
-    assert cfg.section_hash("distill") == with_them
+    assert cfg.section_hash("distill", "transfer") == with_them
     monkeypatch.undo()
-    for change in ({"readout_prefixes": 1}, {"readout_pools": ("movie_plots",)}, {"train_layers": 1}):
-        assert dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, **change)).section_hash(
-            "distill") != with_them
+    for section, change in (("distill", {"readout_prefixes": 1}), ("distill", {"readout_pools": ("movie_plots",)}),
+                            ("distill", {"train_layers": 1}), ("transfer", {"anchor": 0.5})):
+        changed = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **change)})
+        assert changed.section_hash("distill", "transfer") != with_them, change

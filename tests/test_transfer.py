@@ -140,6 +140,38 @@ def test_label_space_loss_compares_class_distributions(models):
         transfer.public_data(source, tok, TASK, prompt, plain, space="tokens")
 
 
+@pytest.mark.parametrize("space", ["vocab", "labels"])
+def test_anchor_is_the_drift_from_direct_and_zero_at_the_pasted_prompt(models, space):
+    """The anchor term is T^2 KL(target with the source prompt || target with this prompt): nothing at the pasted
+    prompt (where a transfer from the source prompt starts), the drift's weight times the drift elsewhere."""
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    plain = transfer.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
+    data = transfer.public_data(source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32, space=space,
+                                target=target)
+    idx = [0, 2, 4]
+    loss = functools.partial(transfer.batch_loss, target, tok, TASK, data=data, idx=idx, alpha=0.5,
+                             max_text_tokens=32)
+    at_direct, parts, _ = loss(prompt.weight, anchor=2.0)
+    assert parts["drift"] == pytest.approx(0.0, abs=1e-6)
+    assert at_direct.item() == pytest.approx(loss(prompt.weight)[0].item(), abs=1e-6)
+    other = SoftPrompt.from_vocab(target, 4, seed=7).weight
+    anchored, parts, _ = loss(other, anchor=2.0)
+    batch = encode(TASK, tok, [TEXTS[i] for i in idx], 32)
+    with torch.no_grad():  # the drift recomputed from its definition
+        direct, moved = (next_token_logits(target, batch["input_ids"], batch["attention_mask"], w)
+                         for w in (prompt.weight, other))
+    if space == "labels":
+        direct, moved = (data.project(z) for z in (direct, moved))
+    drift = transfer.kl(torch.log_softmax(direct / 2, -1), moved, 2.0).item()
+    assert parts["drift"] == pytest.approx(drift, rel=1e-4) and drift > 1e-4
+    assert anchored.item() == pytest.approx(loss(other)[0].item() + 2.0 * drift, rel=1e-4)
+    assert "drift" not in loss(other)[1] and data_for(source, target, tok, prompt).direct is None  # made only on ask
+    with pytest.raises(ValueError, match="anchor"):
+        transfer.batch_loss(target, tok, TASK, other, data_for(source, target, tok, prompt), idx, 0.5,
+                            max_text_tokens=32, anchor=1.0)
+
+
 def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
     source, target, tok = models
     prompt = source_prompt(source, tok)
@@ -205,7 +237,8 @@ def test_transfers_are_reused_across_sweep_changes_but_not_transfer_changes():
     assert {k for k in figures_only if k != "task_pools"} == set(transfer.SWEEP_ONLY)
     for name, value in figures_only.items():
         assert transfer.settings_hash(with_transfer(**{name: value})) == key, name
-    for change in ({"lr": cfg.transfer.lr / 2}, {"temperature": 3.0}, {"steps": cfg.transfer.steps + 1}):
+    for change in ({"lr": cfg.transfer.lr / 2}, {"temperature": 3.0}, {"steps": cfg.transfer.steps + 1},
+                   {"anchor": 0.25}):
         assert transfer.settings_hash(with_transfer(**change)) != key, change
 
 
@@ -380,3 +413,17 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
 
 def without_cost(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "cost"} for r in rows]
+
+
+def test_loss_figure_shows_the_drift_only_where_a_transfer_was_anchored(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from post import plots
+
+    monkeypatch.setattr(artifacts, "FIGURES", tmp_path)
+    plain = [{"step": s, "loss": 1.0 / s, "absolute": 0.5 / s, "shift": 1.0 / s} for s in range(1, 6)]
+    anchored = [{**h, "drift": 0.01 * h["step"]} for h in plain]
+    assert len(plots.plot_losses({"rotten_tomatoes/inf": plain}, "smoke").axes) == 3
+    assert len(plots.plot_losses({"rotten_tomatoes/inf": anchored}, "smoke").axes) == 4
+    drawn = pd.read_csv(tmp_path / "smoke" / "transfer_losses.csv")
+    assert list(drawn.drift) == pytest.approx([h["drift"] for h in anchored])
