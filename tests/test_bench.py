@@ -67,6 +67,7 @@ def test_source_sweep_maps_resumes_and_never_reads_a_test_split(bench, tmp_path)
     for run in result["levers"]["runs"]:
         point = next(p for p in readout if p["owner_seed"] == run["owner_seed"])
         assert (run["compt"], run["direct"]) == (point["compt"], point["direct"])
+        assert run["transfer_lr"] == 0.001 and run["transfer_anchor"] == 0.0  # the settings it ran with, variant applied
     assert (tmp_path / "figures" / "smoke" / "sweep.png").exists()
     assert {split for _, split in read} == {"train", "validation"}
 
