@@ -67,7 +67,8 @@ def test_source_sweep_maps_resumes_and_never_reads_a_test_split(bench, tmp_path)
     for run in result["levers"]["runs"]:
         point = next(p for p in readout if p["owner_seed"] == run["owner_seed"])
         assert (run["compt"], run["direct"]) == (point["compt"], point["direct"])
-        assert run["transfer_lr"] == 0.001 and run["transfer_anchor"] == 0.0  # the settings it ran with, variant applied
+        # the settings it ran with, the variant applied
+        assert run["transfer_lr"] == 0.001 and run["transfer_anchor"] == 0.0
     assert (tmp_path / "figures" / "smoke" / "sweep.png").exists()
     assert {split for _, split in read} == {"train", "validation"}
 
@@ -131,7 +132,8 @@ def test_dp_repeats_resumes_and_starts_afresh_when_the_source_changes(bench, tin
     args = ("--profile", "smoke", "--task", "rotten_tomatoes", "--epsilons", "8", "--out", str(out))
     bench("dp_repeats", *args, "--repeats", "2")
     result = json.loads(out.read_text())
-    assert [(r["epsilon"], r["repeat"], r["randomness"]) for r in result["runs"]] == [("8", 0, "secret"), ("8", 1, "secret")]
+    assert [(r["epsilon"], r["repeat"], r["randomness"]) for r in result["runs"]] == [("8", 0, "secret"),
+                                                                                      ("8", 1, "secret")]
     assert result["summary"][0]["repeats"] == 2 and result["summary"][0]["published"] == 0.5
 
     bench("dp_repeats", *args, "--repeats", "2")  # resumed: both repeats are done, nothing is tuned again
