@@ -66,7 +66,8 @@ OUT = Path(__file__).parent / "results" / "source_sweep.json"
 # what makes points comparable: the sweep's own settings (profile defaults may move; each point keeps its own)
 SWEEP_KEYS = ("task", "steps", "validation", "readout_examples", "readout_epochs", "generic_sequences", "model", "seed")
 # what tells one point's transfer from another's (the profile's transfer settings move; each point keeps its own)
-TRANSFER_KEYS = ("space", "steps", "patience", "alpha_rule", "lr", "public_examples", "temperature", "anchor")
+TRANSFER_KEYS = ("space", "steps", "patience", "alpha_rule", "lr", "public_examples", "temperature", "anchor",
+                 "anchor_on")
 CONTROL_KEYS = ("instruction_target", "control_post", "control_recovery", "control_selected_step")
 PAPER_GPT2_XL = PAPER["accuracy"].set_index("target").loc["GPT2-XL"]  # the paper's 4-layer source of a 48-layer target
 PAPER_POINTS = [{"label": "paper: gpt2-xl, 4 of 48 layers", "layer_fraction": 4 / 48,

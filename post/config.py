@@ -84,7 +84,7 @@ class DistillConfig:
 
 # settings added later, hashed only when they differ from these defaults (which reproduce the earlier behaviour)
 UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0, "train_layers": 0},
-                     "transfer": {"task_pools": (), "anchor": 0.0}}
+                     "transfer": {"task_pools": (), "anchor": 0.0, "anchor_on": "all"}}
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class TransferConfig:
     alpha: float = 0.5  # weight of the shift term when alpha_rule is "fixed"
     temperature: float = 2.0
     anchor: float = 0.0  # weight of T^2 KL(Direct || POST): keeps the target prompt near the pasted one (0: the paper)
+    anchor_on: str = "all"  # public texts it holds: "all" | "agree" (where Direct picks the prompted source's class)
     init: str = "source"  # target prompt starts as "source" (the source prompt) or "instruction" (its text)
     selection: str = "holdout"  # "holdout": lowest held-out public loss among evaluation steps; "last"
     patience: int = 0  # stop once the held-out public loss has not improved for this many evaluations (0: never)
@@ -252,6 +253,7 @@ CHOICES = {
     "transfer.alpha_rule": ("proxy", "fixed"),
     "transfer.init": ("source", "instruction"),
     "transfer.selection": ("holdout", "last"),
+    "transfer.anchor_on": ("all", "agree"),
 }
 # Every number must be >= 0 and finite (inf only in epsilon lists); these must also be above 0.
 POSITIVE = {

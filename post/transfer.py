@@ -14,7 +14,9 @@ teacher in both terms (the reference code's ``KLDivLoss(log P_t, P_s)``: Hinton-
 An optional third term, ``b * T^2 KL(D_t || P_t)`` with ``D_t = softmax(z_t(x; p_s) / T)``, anchors the transfer
 to Direct (the source prompt pasted onto the target, POST's own starting point): the prompt moves away from
 Direct's predictions only as far as the other two terms pay for. It is zero at the first step of a transfer that
-starts from the source prompt; ``b = 0`` (the default) is the paper's objective.
+starts from the source prompt; ``b = 0`` (the default) is the paper's objective. Where Direct is poor, holding
+the target to it holds the target back, so the anchor can be kept to the texts where Direct picks the class the
+prompted source picks (``anchor_on="agree"``): a public-data check the provider can make, like the alpha proxy.
 Everything except ``z_t(x; p_t)`` is constant while ``p_t`` trains, so it is computed once per public example
 (:class:`PublicData`) and only the prompted target runs at each step.
 
@@ -101,62 +103,76 @@ class PublicData:
     agreement: float  # share of texts where the unprompted target picks the prompted source's class
     project: Callable[[torch.Tensor], torch.Tensor] | None = None  # "labels" space: logits -> class scores (V -> C)
     direct: torch.Tensor | None = None  # (N, V) log D_t = log_softmax(z_t(x; p_s) / T), made for the anchor term
+    anchored: torch.Tensor | None = None  # (N,) 1 where the anchor holds the text, 0 where it lets go
+    direct_agreement: float | None = None  # share of texts where Direct picks the prompted source's class
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
 SPACES = ("vocab", "labels")
+ANCHOR_ON = ("all", "agree")
 
 
 def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain: Unprompted,
                 temperature: float = 2.0, batch_size: int = 32, max_text_tokens: int = 64,
-                cost: Cost | None = None, space: str = "vocab", target=None) -> PublicData:
+                cost: Cost | None = None, space: str = "vocab", target=None, anchor_on: str = "all") -> PublicData:
     """Run the prompted source once over the texts and build the constant terms of the loss.
 
     ``space="vocab"`` compares distributions over the whole vocabulary (the paper); ``"labels"`` over the task's
     classes (the verbalizer's scores: label words are public facts that travel with the prompt), so the
     transfer spends nothing on matching tokens the task never reads. With ``target``, the target also runs
-    once with the source prompt pasted on, for the anchor term (one more pass: only when the anchor is used).
+    once with the source prompt pasted on, for the anchor term (one more pass: only when the anchor is used), which
+    holds every text (``anchor_on="all"``) or only those where Direct picks the prompted source's class ("agree").
     """
     if space not in SPACES:
         raise ValueError(f"transfer.space must be one of {SPACES}, got {space!r}")
+    if anchor_on not in ANCHOR_ON:
+        raise ValueError(f"transfer.anchor_on must be one of {ANCHOR_ON}, got {anchor_on!r}")
     prompted = all_logits(source, tokenizer, task, plain.texts, source_prompt.weight.detach(), batch_size,
                           max_text_tokens, cost)
     verbalizer = Verbalizer.for_task(task, tokenizer)
-    agree = (verbalizer.scores(prompted).argmax(1) == verbalizer.scores(plain.target).argmax(1)).float().mean()
-    direct = None if target is None else all_logits(target, tokenizer, task, plain.texts,
-                                                    source_prompt.weight.detach(), batch_size, max_text_tokens, cost)
+    source_picks = verbalizer.scores(prompted).argmax(1)
+    agree = (source_picks == verbalizer.scores(plain.target).argmax(1)).float().mean()
+    direct = anchored = direct_agreement = None
+    if target is not None:
+        direct = all_logits(target, tokenizer, task, plain.texts, source_prompt.weight.detach(), batch_size,
+                            max_text_tokens, cost)
+        agrees = (verbalizer.scores(direct).argmax(1) == source_picks).float()
+        anchored, direct_agreement = agrees if anchor_on == "agree" else torch.ones_like(agrees), agrees.mean().item()
     project = verbalizer.scores if space == "labels" else None
     prompted, source_plain, target_plain = (project(z) if project else z for z in (prompted, plain.source, plain.target))
     if direct is not None:
         direct = F.log_softmax((project(direct) if project else direct) / temperature, -1)
     return PublicData(plain.texts, F.log_softmax(prompted / temperature, -1),
                       F.log_softmax((prompted - source_plain) / temperature, -1), target_plain, float(agree), project,
-                      direct)
+                      direct, anchored, direct_agreement)
 
 
 # --- the objective ------------------------------------------------------------------------------------------
 
 
-def kl(teacher_log_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Batch mean of T^2 KL(teacher || softmax(student / T)); the teacher is given as log-probabilities."""
+def kl(teacher_log_probs: torch.Tensor, student_logits: torch.Tensor, temperature: float,
+       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch mean of T^2 KL(teacher || softmax(student / T)), each row times its weight if given; the teacher is
+    given as log-probabilities."""
     student = F.log_softmax(student_logits / temperature, -1)
-    return (teacher_log_probs.exp() * (teacher_log_probs - student)).sum(-1).mean() * temperature ** 2
+    rows = (teacher_log_probs.exp() * (teacher_log_probs - student)).sum(-1)
+    return (rows if weights is None else rows * weights).mean() * temperature ** 2
 
 
 def post_loss(target_prompted: torch.Tensor, teacher: torch.Tensor, teacher_shift: torch.Tensor,
               target_plain: torch.Tensor, alpha: float, temperature: float = 2.0, anchor: float = 0.0,
-              direct: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+              direct: torch.Tensor | None = None, anchored: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The POST objective on a batch, and its terms (floats) for the record; ``anchor`` weighs the drift
-    from Direct's predictions ``direct`` (log-probabilities)."""
+    from Direct's predictions ``direct`` (log-probabilities) on the rows ``anchored`` marks (default: all)."""
     absolute = kl(teacher, target_prompted, temperature)
     shift = kl(teacher_shift, target_prompted - target_plain, temperature)
     loss, parts = (1 - alpha) * absolute + alpha * shift, {"absolute": absolute.item(), "shift": shift.item()}
     if anchor:
         if direct is None:
             raise ValueError("an anchor weight needs Direct's predictions: build the public data with the target")
-        drift = kl(direct, target_prompted, temperature)
+        drift = kl(direct, target_prompted, temperature, anchored)
         loss, parts["drift"] = loss + anchor * drift, drift.item()
     return loss, parts
 
@@ -174,8 +190,10 @@ def batch_loss(target, tokenizer, task: Task, weight: torch.Tensor, data: Public
     at = torch.as_tensor(idx)  # the constant terms stay on the CPU (N x V each); a batch's rows go to the model
     teacher, teacher_shift, target_plain = (terms[at].to(logits.device)
                                             for terms in (data.teacher, data.teacher_shift, data.target_plain))
-    direct = data.direct[at].to(logits.device) if anchor and data.direct is not None else None
-    loss, parts = post_loss(logits.float(), teacher, teacher_shift, target_plain, alpha, temperature, anchor, direct)
+    direct, anchored = ((x[at].to(logits.device) if anchor and x is not None else None)
+                        for x in (data.direct, data.anchored))
+    loss, parts = post_loss(logits.float(), teacher, teacher_shift, target_plain, alpha, temperature, anchor, direct,
+                            anchored)
     return loss, parts, int(batch["attention_mask"].sum()) + weight.shape[0] * len(idx)
 
 
@@ -397,7 +415,7 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
     with Timer() as timer:
         data, holdout = (public_data(source, tokenizer, prepared.task, source_prompt, plain, s.temperature,
                                      cfg.eval.batch_size, s.max_text_tokens, cost, s.space,
-                                     target if s.anchor else None)
+                                     target if s.anchor else None, s.anchor_on)
                          for plain in (prepared.train.subset(s.public_examples), prepared.holdout))
     cost.wall_seconds += timer.seconds
     alpha = alpha_proxy(data, len(prepared.task.classes)) if s.alpha_rule == "proxy" else s.alpha
@@ -406,7 +424,8 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
     held = {h["step"]: h["holdout_loss"] for h in result.history if "holdout_loss" in h}
     record = {"public_pool": prepared.pool, "public_examples": len(data), "alpha": alpha, "alpha_rule": s.alpha_rule,
               "agreement": data.agreement, "init": s.init, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr,
-              "temperature": s.temperature, "space": s.space, "anchor": s.anchor, "patience": s.patience, "selection": s.selection,
+              "temperature": s.temperature, "space": s.space, "anchor": s.anchor, "anchor_on": s.anchor_on,
+              "direct_agreement": data.direct_agreement, "patience": s.patience, "selection": s.selection,
               "selected_step": result.selected_step, "last_step": max(result.snapshots),
               "holdout_loss": held.get(result.selected_step)}
     result.prompt = SoftPrompt(result.prompt.weight, **derived_meta(source_prompt, target, "post", result.cost,

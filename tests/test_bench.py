@@ -68,7 +68,7 @@ def test_source_sweep_maps_resumes_and_never_reads_a_test_split(bench, tmp_path)
         point = next(p for p in readout if p["owner_seed"] == run["owner_seed"])
         assert (run["compt"], run["direct"]) == (point["compt"], point["direct"])
         # the settings it ran with, the variant applied
-        assert run["transfer_lr"] == 0.001 and run["transfer_anchor"] == 0.0
+        assert run["transfer_lr"] == 0.001 and run["transfer_anchor"] == 0.0 and run["transfer_anchor_on"] == "all"
     assert (tmp_path / "figures" / "smoke" / "sweep.png").exists()
     assert {split for _, split in read} == {"train", "validation"}
 

@@ -58,6 +58,7 @@ def test_section_hash_changes_only_with_its_section():
     ({"device": "tpu"}, "device = 'tpu': must be one of auto, cpu, cuda"),
     ({"transfer": {"alpha_rule": "foo"}}, "transfer.alpha_rule = 'foo': must be one of proxy, fixed"),
     ({"transfer": {"selection": "best"}}, "transfer.selection = 'best': must be one of holdout, last"),
+    ({"transfer": {"anchor_on": "some"}}, "transfer.anchor_on = 'some': must be one of all, agree"),
     ({"transfer": {"init": "random"}}, "transfer.init = 'random': must be one of source, instruction"),
     ({"tune": {"select": "best"}}, "tune.select = 'best': must be one of last, validation"),
     ({"tune": {"dp_randomness": "fixed"}}, "tune.dp_randomness = 'fixed': must be one of secret, seeded"),
@@ -149,13 +150,14 @@ def test_a_profile_can_declare_tasks_from_files():
 
 
 def test_settings_added_later_leave_the_keys_of_earlier_artifacts_alone(monkeypatch):
-    """At their defaults, distill's readout_pools, readout_prefixes and train_layers and transfer's task_pools and
-    anchor hash as if they did not exist (artifacts made before them stay valid); set, they change the key."""
+    """At their defaults, distill's readout_pools, readout_prefixes and train_layers and transfer's task_pools,
+    anchor and anchor_on hash as if they did not exist (artifacts made before them stay valid); set, they change
+    the key."""
     cfg = load_config("smoke")
     with_them = cfg.section_hash("distill", "transfer")
     asdict = dataclasses.asdict
     added = {config.DistillConfig: ("readout_pools", "readout_prefixes", "train_layers"),
-             config.TransferConfig: ("task_pools", "anchor")}
+             config.TransferConfig: ("task_pools", "anchor", "anchor_on")}
 
     def as_before(obj):  # the sections as they were before these settings existed
         out = asdict(obj)
@@ -167,6 +169,7 @@ def test_settings_added_later_leave_the_keys_of_earlier_artifacts_alone(monkeypa
     assert cfg.section_hash("distill", "transfer") == with_them
     monkeypatch.undo()
     for section, change in (("distill", {"readout_prefixes": 1}), ("distill", {"readout_pools": ("movie_plots",)}),
-                            ("distill", {"train_layers": 1}), ("transfer", {"anchor": 0.5})):
+                            ("distill", {"train_layers": 1}), ("transfer", {"anchor": 0.5}),
+                            ("transfer", {"anchor_on": "agree"})):
         changed = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **change)})
         assert changed.section_hash("distill", "transfer") != with_them, change

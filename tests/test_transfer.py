@@ -172,6 +172,37 @@ def test_anchor_is_the_drift_from_direct_and_zero_at_the_pasted_prompt(models, s
                             max_text_tokens=32, anchor=1.0)
 
 
+def test_anchor_on_agree_holds_only_the_texts_where_direct_picks_the_sources_class(models):
+    """``anchor_on="agree"`` marks the texts where the target with the pasted prompt (Direct) and the prompted
+    source pick the same class, and the drift is the batch mean of each text's KL times its mark."""
+    source, target, tok = models
+    prompt = source_prompt(source, tok)
+    plain = transfer.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
+    build = functools.partial(transfer.public_data, source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32,
+                              target=target)
+    everywhere, gated = build(), build(anchor_on="agree")
+    verbalizer = transfer.Verbalizer.for_task(TASK, tok)
+    batch = encode(TASK, tok, TEXTS, 32)
+    with torch.no_grad():  # the marks recomputed from their definition
+        direct, prompted = (next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt.weight)
+                            for model in (target, source))
+    agrees = (verbalizer.scores(direct).argmax(1) == verbalizer.scores(prompted).argmax(1)).float()
+    assert gated.anchored.tolist() == agrees.tolist() and everywhere.anchored.tolist() == [1.0] * len(TEXTS)
+    assert gated.direct_agreement == everywhere.direct_agreement == pytest.approx(agrees.mean().item())
+    marks = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])  # a mix of held and free texts, whatever the tiny models agree on
+    data, idx = dataclasses.replace(gated, anchored=marks), [0, 1, 2, 3]
+    other = SoftPrompt.from_vocab(target, 4, seed=7).weight
+    _, parts, _ = transfer.batch_loss(target, tok, TASK, other, data, idx, 0.5, max_text_tokens=32, anchor=1.0)
+    part = encode(TASK, tok, [TEXTS[i] for i in idx], 32)
+    with torch.no_grad():
+        moved = next_token_logits(target, part["input_ids"], part["attention_mask"], other)
+    rows = [transfer.kl(data.direct[[i]], moved[[j]], 2.0).item() for j, i in enumerate(idx)]
+    assert parts["drift"] == pytest.approx(sum(r * m for r, m in zip(rows, marks.tolist())) / len(idx), rel=1e-4)
+    assert parts["drift"] < sum(rows) / len(idx)  # the free texts pull nothing
+    with pytest.raises(ValueError, match="anchor_on"):
+        build(anchor_on="some")
+
+
 def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
     source, target, tok = models
     prompt = source_prompt(source, tok)
