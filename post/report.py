@@ -670,6 +670,44 @@ def _projection() -> list[str]:
             "transfer (fewer steps) or a costlier FullPT than the stated settings."]
 
 
+def tune_made_seconds(rows: list[dict]) -> float:
+    """What tuning and validating 02's prompts cost when they were made, whichever run made them."""
+    return sum(r["train_seconds"] + (r.get("eval_seconds") or 0) for r in rows)
+
+
+def _stage_times(out: Path, profile: str) -> list[str]:
+    """The stages' wall times of the last run, saying which lines are short because the run read back work."""
+    walls = out / "notebooks" / "wall_seconds.txt"
+    if not walls.exists():
+        return []
+    stages = dict(line.split() for line in walls.read_text().splitlines() if line.strip())
+    note, record = "", read_json(out / "distill.json") if (out / "distill.json").exists() else None
+    if "01_distill" not in stages and record:
+        stages = {"01_distill *": record["cost"]["total"]["wall_seconds"], **stages}
+        note = ("\n\n\\* not rerun with the other stages (its inputs did not change): the distillation's own "
+                "recorded cost, from an earlier run on a shared machine.")
+    elif "01_distill" in stages and record:
+        recorded = record["cost"]["total"]["wall_seconds"]
+        if recorded > float(stages["01_distill"]):  # the run resumed a distillation made before it, or a release
+            how = (f"rebuilt the source from its release `sources/{profile}/`" if _released(profile, record)
+                   else "reused a finished distillation (resumable, same settings)")
+            note = (f"\n\n01's line is the notebook's last run, which {how}: the distillation itself recorded "
+                    f"{recorded:.0f} s.")
+    for stage, name, made_seconds, what in (
+            ("02_tune", "tune.json", tune_made_seconds,
+             "prompts tuned by an earlier run (found by their run keys): tuning and validating them took"),
+            ("05_privacy_audit", "audit.json", audit_made_seconds,
+             "audit parts made by an earlier run: making every part once took")):
+        if stage in stages and (out / name).exists():
+            made = made_seconds(read_json(out / name))
+            if made > float(stages[stage]):  # it read back work an earlier run made
+                note += f"\n\n{stage[:2]}'s line is the notebook's last run, which read back {what} {made:.0f} s."
+    table = pd.DataFrame([(s, int(float(t))) for s, t in sorted(stages.items())], columns=["stage", "seconds"])
+    table.loc[len(table)] = ["total", int(table.seconds.sum())]
+    return ["### Stage wall times", f"`results/{profile}/notebooks/wall_seconds.txt` (`make <stage>` or "
+            f"`make reproduce`), this 2-core machine:\n\n{markdown_table(table)}{note}"]
+
+
 def readme_results(profile: str = README_PROFILE) -> str:
     """Markdown of the study's results, from ``results/<profile>/`` only (what is committed)."""
     out = results_dir(profile)
@@ -712,30 +750,7 @@ def readme_results(profile: str = README_PROFILE) -> str:
     parts += _dp_repeats(ROOT / "bench" / "results", profile)
     bench = ROOT / "bench" / "results"
     parts += _projection() + _source_map(bench) + _source_control(bench) + _transfer_length(bench) + _benchmarks(bench)
-    walls = out / "notebooks" / "wall_seconds.txt"
-    if walls.exists():
-        stages = dict(line.split() for line in walls.read_text().splitlines() if line.strip())
-        note, record = "", read_json(out / "distill.json") if (out / "distill.json").exists() else None
-        if "01_distill" not in stages and record:
-            stages = {"01_distill *": record["cost"]["total"]["wall_seconds"], **stages}
-            note = ("\n\n\\* not rerun with the other stages (its inputs did not change): the distillation's own "
-                    "recorded cost, from an earlier run on a shared machine.")
-        elif "01_distill" in stages and record:
-            recorded = record["cost"]["total"]["wall_seconds"]
-            if recorded > float(stages["01_distill"]):  # the run resumed a distillation made before it, or a release
-                how = (f"rebuilt the source from its release `sources/{profile}/`" if _released(profile, record)
-                       else "reused a finished distillation (resumable, same settings)")
-                note = (f"\n\n01's line is the notebook's last run, which {how}: the distillation itself recorded "
-                        f"{recorded:.0f} s.")
-        if "05_privacy_audit" in stages and (out / "audit.json").exists():
-            made = audit_made_seconds(read_json(out / "audit.json"))
-            if made > float(stages["05_privacy_audit"]):  # it read back parts an earlier run made
-                note += (f"\n\n05's line is the notebook's last run, which read back audit parts made by an earlier "
-                         f"run: making every part once took {made:.0f} s.")
-        table = pd.DataFrame([(s, int(float(t))) for s, t in sorted(stages.items())], columns=["stage", "seconds"])
-        table.loc[len(table)] = ["total", int(table.seconds.sum())]
-        parts += ["### Stage wall times", f"`results/{profile}/notebooks/wall_seconds.txt` (`make <stage>` or "
-                  f"`make reproduce`), this 2-core machine:\n\n{markdown_table(table)}{note}"]
+    parts += _stage_times(out, profile)
     return "\n\n".join(parts)
 
 

@@ -124,6 +124,29 @@ def test_update_readme_replaces_only_the_generated_block(tmp_path, monkeypatch):
         report.update_readme("cpu", readme)
 
 
+def test_stage_times_name_the_lines_a_run_made_short_by_reading_work_back(tmp_path):
+    """A stage that read back prompts or audit parts made before runs in seconds: its line says what making them
+    took, and says nothing when the stage made them itself."""
+    import json
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "tune.json").write_text(json.dumps([{"train_seconds": 100.0, "eval_seconds": 10.0},
+                                                    {"train_seconds": 50.0, "eval_seconds": None}]))
+    (tmp_path / "audit.json").write_text(json.dumps({"wall_seconds": {"shadows": 20.0, "canaries": 10.0,
+                                                                      "total": 30.0}}))
+
+    def note(walls: str) -> str:
+        (tmp_path / "notebooks" / "wall_seconds.txt").write_text(walls)
+        return report._stage_times(tmp_path, "cpu")[1]
+
+    reused = note("02_tune 13\n04_evaluate 100\n05_privacy_audit 50\n")
+    assert "| total | 163 |" in reused
+    assert "02's line is the notebook's last run, which read back prompts tuned by an earlier run" in reused
+    assert "took 160 s." in reused and "05's line" not in reused  # the audit made its 30 s of parts in 50 s
+    made = note("02_tune 170\n05_privacy_audit 12\n")
+    assert "02's line" not in made and "05's line is the notebook's last run" in made and "took 30 s." in made
+
+
 def test_readme_results_match_the_committed_results_files():
     """The README's numbers are regenerated from results/cpu/; run `python -m post.report` after a cpu run."""
     assert report.readme_block() == report.readme_results(report.README_PROFILE).strip()
