@@ -334,7 +334,7 @@ def main() -> None:
         return {"post": post, "post_auc": post_auc, **ceiling, "post_last": last, "recovery": recovery(post),
                 "recovery_last": recovery(last), "post_selected_step": run.selected_step,
                 "post_last_step": max(run.snapshots), "alpha": row["alpha"],
-                "direct_agreement": row.get("direct_agreement"), "transfer_seconds": time.perf_counter() - begin}
+                "direct_agreement": row["direct_agreement"], "transfer_seconds": time.perf_counter() - begin}
 
     def control(source, prepared: Prepared) -> dict:
         """POST of the owner's starting prompt (the task instruction's embeddings, no private step): what the

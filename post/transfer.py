@@ -103,7 +103,7 @@ class PublicData:
     agreement: float  # share of texts where the unprompted target picks the prompted source's class
     project: Callable[[torch.Tensor], torch.Tensor] | None = None  # "labels" space: logits -> class scores (V -> C)
     direct: torch.Tensor | None = None  # (N, V) log D_t = log_softmax(z_t(x; p_s) / T), made for the anchor term
-    anchored: torch.Tensor | None = None  # (N,) 1 where the anchor holds the text, 0 where it lets go
+    anchored: torch.Tensor | None = None  # (N,) 1 where the anchor holds the text, 0 where it lets go; None: all
     direct_agreement: float | None = None  # share of texts where Direct picks the prompted source's class
 
     def __len__(self) -> int:
@@ -139,7 +139,7 @@ def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain:
         direct = all_logits(target, tokenizer, task, plain.texts, source_prompt.weight.detach(), batch_size,
                             max_text_tokens, cost)
         agrees = (verbalizer.scores(direct).argmax(1) == source_picks).float()
-        anchored, direct_agreement = agrees if anchor_on == "agree" else torch.ones_like(agrees), agrees.mean().item()
+        anchored, direct_agreement = agrees if anchor_on == "agree" else None, agrees.mean().item()
     project = verbalizer.scores if space == "labels" else None
     prompted, source_plain, target_plain = (project(z) if project else z for z in (prompted, plain.source, plain.target))
     if direct is not None:

@@ -1,5 +1,6 @@
 """Tables and the README's generated results: computed from the rows, and the README matches the results files."""
 
+import json
 import math
 
 import pandas as pd
@@ -127,8 +128,6 @@ def test_update_readme_replaces_only_the_generated_block(tmp_path, monkeypatch):
 def test_stage_times_name_the_lines_a_run_made_short_by_reading_work_back(tmp_path):
     """A stage that read back prompts or audit parts made before runs in seconds: its line says what making them
     took, and says nothing when the stage made them itself."""
-    import json
-
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "tune.json").write_text(json.dumps([{"train_seconds": 100.0, "eval_seconds": 10.0},
                                                     {"train_seconds": 50.0, "eval_seconds": None}]))
