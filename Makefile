@@ -86,5 +86,12 @@ bench: setup
 lab: setup
 	$(PY) -m jupyter lab notebooks/
 
+# PROFILE reaches the shell through the environment, never pasted into the script, and must be a plain name with
+# a params/ file: `make clean PROFILE=../x` (or empty, or 'a b') deletes nothing. One shell, so `make -i` cannot
+# skip the check.
+clean: export PROFILE := $(PROFILE)
 clean:
-	rm -rf artifacts/$(PROFILE) results/$(PROFILE)/notebooks
+	@case "$$PROFILE" in ''|*[!A-Za-z0-9_-]*) false;; esac && test -f "params/$$PROFILE.yaml" || { echo "make clean: \
+	PROFILE='$$PROFILE' is not a profile, a name of letters, digits, _ and - with a params/<name>.yaml (profiles: \
+	$(basename $(notdir $(wildcard params/*.yaml)))); nothing deleted" >&2; exit 2; }; \
+		set -x; rm -rf -- "artifacts/$$PROFILE" "results/$$PROFILE/notebooks"

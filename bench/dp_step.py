@@ -99,7 +99,7 @@ def main() -> None:
         plain_opt.step()
 
     dp_weight = nn.Parameter(init.detach().clone())
-    dp_opt, _ = dp.optimizer(dp_weight, torch.optim.Adam([dp_weight], lr=0.01), plan)
+    dp_opt, _ = dp.optimizer(dp_weight, torch.optim.Adam([dp_weight], lr=0.01), plan, dp.SecretStream())
     grads_ours = {}
 
     def dp_step() -> None:

@@ -65,7 +65,7 @@ def main() -> None:
         source_prompt = SoftPrompt.load(source_prompt_path(cfg, name, math.inf), source)
         path = keyed_path(cfg.profile, "bench", "transfer_length", ".pt", {
             "task": name, "settings": dataclasses.asdict(settings), "config": settings_hash(cfg),
-            "source_prompt": source_prompt.meta.get("run_key")})
+            "source_prompt": source_prompt.digest()})
         held_path = path.with_suffix(".holdout.json")  # load_run keeps no history: the held-out losses go beside
         run = readable(path, load_run)
         if run is None or not held_path.exists():

@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from .config import ROOT, Config, content_key, eps_tag
+from .config import ROOT, Config, check_profile_name, content_key, eps_tag
 
 ARTIFACTS = ROOT / "artifacts"
 RESULTS = ROOT / "results"
@@ -61,8 +61,9 @@ METHODS = {m.key: m for m in (  # in the order of the tables' columns
 
 
 T = TypeVar("T")
-# What reading a truncated or corrupt file raises: torch.load, pickle, json and the readers built on them.
-UNREADABLE = (OSError, EOFError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError)
+# What reading a truncated or corrupt file raises: torch.load (its weights-only unpickler too), json and the
+# readers built on them.
+UNREADABLE = (OSError, EOFError, ValueError, RuntimeError, KeyError, IndexError, TypeError, pickle.UnpicklingError)
 
 
 class MissingArtifact(FileNotFoundError):
@@ -74,17 +75,19 @@ class UnreadableArtifact(ValueError):
 
 
 def artifact_dir(profile: str, name: str = "") -> Path:
-    return ARTIFACTS / profile / name
+    """``artifacts/<profile>/<name>``; a profile that is not a plain name of params/ is refused (ConfigError), so
+    no path built from it leaves the profile's folders."""
+    return ARTIFACTS / check_profile_name(profile) / name
 
 
 def results_dir(profile: str) -> Path:
-    path = RESULTS / profile
+    path = RESULTS / check_profile_name(profile)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def figures_dir(profile: str) -> Path:
-    path = FIGURES / profile
+    path = FIGURES / check_profile_name(profile)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -92,6 +95,31 @@ def figures_dir(profile: str) -> Path:
 def source_model_dir(profile: str) -> Path:
     """The distilled source model (a Hugging Face checkpoint directory) of a profile."""
     return artifact_dir(profile, "source_model")
+
+
+def weights_whole(directory: Path) -> bool:
+    """Whether a checkpoint directory's safetensors files are all there and whole (each covers what its header
+    names; a file cut short by a crash or a full disk does not)."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    try:
+        for path in files:
+            with safe_open(str(path), "pt"):
+                pass
+    except (OSError, SafetensorError):
+        return False
+    return bool(files)
+
+
+def source_model(profile: str) -> Path:
+    """The source model's directory for a stage that loads it: missing, or with its weights cut short, an error
+    names the file and the make target that makes it again (which remakes it: see ``post.distill.existing``)."""
+    directory = require(source_model_dir(profile), "source_model", profile)
+    if not weights_whole(directory):
+        raise MissingArtifact(f"{relative(directory)}/model.safetensors is missing or truncated: "
+                              f"{_rerun('source_model', profile)} again")
+    return directory
 
 
 def prompt_path(profile: str, task: str, method: str, epsilon: float, seed: int = 0) -> Path:

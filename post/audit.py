@@ -43,8 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dp, transfer
-from .artifacts import (atomic_path, eps_tag, keyed_path, read_json, readable, require,
-                        results_dir, source_model_dir, write_json)
+from .artifacts import (atomic_path, eps_tag, keyed_path, read_json, readable, results_dir, source_model,
+                        write_json)
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
 from .membership import (auc, canary_epsilon, canary_scores, ci_text, lira, lira_metrics, membership_score, roc_curve,
@@ -324,7 +324,7 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
     a = cfg.audit
     name = audit_task(cfg)
     task = get_task(name)
-    source_dir = require(source_model_dir(cfg.profile), "source_model", cfg.profile)
+    source_dir = source_model(cfg.profile)
     identity = {"source": source_fingerprint(cfg.profile), "max_text_tokens": cfg.data.max_text_tokens,
                 "eval_batch_size": cfg.eval.batch_size,
                 "task": [name, task.classes, task.label_words, task.template, task.instruction]}

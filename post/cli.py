@@ -23,9 +23,9 @@ import textwrap
 from pathlib import Path
 
 from .artifacts import (MissingArtifact, UnreadableArtifact, atomic_dir, prompt_path, read_artifact, relative,
-                        results_dir, source_model_dir, write_json)
+                        results_dir, source_model, source_model_dir, write_json)
 from .assets import MissingAsset
-from .config import PARAMS_DIR, ROOT, ConfigError, load_config
+from .config import PARAMS_DIR, ROOT, ConfigError, check_profile_name, load_config
 from .tasks import DEFAULT_POOLS, PUBLIC_POOLS, TASKS, Task, TaskError, load_split, register_file
 
 EXIT_CODES = """exit codes:
@@ -87,10 +87,29 @@ def _fits(prompt, model, file: str, role: str) -> None:
     prompt.check(model)
 
 
+def _profile_model(prompt, cfg, file: str) -> str | Path:
+    """The model a prompt is scored with: the profile's target or its source, never a name the file chooses (a
+    provider's file must not make the owner open another folder or hub id)."""
+    source = source_model_dir(cfg.profile)
+    if prompt.meta.get("model") == cfg.model:
+        return cfg.model
+    if prompt.meta.get("model") == relative(source):
+        return source_model(cfg.profile)
+    raise UsageError(f"{file} was made for {prompt.meta.get('model')!r}; profile {cfg.profile!r} scores prompts for "
+                     f"its target {cfg.model!r} or its source {relative(source)!r} only")
+
+
 def _same_template(prompt, task: Task, file: str) -> None:
     if prompt.meta.get("template") != task.template:
         raise UsageError(f"{file} was tuned with the template {prompt.meta.get('template')!r}; task {task.name!r} "
                          f"declares {task.template!r}")
+
+
+def _not_an_input(out: Path, *inputs: str | Path) -> None:
+    """Refuse an output path that is one of the command's inputs: no command writes over what it reads."""
+    for path in map(Path, inputs):
+        if out.resolve() == path.resolve() or (out.exists() and path.exists() and out.samefile(path)):
+            raise UsageError(f"--out {out} is an input of this command ({path}); name a new file")
 
 
 def _lock(cfg, what: str):
@@ -143,7 +162,7 @@ def distill(args) -> None:
 
 def transfer(args) -> None:
     from . import transfer as stage
-    from .prompt import check_release
+    from .prompt import check_release, record_path
     from .tasks import public_sample
 
     prompt = _read_prompt(args.prompt)
@@ -162,6 +181,7 @@ def transfer(args) -> None:
     except ValueError as err:  # a pool with too few texts for the profile
         raise TaskError(str(err)) from None
     out = Path(args.out) if args.out else prompt_path(cfg.profile, task.name, "post", prompt.meta["epsilon"], cfg.seed)
+    _not_an_input(out, args.prompt, record_path(Path(args.prompt)), *args.task_file)
     with _lock(cfg, "post transfer"):
         source, target, tokenizer = stage.load_models(cfg)
         _fits(prompt, source, args.prompt, f"the source model of profile {cfg.profile!r}")
@@ -183,6 +203,11 @@ def tune(args) -> None:
     cfg = _config(args, task.name)
     _check_task(task, cfg, owner=True)
     cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, epsilons=(args.epsilon,)))
+    if not math.isinf(args.epsilon):
+        try:
+            stage.stage_plan(cfg, task.name, args.epsilon)  # calibrates the noise: an unreachable epsilon says so
+        except ValueError as err:
+            raise UsageError(f"--epsilon {args.epsilon:g}: {err}") from None
     with _lock(cfg, "post tune"):
         (row,) = stage.tune_method(cfg, "compt", not args.quiet)
     path = ROOT / row["prompt"]
@@ -203,8 +228,7 @@ def evaluate(args) -> None:
     cfg = _config(args, task.name)
     _check_task(task, cfg, owner=True)
     split = load_split(task.name, args.split, cfg.data.max_test if args.split == "test" else cfg.data.max_validation)
-    local = ROOT / prompt.meta["model"]  # a local model (the source) is recorded relative to the repository
-    model, tokenizer = load(local if local.is_dir() else prompt.meta["model"], device=cfg.device)
+    model, tokenizer = load(_profile_model(prompt, cfg, args.prompt), device=cfg.device)
     prompt.check(model)
     scores = {name: accuracy(model, tokenizer, task, split, p, cfg.eval.batch_size, cfg.data.max_text_tokens,
                              not args.quiet, cfg.eval.precision)["accuracy"]
@@ -230,7 +254,7 @@ def audit(args) -> None:
 
 
 def inspect(args) -> None:
-    from .prompt import NotReleasable, check_release, record_path
+    from .prompt import NotReleasable, check_claim, check_release, record_path
 
     path = Path(args.file)
     if path.is_dir():
@@ -239,11 +263,14 @@ def inspect(args) -> None:
             raise UsageError(f"{path} is a directory without adapter_config.json: not an exported adapter")
         print(f"{path}: PEFT {adapter.get('peft_type')} adapter for {adapter.get('base_model_name_or_path')}, "
               f"{adapter.get('num_virtual_tokens')} virtual tokens of width {adapter.get('token_dim')}")
+        check_claim(meta, str(path / "post.json"))
     else:
-        meta = _read_prompt(args.file).meta
+        prompt = _read_prompt(args.file)
+        meta = {**prompt.meta, "digest": prompt.digest()}
         print(f"{args.file}: a prompt of {meta.get('length')} vectors of width {meta.get('hidden_size')}")
     rows = {"model": meta.get("model"), "task": meta.get("task"), "template": repr(meta.get("template", "")),
-            "method": meta.get("method"), "run key": meta.get("run_key"), "source model": meta.get("source_model")}
+            "method": meta.get("method"), "digest": meta.get("digest"), "source model": meta.get("source_model"),
+            "source digest": meta.get("source_digest")}
     privacy = meta.get("dp") or {}
     rows["privacy"] = "none: tuned without DP (epsilon inf)"
     if privacy.get("private"):
@@ -427,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.disable_progress_bar()
     try:
+        if hasattr(args, "profile"):  # first: whatever the command reads or writes, a bad name stops it
+            check_profile_name(args.profile)
         for path in getattr(args, "task_file", []):
             register_file(path)
         args.run(args)

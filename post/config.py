@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import Any
 
 import yaml
 
-from .tasks import PUBLIC_POOLS, TASKS, TaskError, register_file
+from .tasks import PUBLIC_POOLS, TASKS, TaskError, load_yaml, register_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_DIR = ROOT / "params"
 PROFILES = ("smoke", "quick", "cpu", "gpu")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a plain file name: no "/", "..", spaces or globs
+SEED_MAX = 2**63 - 1  # torch and numpy take seeds that fit int64
 PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 only where a probe measures it faster here (post.models)
 DEVICES = ("auto", "cpu", "cuda")  # "auto": cuda if available, else cpu
 
@@ -333,6 +336,7 @@ def check(cfg: Config) -> Config:
                 _check_item(key, f"{key}[{i}]", item)
         else:
             _check_item(key, key, value)
+    _require(cfg.seed <= SEED_MAX, "seed", cfg.seed, "out of range: must be an integer in [0, 2**63 - 1]")
     d, dc, t, tr, a = cfg.data, cfg.distill, cfg.tune, cfg.transfer, cfg.audit
     _require(cfg.model, "model", cfg.model, "must name a model (offline name, local directory or hub id)")
     if cfg.device == "cuda":
@@ -393,15 +397,27 @@ def check(cfg: Config) -> Config:
     return cfg
 
 
+def check_profile_name(profile: str) -> str:
+    """``profile`` if it names a file ``params/<profile>.yaml``, else a one-line ConfigError listing the profiles.
+
+    The name becomes a path under params/, artifacts/, results/ and figures/, which ``make clean`` deletes: a
+    name with "/", ".." or an absolute path would reach outside them, so only plain names are accepted.
+    """
+    plain = PROFILE_NAME.fullmatch(profile)
+    path = PARAMS_DIR / f"{profile}.yaml"
+    if plain and path.is_file():
+        return profile
+    why = f"{os.path.relpath(path, ROOT)} does not exist" if plain else "a name is letters, digits, _ and - only"
+    profiles = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
+    raise ConfigError(f"no profile {profile!r}: {why} (profiles: {profiles})")
+
+
 def load_config(profile: str = "cpu", overrides: dict[str, Any] | None = None) -> Config:
     """Read ``params/<profile>.yaml`` strictly and check it; ``overrides`` (same nesting) win over the file."""
-    path = PARAMS_DIR / f"{profile}.yaml"
+    path = PARAMS_DIR / f"{check_profile_name(profile)}.yaml"
     shown = os.path.relpath(path, ROOT)
-    if not path.is_file():
-        profiles = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
-        raise ConfigError(f"no profile {profile!r}: {shown} does not exist (profiles: {profiles})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path)
     except yaml.YAMLError as err:
         raise ConfigError(f"{shown} is not valid YAML: {' '.join(str(err).split())}") from None
     if not data:

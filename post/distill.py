@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .artifacts import (artifact_dir, atomic_dir, atomic_path, read_json, readable, relative, results_dir,
-                        source_model_dir, write_json, write_manifest)
+                        source_model_dir, weights_whole, write_json, write_manifest)
 from .config import Config, DistillConfig, content_key
 from .cost import Cost, n_params
 from .models import load_model, load_tokenizer, resolve_device, resolve_precision
@@ -472,6 +473,22 @@ def readout_hidden(model, texts: list[str], tokenizer,
     return out.last_hidden_state[:, -1], int(mask.sum()), inner
 
 
+READOUT_CACHE = {"texts": list, "hidden": torch.Tensor, "layer": (int, type(None)), "inner": (list, type(None)),
+                 "cost": dict}
+CHECKPOINT = {"run_key": str, "model": dict, "optimizer": dict, "rng": torch.Tensor, "state": dict}
+
+
+def _checked(saved, layout: dict) -> dict:
+    """``saved`` if it is a dict with ``layout``'s keys holding those types; else ValueError, so that a cache or
+    checkpoint of another shape is treated like a truncated one: a one-line warning, then made anew."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"holds a {type(saved).__name__}, not a dict")
+    wrong = [key for key, kind in layout.items() if not isinstance(saved.get(key), kind)]
+    if wrong:
+        raise ValueError(f"its {', '.join(wrong)} missing or of another type")
+    return saved
+
+
 @torch.inference_mode()
 def teacher_readout(teacher, tokenizer, texts: list[str], batch_size: int, path: Path,
                     progress: bool = True) -> tuple[torch.Tensor, Cost]:
@@ -486,9 +503,9 @@ def teacher_states(teacher, tokenizer, texts: list[str], layer: int | None, batc
     """The teacher's read-out hidden states (N, D) on ``texts`` and, with ``layer``, the hidden state entering
     that layer at every token of each text (N tensors of (tokens, D), kept in bf16: they are cosine targets),
     from one pass computed once and cached at ``path``."""
-    saved = readable(path, lambda f: torch.load(f, weights_only=False))
-    if saved is not None and saved["texts"] == texts and saved.get("layer") == layer:
-        return saved["hidden"], saved.get("inner"), Cost(**saved["cost"])
+    saved = readable(path, lambda f: _checked(torch.load(f, weights_only=True), READOUT_CACHE))
+    if saved is not None and saved["texts"] == texts and saved["layer"] == layer:
+        return saved["hidden"], saved["inner"], Cost(**saved["cost"])
     cost, parts, inner = Cost(), [], None if layer is None else []
     for start in tqdm(range(0, len(texts), batch_size), desc="teacher read-outs", disable=not progress):
         begin = time.perf_counter()
@@ -591,7 +608,7 @@ def learning_rate(step: int, total: int, lr: float) -> float:
     if step < warm:
         return lr * (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+    return float(lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress))))  # a float: checkpoints hold plain data
 
 
 def batch_rows(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
@@ -659,12 +676,12 @@ def train(student, objective, dc: DistillConfig, seed: int, checkpoint: Path, ru
     params = trainable(student, dc)
     optimizer = torch.optim.AdamW(params, lr=dc.lr)
     state = {"step": 0, "losses": [], "evals": [], "train_cost": Cost(), "eval_cost": Cost()}
-    saved = readable(checkpoint, lambda f: torch.load(f, map_location="cpu", weights_only=False))
+    saved = readable(checkpoint, lambda f: _checked(torch.load(f, map_location="cpu", weights_only=True), CHECKPOINT))
     if saved is not None and saved["run_key"] == run_key:
         student.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
-        state = saved["state"]
+        state = {**saved["state"], **{k: Cost(**saved["state"][k]) for k in ("train_cost", "eval_cost")}}
     student.train()
 
     def evaluate(step: int) -> dict:
@@ -715,8 +732,10 @@ def train(student, objective, dc: DistillConfig, seed: int, checkpoint: Path, ru
 def save_checkpoint(path: Path, run_key: str, student, optimizer, state: dict) -> None:
     """Everything a resumed run needs to continue bit for bit: weights, optimizer, RNG, step, history."""
     with atomic_path(path) as tmp:
+        costs = {k: state[k].to_dict() for k in ("train_cost", "eval_cost")}
+        plain = json.loads(json.dumps({**state, **costs}, default=float))  # numbers only: it loads weights_only
         torch.save({"run_key": run_key, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": torch.get_rng_state(), "state": state}, tmp)
+                    "rng": torch.get_rng_state(), "state": plain}, tmp)
 
 
 # --- the stage -------------------------------------------------------------------------------------------
@@ -731,7 +750,8 @@ def existing(cfg: Config) -> dict | None:
     """The record of a source model already distilled with these exact settings, else None."""
     directory = source_model_dir(cfg.profile)
     manifest = directory / "manifest.json"
-    if manifest.exists() and read_json(manifest).get("distill_hash") in (distill_hash(cfg), release_hash(cfg)):
+    if (manifest.exists() and read_json(manifest).get("distill_hash") in (distill_hash(cfg), release_hash(cfg))
+            and weights_whole(directory)):  # a model file cut short is made again, not kept
         return read_json(directory / "distill.json")
     return None
 

@@ -14,17 +14,17 @@ RDP accountant over the same history is reported as a cross-check (RDP is looser
 
 The guarantee also needs randomness nobody can replay: with a known seed, rerunning the training with and
 without an example tells which one made the released prompt, and known batches undo the subsampling the
-accountant counts on. So a release draws its sampler and noise seeds from the operating system and never
-stores them; a seeded mode exists for tests and debugging, and its prompts are stamped as not private. The
-generators are torch's (Mersenne Twister, not a cryptographic generator: the secret is their 64-bit seeds),
-and the noise is drawn in opacus' secure mode (a sum of Gaussians, against floating-point attacks).
+accountant counts on. So a release draws every Poisson mask and every noise value from the operating system's
+cryptographic generator (``os.urandom``): there is no seed, nothing to brute-force and nothing to store. A
+seeded stream (numpy's PCG64) exists for tests and debugging; its prompts are stamped as not private. The noise
+is a sum of four Gaussians halved, as in opacus' secure mode, against floating-point attacks.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import secrets
+import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,6 +34,7 @@ import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
 
 RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS + list(range(64, 257, 8))  # large epsilons need large orders
@@ -88,39 +89,90 @@ def plan(epsilon: float, n: int, batch_size: int, steps: int, max_grad_norm: flo
     if steps <= 0 or max_grad_norm <= 0:
         raise ValueError(f"need steps > 0 and max_grad_norm > 0, got {steps} and {max_grad_norm}")
     delta, q = target_delta(n), batch_size / n
-    with _quiet_prv_domain():
-        sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
-                                     accountant="prv")
+    try:
+        with _quiet_prv_domain():
+            sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=q, steps=steps,
+                                         accountant="prv")
+    except ValueError:  # opacus: "The privacy budget is too low."
+        raise ValueError(f"epsilon {epsilon:g} is too small to calibrate: no noise multiplier opacus searches gives "
+                         f"it at delta {delta:.2g} over {steps} steps sampling q = {q:.3g}; use a larger epsilon "
+                         "(the study uses 1 to 8)") from None
     return DPPlan(epsilon, delta, sigma, max_grad_norm, q, steps, n)
 
 
-def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Indices of one Poisson-sampled batch: every example independently with probability q (may be empty)."""
-    return torch.nonzero(torch.rand(n, generator=generator) < sample_rate).flatten()
+class SecretStream:
+    """Uniforms and Gaussians from the OS's cryptographic generator: what a DP release samples and noises with.
+
+    A uniform is 53 random bits of ``os.urandom`` over 2^53; a Gaussian is Box-Muller on two of them, in float64.
+    """
+
+    def uniform(self, n: int) -> np.ndarray:
+        return (np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)) * 2.0 ** -53
+
+    def normal(self, n: int) -> np.ndarray:
+        u, v = 1.0 - self.uniform(n), self.uniform(n)  # 1 - u lies in (0, 1]: the log is finite
+        return np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * v)
 
 
-def generators(randomness: str, seed: int = 0) -> tuple[torch.Generator, torch.Generator]:
-    """(sampler, noise) generators: "secret" seeds them from the OS (values never kept), "seeded" from ``seed``.
+class SeededStream:
+    """The same draws from numpy's PCG64 seeded with ``seed``: replayable, so for tests and debugging only."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def uniform(self, n: int) -> np.ndarray:
+        return self.rng.random(n)
+
+    def normal(self, n: int) -> np.ndarray:
+        return self.rng.standard_normal(n)
+
+
+Stream = SecretStream | SeededStream
+
+
+def streams(randomness: str, seed: int = 0) -> tuple[Stream, Stream]:
+    """(sampler, noise) streams: "secret" draws from the OS's CSPRNG (no seed at all), "seeded" from ``seed``.
 
     Seeded streams come from ``numpy.random.SeedSequence(seed)``, so different seeds never share a stream
     (seed k's noise is not seed k + 1's sampler).
     """
     if randomness == "secret":
-        seeds = [secrets.randbits(64) for _ in range(2)]
-    elif randomness == "seeded":
-        seeds = np.random.SeedSequence(seed).generate_state(2, np.uint64).tolist()
-    else:
-        raise ValueError(f"DP randomness must be one of {RANDOMNESS}, got {randomness!r}")
-    return torch.Generator().manual_seed(seeds[0]), torch.Generator().manual_seed(seeds[1])
+        return SecretStream(), SecretStream()
+    if randomness == "seeded":
+        return tuple(SeededStream(s) for s in np.random.SeedSequence(seed).spawn(2))
+    raise ValueError(f"DP randomness must be one of {RANDOMNESS}, got {randomness!r}")
+
+
+def poisson_batch(n: int, sample_rate: float, stream: Stream) -> torch.Tensor:
+    """Indices of one Poisson-sampled batch: every example independently with probability q (may be empty)."""
+    return torch.from_numpy(np.flatnonzero(stream.uniform(n) < sample_rate))
+
+
+class NoisyOptimizer(DPOptimizer):
+    """opacus' DPOptimizer (clipping, summing, scaling, its step hooks) with the noise drawn from a ``Stream``."""
+
+    def __init__(self, *args, stream: Stream, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stream = stream
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)  # opacus' guard: a clipped sum is noised once, then zeroed
+            shape = p.summed_grad.shape
+            draws = sum(self.stream.normal(shape.numel()) for _ in range(4)) / 2  # N(0, 1), as opacus' secure mode
+            noise = torch.from_numpy(draws * std).reshape(shape).to(p.summed_grad)
+            p.grad = (p.summed_grad + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)
 
 
 def optimizer(param: torch.nn.Parameter, base: torch.optim.Optimizer, dp: DPPlan,
-              generator: torch.Generator | None = None) -> tuple[DPOptimizer, PRVAccountant]:
-    """Wrap ``base`` (e.g. Adam over ``param``) in opacus' DPOptimizer, with a PRV accountant on its steps."""
+              stream: Stream) -> tuple[DPOptimizer, PRVAccountant]:
+    """Wrap ``base`` (e.g. Adam over ``param``) in a DP optimizer whose noise comes from ``stream``, with a PRV
+    accountant on its steps."""
     # opacus' per-step hook counts steps; the expected batch size is the mean's denominator (Poisson sizes vary)
-    dp_optimizer = DPOptimizer(base, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                               expected_batch_size=dp.expected_batch_size, loss_reduction="mean",
-                               generator=generator, secure_mode=True)
+    dp_optimizer = NoisyOptimizer(base, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                                  expected_batch_size=dp.expected_batch_size, loss_reduction="mean", stream=stream)
     accountant = PRVAccountant()
     dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(dp.sample_rate))
     return dp_optimizer, accountant
@@ -149,6 +201,15 @@ def spent(accountant: PRVAccountant, delta: float) -> dict:
         prv = accountant.get_epsilon(delta)
     return {"prv_epsilon": float(prv), "rdp_epsilon": float(rdp.get_epsilon(delta, alphas=RDP_ORDERS)),
             "steps_taken": taken}
+
+
+@functools.lru_cache(maxsize=256)  # prompts are checked each time they are loaded; the accountant costs ~0.3 s
+def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Epsilon of ``steps`` Poisson-sampled steps at (sigma, q) and ``delta`` by the PRV accountant, as ``spent``
+    reports it: how a prompt's stated guarantee is checked against its own DP record."""
+    accountant = PRVAccountant()
+    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    return spent(accountant, delta)["prv_epsilon"]
 
 
 def clipped_norms(optimizer: DPOptimizer, param: torch.nn.Parameter, grad_sample: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,19 @@ loop that scores many texts: evaluation, the transfer's fixed logits and the aud
 
 What leaves the data owner is the prompt file: the weights and ``meta``, whitelisted public facts
 (:data:`PROVIDER_KEYS`). Whatever else the owner learnt while tuning (training curves, validation scores, batch
-sizes, costs) is ``record`` and stays in an owner-side file next to it, ``<prompt>.owner.json``: those numbers
-come from the private data without noise, so they would void the DP guarantee of the weights.
+sizes, costs, the skip-if-done key, which digests a task file's data) is ``record`` and stays in an owner-side
+file next to it, ``<prompt>.owner.json``: those numbers come from the private data without noise, so they would
+void the DP guarantee of the weights. A prompt is named by :meth:`SoftPrompt.digest`, a digest of its weights,
+which tells nobody more than the weights do.
+
+A prompt file is checked when it is loaded, whoever made it: weights of the shape its metadata states and
+finite, and a stated DP guarantee that its own DP record gives when the accountant recomputes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +31,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import dp
-from .artifacts import atomic_path, read_json, relative, write_json
+from .artifacts import UnreadableArtifact, atomic_path, read_json, relative, write_json
 from .cost import Cost
 from .models import model_name, stable_name
 from .tasks import Task
 
 
 # what a prompt file handed to the provider may carry: what the transfer needs, and the public DP facts
-PROVIDER_KEYS = frozenset({"length", "hidden_size", "model", "task", "template", "epsilon", "dp", "method",
-                           "run_key"})
+PROVIDER_KEYS = frozenset({"length", "hidden_size", "model", "task", "template", "epsilon", "dp", "method"})
 PROVIDER_DP_KEYS = frozenset({"private", "randomness", "epsilon", "delta", "noise_multiplier", "max_grad_norm",
                               "sample_rate", "steps", "n", "accountant", "prv_epsilon", "rdp_epsilon",
                               "steps_taken"})
@@ -44,6 +50,46 @@ class PromptMismatch(ValueError):
 
 class NotReleasable(ValueError):
     """A prompt that claims DP but must not leave the owner: its guarantee does not hold."""
+
+
+class FalseClaim(UnreadableArtifact):
+    """A prompt file whose stated DP guarantee its own DP record does not give."""
+
+
+CLAIM_KEYS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps_taken", "prv_epsilon")
+CLAIM_TOLERANCE = 1e-3  # relative: the accountant is deterministic, so only rounding may differ
+
+
+def check_claim(meta: dict, where: str) -> None:
+    """Refuse a prompt whose stated epsilon is not what the PRV accountant gives for its own DP record
+    (sigma, q, steps taken, delta): an edited file cannot claim more privacy than its noise bought.
+
+    A prompt without noise (sigma = 0) claims no guarantee that could be checked; ``check_release`` refuses
+    to hand it over.
+    """
+    privacy, epsilon = meta.get("dp") or {}, meta.get("epsilon", math.inf)
+    if not privacy.get("private"):
+        if not (isinstance(epsilon, (int, float)) and math.isinf(epsilon)):
+            raise FalseClaim(f"{where} states epsilon {epsilon!r} but has no DP record")
+        return
+    missing = [key for key in CLAIM_KEYS if not isinstance(privacy.get(key), (int, float))]
+    if missing:
+        raise FalseClaim(f"{where} claims DP but its record lacks {', '.join(missing)}")
+    if privacy["noise_multiplier"] == 0:
+        return
+    if privacy["epsilon"] != epsilon:
+        raise FalseClaim(f"{where} states epsilon {epsilon} but its DP record says {privacy['epsilon']}")
+    try:
+        recomputed = dp.prv_epsilon(float(privacy["noise_multiplier"]), float(privacy["sample_rate"]),
+                                    int(privacy["steps_taken"]), float(privacy["delta"]))
+    except (ValueError, ArithmeticError, RuntimeError) as err:  # q outside (0, 1], a negative sigma, ...
+        raise FalseClaim(f"{where}: its DP record cannot be accounted ({err})") from None
+    stated = float(privacy["prv_epsilon"])
+    if recomputed > epsilon * (1 + CLAIM_TOLERANCE) or abs(recomputed - stated) > CLAIM_TOLERANCE * max(1.0, stated):
+        raise FalseClaim(f"{where} claims epsilon {epsilon:g} (spent {stated:.4g}), but the PRV accountant gives "
+                         f"{recomputed:.4g} for its sigma {privacy['noise_multiplier']:.4g}, q "
+                         f"{privacy['sample_rate']:.4g}, {privacy['steps_taken']} steps and delta "
+                         f"{privacy['delta']:.3g}: refused")
 
 
 def provider_meta(meta: dict) -> dict:
@@ -125,11 +171,18 @@ class SoftPrompt(nn.Module):
             raise PromptMismatch(f"prompt was made for {self.meta.get('model')!r}, not {model_name(model)!r} "
                                  "(pass same_model=False to paste it across models on purpose)")
 
+    def digest(self) -> str:
+        """Sixteen hex digits of SHA-256 over the weights: names this exact prompt, and tells no more than they do."""
+        return hashlib.sha256(self.weight.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
     def save(self, path: Path) -> Path:
         """Write the prompt file (weights and ``meta``) and, if there is one, the owner's record next to it.
 
-        The record goes first: a prompt file on disk always has its record beside it.
+        The record goes first: a prompt file on disk always has its record beside it. Weights that are not
+        finite are refused: no command writes a prompt nobody could use.
         """
+        if not torch.isfinite(self.weight).all():
+            raise ValueError(f"refusing to write {relative(path)}: the prompt's weights hold NaN or inf")
         if self.record:
             write_json(record_path(path), self.record)
         with atomic_path(Path(path)) as tmp:
@@ -138,9 +191,22 @@ class SoftPrompt(nn.Module):
 
     @classmethod
     def load(cls, path: Path, model=None, same_model: bool = True) -> "SoftPrompt":
-        """Load a prompt file (never its owner-side record); with ``model`` given, check that it fits."""
+        """Load a prompt file (never its owner-side record), checked (module docstring); with ``model`` given,
+        check that it fits."""
         state = torch.load(path, map_location="cpu", weights_only=True)
-        prompt = cls(state["weight"], **state["meta"])
+        if not (isinstance(state, dict) and isinstance(state.get("weight"), torch.Tensor)
+                and isinstance(state.get("meta"), dict)):
+            raise ValueError("not a prompt file: it holds no weight tensor and meta mapping")
+        weight, meta = state["weight"], state["meta"]
+        stated = (meta.get("length"), meta.get("hidden_size"))
+        if tuple(weight.shape) != stated or not weight.is_floating_point():
+            raise ValueError(f"its weights are {weight.dtype} of shape {tuple(weight.shape)}, but its metadata "
+                             f"states {stated[0]} vectors of width {stated[1]}")
+        if not torch.isfinite(weight).all():
+            raise ValueError("its weights hold NaN or inf")
+        check_claim(meta, relative(path))
+        prompt = cls(weight)
+        prompt.meta.update(meta)
         if model is not None:
             prompt.check(model, same_model)
         return prompt

@@ -206,7 +206,7 @@ def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) ->
                                              "wall_seconds": 0.0}]
     for epsilon in cfg.transfer.epsilons:
         compt = SoftPrompt.load(source_prompt_path(cfg, task, epsilon), target, same_model=False)
-        tuning = read_record(source_prompt_path(cfg, task, epsilon))["cost"]["wall_seconds"]  # the owner's record
+        tuning = _tuning_seconds(source_prompt_path(cfg, task, epsilon), epsilon)
         rows.append({"method": METHODS["direct"].label, "epsilon": eps_tag(epsilon), "accuracy": score(compt),
                      "wall_seconds": tuning})
         for method in (METHODS["ptfer"], METHODS["post"]):
@@ -218,8 +218,14 @@ def compare(cfg: Config, target, score: Callable[[SoftPrompt | None], float]) ->
         if full.exists():
             prompt = SoftPrompt.load(full, target)
             rows.append({"method": METHODS["fullpt"].label, "epsilon": eps_tag(epsilon), "accuracy": score(prompt),
-                         "wall_seconds": read_record(full)["cost"]["wall_seconds"]})
+                         "wall_seconds": _tuning_seconds(full, epsilon)})
     return rows
+
+
+def _tuning_seconds(prompt_file: Path, epsilon: float) -> float:
+    """The wall time of a prompt's tuning from the owner's record; NaN for a DP prompt, whose time is a noiseless
+    function of its Poisson draws and stays with the owner."""
+    return read_record(prompt_file)["cost"]["wall_seconds"] if math.isinf(epsilon) else math.nan
 
 
 def recovery(rows: list[dict]) -> dict[str, float]:
@@ -411,7 +417,7 @@ def _tuning(out: Path) -> list[str]:
     rows["run"] = rows.method + " eps=" + rows.epsilon
     acc = rows.pivot_table(index="task", columns="run", values="accuracy", sort=False).reset_index()
     dp = rows[rows.epsilon != "inf"][["task", "method", "epsilon", "prv_epsilon", "rdp_epsilon", "delta",
-                                      "noise_multiplier", "sample_rate", "steps", "train_seconds"]]
+                                      "noise_multiplier", "sample_rate", "steps", "batch_size"]]
     return ["### Prompt tuning with and without DP (02)",
             f"`results/{out.name}/tune.json`, `figures/{out.name}/tune_*.png`. Test accuracy; CompPT on the source, "
             "FullPT on the target:", markdown_table(acc),
@@ -671,8 +677,9 @@ def _projection() -> list[str]:
 
 
 def tune_made_seconds(rows: list[dict]) -> float:
-    """What tuning and validating 02's prompts cost when they were made, whichever run made them."""
-    return sum(r["train_seconds"] + (r.get("eval_seconds") or 0) for r in rows)
+    """What tuning the non-private prompts and scoring every prompt of 02 cost when they were made, whichever run
+    made them (a DP prompt's tuning time is the owner's: ``post.tune.DP_UNPUBLISHED``)."""
+    return sum(r.get("train_seconds", 0) + (r.get("eval_seconds") or 0) for r in rows)
 
 
 def _stage_times(out: Path, profile: str) -> list[str]:
@@ -695,7 +702,8 @@ def _stage_times(out: Path, profile: str) -> list[str]:
                     f"{recorded:.0f} s.")
     for stage, name, made_seconds, what in (
             ("02_tune", "tune.json", tune_made_seconds,
-             "prompts tuned by an earlier run (found by their run keys): tuning and validating them took"),
+             "prompts tuned by an earlier run (found by their run keys): tuning the non-private ones and scoring "
+             "all took"),
             ("05_privacy_audit", "audit.json", audit_made_seconds,
              "audit parts made by an earlier run: making every part once took")):
         if stage in stages and (out / name).exists():

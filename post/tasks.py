@@ -22,10 +22,11 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Hashable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -38,6 +39,28 @@ FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 
 class TaskError(ValueError):
     """A task or pool declaration, or its data, that cannot be used; the message is one line."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing a key written twice in one mapping, which PyYAML would silently resolve to the
+    last value: a setting edited in one place and left in another must not quietly decide a run."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node)
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key, Hashable):
+                continue  # `<<: *base` may be overridden; an unhashable key is refused by SafeLoader itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key!r} repeated at line {key_node.start_mark.line + 1} (first at line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file (a task file or a profile) read safely; a repeated key raises ``yaml.YAMLError`` naming it."""
+    return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
 
 
 @dataclass(frozen=True)
@@ -198,14 +221,20 @@ def load_hub_dataset(path: str, name: str | None = None, split: str | None = Non
     """``datasets.load_dataset(path, name, split=split)``: a hub dataset, all splits unless ``split`` is named.
 
     With ``POST_HUB_MIRROR=<dir>`` it is read from ``<dir>/<path>`` (``name`` as data_dir): a local copy in the
-    hub's layout, which is how the tests run the hub code paths offline.
+    hub's layout, which is how the tests run the hub code paths offline. A dataset that cannot be reached or
+    found is one line (offline, ``HF_HUB_OFFLINE=1``, ``datasets`` says so at once and still reads its cache).
     """
     import datasets
 
     mirror = os.environ.get("POST_HUB_MIRROR")
-    if mirror:
-        return datasets.load_dataset(str(Path(mirror) / path), data_dir=name, split=split)
-    return datasets.load_dataset(path, name, split=split)
+    try:
+        if mirror:
+            return datasets.load_dataset(str(Path(mirror) / path), data_dir=name, split=split)
+        return datasets.load_dataset(path, name, split=split)
+    except (ConnectionError, FileNotFoundError) as err:
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TaskError(f"hf:{path} cannot be loaded ({cause}); set POST_HUB_MIRROR=<dir> to a local copy in the "
+                        "hub's layout, or declare a local data file") from None
 
 
 @dataclass(frozen=True)
@@ -281,7 +310,7 @@ class FileSource:
     """Labelled rows of a local data file, checked as they are read (the provider never reads them).
 
     Rows without a text or a label are skipped. A label is a class name, or a 0-based index into the classes
-    when the column is numeric.
+    when the column is numeric and none of its labels is a class name.
     """
 
     path: Path
@@ -316,26 +345,39 @@ class FileSource:
                 for s in FRACTIONS if s in where}
 
     def _indices(self, column) -> np.ndarray:
-        """Class indices of a label column; a label that is not a class stops the load, naming its row."""
+        """Class indices of a label column; a label that is not a class stops the load, naming its row.
+
+        Labels are read as class names first (1 and 1.0 both read "1"), so classes named "1", "0" in that order
+        keep their rows; only a numeric column in which no label is a class name is read as 0-based indices.
+        A column that is partly class names is refused rather than guessed.
+        """
         import pandas as pd
 
-        if pd.api.types.is_numeric_dtype(column):
+        lookup = {name: i for i, name in enumerate(self.classes)}
+        names = column.map(_label_text)
+        ok = names.isin(list(lookup)).to_numpy()
+        if ok.all():
+            return names.map(lookup).to_numpy(dtype=int)
+        allowed = f"({', '.join(self.classes)}, or an index 0..{len(self.classes) - 1})"
+        if ok.any():  # some labels name classes: the others are mistakes, not indices
+            allowed = f"({', '.join(self.classes)}) as other rows' labels are"
+        elif pd.api.types.is_numeric_dtype(column):
             values = column.to_numpy(dtype=float)
             ok = (values == np.round(values)) & (values >= 0) & (values < len(self.classes))
-            index = np.where(ok, values, 0).astype(int)
-        else:
-            lookup = {name: i for i, name in enumerate(self.classes)}
-            names = column.astype(str).str.strip()
-            ok = names.isin(list(lookup)).to_numpy()
-            index = np.array([lookup.get(n, 0) for n in names])
-        if not ok.all():
-            first = int(np.flatnonzero(~ok)[0])
-            value = column.iloc[first]
-            value = value.item() if isinstance(value, np.generic) else value  # 5, not np.int64(5)
-            raise TaskError(f"{_shown(self.path)}: label {value!r} (data row "
-                            f"{column.index[first] + 1}) is not a class ({', '.join(self.classes)}, or an index "
-                            f"0..{len(self.classes) - 1}); {int((~ok).sum())} row(s) like it")
-        return index
+            if ok.all():
+                return values.astype(int)
+        first = int(np.flatnonzero(~ok)[0])
+        value = column.iloc[first]
+        value = value.item() if isinstance(value, np.generic) else value  # 5, not np.int64(5)
+        raise TaskError(f"{_shown(self.path)}: label {value!r} (data row {column.index[first] + 1}) is not a class "
+                        f"{allowed}; {int((~ok).sum())} row(s) like it")
+
+
+def _label_text(value) -> str:
+    """A label as it compares with class names: 1, 1.0 and " 1" all read "1"."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value).strip()
 
 
 @dataclass(frozen=True)
@@ -406,6 +448,17 @@ def _template(value, where: str) -> str:
     return value
 
 
+def _inside(base: Path, value: str, where: str) -> Path:
+    """``value`` as a path in ``base`` (a task file's folder) or below it, symlinks and ``..`` resolved: a task
+    file may come from someone else, and the provider reads its pools as public text, so it may name its own
+    files only."""
+    path = (base / Path(value).expanduser()).resolve()
+    if not path.is_relative_to(base.resolve()):
+        raise TaskError(f"{where} = {value!r} is outside {_shown(base)}/: a task file names files in its own "
+                        "folder or below it")
+    return path
+
+
 def _loader(kind: str, data: str, spec: dict, classes: tuple[str, ...], base: Path,
             where: str) -> tuple[Callable, str]:
     """The task's ``load`` and where its data are (a file as the user would write its path)."""
@@ -420,7 +473,7 @@ def _loader(kind: str, data: str, spec: dict, classes: tuple[str, ...], base: Pa
         if not isinstance(splits, (list, tuple)) or not splits or not all(isinstance(s, str) for s in splits):
             raise TaskError(f"{where}.hub_splits must list the hub splits to pool, got {splits!r}")
         return HubSource(path, config or None, text, label, tuple(splits)).load, data
-    path = base / Path(data).expanduser()
+    path = _inside(base, data, f"{where}.data")
     if path.suffix.lower() not in DATA_FILES:
         raise TaskError(f"{where}.data = {data!r}: a data file is {', '.join(DATA_FILES)} (or give "
                         "hf:<dataset>[:<config>])")
@@ -456,10 +509,11 @@ def declare(name: str, spec: dict, base: Path = Path("."), where: str = "") -> T
 
 def declare_pool(spec, base: Path, where: str) -> Callable[[], list[str]]:
     """A public pool's loader from its declaration: a file of texts, or ``{data: FILE, text: COLUMN}``."""
+    key = where if isinstance(spec, str) else f"{where}.data"
     spec = {"data": spec} if isinstance(spec, str) else spec
     if not isinstance(spec, dict) or set(spec) - {"data", "text"} or not isinstance(spec.get("data"), str):
         raise TaskError(f"{where} must be a file of texts, or data: FILE with text: COLUMN; got {spec!r}")
-    path = base / Path(spec["data"]).expanduser()
+    path = _inside(base, spec["data"], key)
     if path.suffix.lower() not in (".txt", *DATA_FILES):
         raise TaskError(f"{where}: {spec['data']!r} is not a .txt file (one text per line) or a "
                         f"{', '.join(DATA_FILES)}")
@@ -513,7 +567,7 @@ def register_file(path: str | Path) -> list[str]:
     if not path.is_file():
         raise TaskError(f"{_shown(path)}: no such task file")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_yaml(path)
     except yaml.YAMLError as err:
         raise TaskError(f"{_shown(path)} is not valid YAML: {' '.join(str(err).split())}") from None
     sections = ("tasks", "pools")
@@ -657,10 +711,19 @@ def _splits(name: str) -> dict[str, Split]:
 
 
 def load_split(name: str, split: str, limit: int = 0) -> Split:
-    """The fixed ``split`` of task ``name``; ``limit`` > 0 takes a stratified prefix of that many."""
+    """The fixed ``split`` of task ``name``; ``limit`` > 0 takes a stratified prefix of that many.
+
+    A split that comes out empty, or a train split missing a class, is refused in one line here rather than
+    failing deep in a stage; only the split asked for is checked, so a test-only use of small data still works.
+    """
     if split not in FRACTIONS:
         raise KeyError(f"unknown split {split!r}; splits: {list(FRACTIONS)}")
-    data = _splits(name)[split]
+    splits, task = _splits(name), get_task(name)
+    data = splits[split]
+    if not data or split == "train" and len(set(data.labels)) < len(task.classes):
+        sizes = ", ".join(f"{s} {len(d)}" for s, d in splits.items())
+        raise TaskError(f"{task.source}: {sum(map(len, splits.values()))} rows of {len(task.classes)} classes are too "
+                        f"few for a {split} split ({sizes}): each split needs a row, and train one of each class")
     if limit and limit < len(data):
         data = Split(data.texts[:limit], data.labels[:limit])
     return data

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, keyed_path, prompt_path, read_json, read_required,
-                        readable, relative, require, results_dir, source_model_dir, write_json, write_manifest)
+                        readable, relative, require, results_dir, source_model, write_json, write_manifest)
 from .config import ROOT, Config, TransferConfig
 from .cost import Cost, Timer, plateaued
 from .models import autocast, load, model_name
@@ -343,11 +343,12 @@ def derived_meta(source_prompt: SoftPrompt, target, method: str, cost: Cost, **r
     Only the whitelisted keys of the source's metadata are kept (``post.prompt.provider_meta``), whatever the
     file carried: the owner's curves, costs and scores never pass on. The privacy record (epsilon, delta,
     noise, ...) is kept as it is: the transfer never sees private data, so it is post-processing of the DP
-    prompt. The source's model, method and run key move to source_*.
+    prompt. The source's model and method move to source_*, and ``source_digest`` names the source prompt by
+    its weights (a rerun knows which prompt a transfer was made from).
     """
     meta = provider_meta(source_prompt.meta)
-    moved = {f"source_{key}": meta.pop(key) for key in ("model", "method", "run_key") if key in meta}
-    return {**meta, **moved, "model": model_name(target), "method": method, "cost": cost.to_dict(),
+    moved = {f"source_{key}": meta.pop(key) for key in ("model", "method") if key in meta}
+    return {**meta, **moved, "source_digest": source_prompt.digest(), "model": model_name(target), "method": method, "cost": cost.to_dict(),
             "transfer": record}
 
 
@@ -356,7 +357,7 @@ def derived_meta(source_prompt: SoftPrompt, target, method: str, cost: Cost, **r
 
 def load_models(cfg: Config):
     """``(source, target, tokenizer)``: the distilled source from 01 and the target; they share the tokenizer."""
-    source_dir = require(source_model_dir(cfg.profile), "source_model", cfg.profile)
+    source_dir = source_model(cfg.profile)
     target, tokenizer = load(cfg.model, device=cfg.device)
     source, _ = load(source_dir, device=cfg.device)
     return source, target, tokenizer
@@ -499,7 +500,7 @@ def finished_rows(cfg: Config, done: dict, task: str, epsilon: float, source_pro
         return []
     for row in rows:
         made = readable(ROOT / row["prompt"], SoftPrompt.load)
-        if made is None or made.meta.get("source_run_key") != source_prompt.meta.get("run_key"):
+        if made is None or made.meta.get("source_digest") != source_prompt.digest():
             return []
     return rows
 
@@ -527,7 +528,7 @@ def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferRes
     result = load_run(path)
     if (row is None or row.get("config_hash") != settings_hash(cfg)
             or row.get("public_pool") != public_pool(cfg, cfg.transfer.sweep_task)
-            or result.prompt.meta.get("source_run_key") != source_prompt.meta.get("run_key")):
+            or result.prompt.meta.get("source_digest") != source_prompt.digest()):
         return None
     return row, result
 
@@ -579,7 +580,7 @@ def run_sweeps(cfg: Config, score: Callable[[SoftPrompt], float], progress: bool
             path = keyed_path(cfg.profile, "sweeps", "transfer", ".pt", {
                 "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "task_pools"},
                 "pool": pool, "config": settings_hash(cfg),
-                "source_prompt": source_prompt.meta.get("run_key")})
+                "source_prompt": source_prompt.digest()})
             result = readable(path, load_run)
             if result is None:
                 if pool not in prepared:

@@ -29,14 +29,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import dp
-from .artifacts import (METHODS, eps_tag, prompt_path, read_json, relative, require, results_dir, source_model_dir,
+from .artifacts import (METHODS, eps_tag, prompt_path, read_json, readable, relative, results_dir, source_model,
                         write_json)
 from .config import ROOT, Config, TuneConfig, content_key
 from .cost import Cost, Timer, plateaued
 from .evaluate import accuracy
 from .models import autocast, load, model_name, resolve_precision
 from .plots import epsilon_panels, save_figure
-from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record
+from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record, record_path
 from .tasks import BUILTIN, Split, Task, fingerprint, get_task, load_split
 
 SELECT = ("last", "validation")
@@ -122,7 +122,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
     if private:
         plan = dp.plan(epsilon, n, batch_size, steps, settings.max_grad_norm)
         plan = plan if add_noise else dataclasses.replace(plan, noise_multiplier=0.0)
-        sampler, noise = dp.generators(settings.dp_randomness, seed)
+        sampler, noise = dp.streams(settings.dp_randomness, seed)
         optimizer, accountant = dp.optimizer(weight, optimizer, plan, noise)
     else:
         batches = _shuffled_batches(n, batch_size, torch.Generator().manual_seed(seed))
@@ -203,7 +203,7 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
 
 def source_fingerprint(profile: str) -> str:
     """Digest of the source model directory's JSON files (config, manifest): changes when 01 re-distills."""
-    directory = require(source_model_dir(profile), "source_model", profile)
+    directory = source_model(profile)
     digest = hashlib.sha256()
     for path in sorted(directory.glob("*.json")):
         digest.update(path.name.encode() + path.read_bytes())
@@ -272,31 +272,33 @@ def stage_plan(cfg: Config, task: str, epsilon: float) -> dp.DPPlan:
 def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | None = None) -> list[dict]:
     """Tune (or reuse) every prompt of ``method`` and score it on the test split with the model it was tuned on.
 
-    ``compt`` loads only the distilled source model; ``fullpt`` loads the target. A prompt file with the
-    current run key is not retrained (a DP prompt is released once, not again at every rerun), and if
-    ``cached`` (run key -> row of an earlier run) has its row scored at the current eval precision, not
-    rescored either.
+    ``compt`` loads only the distilled source model; ``fullpt`` loads the target. A prompt file whose owner
+    record has the current run key is not retrained (a DP prompt is released once, not again at every rerun),
+    and if ``cached`` (prompt digest -> row of an earlier run) has its row scored at the current eval precision
+    on as many test examples, not rescored either.
     """
     grids = {"compt": (cfg.tune.epsilons, cfg.tune.steps),
              "fullpt": (cfg.tune.full_pt_epsilons, cfg.tune.full_pt_steps)}
     if method not in grids:
         raise KeyError(f"tune methods are {sorted(grids)}, not {method!r}")
     epsilons, steps = grids[method]
-    name = str(require(source_model_dir(cfg.profile), "source_model", cfg.profile)) \
+    name = str(source_model(cfg.profile)) \
         if METHODS[method].model == "source" else cfg.model
     cached = cached or {}
     model = tokenizer = None
     rows = []
     for task_name in cfg.data.tasks:
         task = get_task(task_name)
+        test_split = load_split(task_name, "test", cfg.data.max_test)
         for epsilon in epsilons:
             key = run_key(cfg, task_name, method, epsilon)
             path = prompt_path(cfg.profile, task_name, method, epsilon, cfg.seed)
-            prompt = SoftPrompt.load(path) if path.exists() else None
-            if prompt is not None and prompt.meta.get("run_key") != key:
-                prompt = None  # made with other settings: retrain
-            if prompt is not None and cached.get(key, {}).get("eval_precision") == cfg.eval.precision:
-                rows.append(cached[key])
+            prompt = readable(path, SoftPrompt.load)
+            if prompt is not None and (readable(record_path(path), read_json) or {}).get("run_key") != key:
+                prompt = None  # made with other settings (the owner's record says): retrain
+            row = cached.get(prompt.digest()) if prompt is not None else None
+            if row and row.get("eval_precision") == cfg.eval.precision and row.get("n") == len(test_split):
+                rows.append(row)
                 continue
             if model is None:
                 model, tokenizer = load(name, device=cfg.device)
@@ -305,19 +307,25 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
                 settings, run_steps = run_settings(cfg.tune, epsilon, steps)
                 prompt = tune_prompt(model, tokenizer, task, train, settings, epsilon, run_steps, validation,
                                      cfg.seed, cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
-                for part in (prompt.meta, prompt.record):
-                    part.update(method=method, run_key=key)
+                prompt.meta["method"] = method
+                prompt.record.update(method=method, run_key=key)  # the owner's: a task file's key digests its data
                 prompt.save(path)
-            test = accuracy(model, tokenizer, task, load_split(task_name, "test", cfg.data.max_test), prompt,
-                            cfg.eval.batch_size, cfg.data.max_text_tokens, progress, cfg.eval.precision)
-            rows.append({**_row(read_record(path), test, key, path), "eval_precision": cfg.eval.precision})
+            test = accuracy(model, tokenizer, task, test_split, prompt, cfg.eval.batch_size, cfg.data.max_text_tokens,
+                            progress, cfg.eval.precision)
+            rows.append({**_row(read_record(path), test, prompt.digest(), path), "eval_precision": cfg.eval.precision})
     return rows
 
 
-def _row(record: dict, test: dict, key: str, path: Path) -> dict:
-    """One results row from the owner's record of a prompt and its test score."""
+# what a DP prompt's row leaves out: noiseless functions of its Poisson draws and of the private texts they drew
+# (the time, FLOPs and examples its steps took); the owner's record keeps them
+DP_UNPUBLISHED = ("train_seconds", "train_flops", "examples_seen")
+
+
+def _row(record: dict, test: dict, digest: str, path: Path) -> dict:
+    """One results row from the owner's record of a prompt and its test score; a DP prompt's row publishes only
+    what its guarantee covers (the planned steps and expected batch, the DP parameters, the test score)."""
     privacy = record["dp"]
-    return {
+    row = {
         "task": record["task"], "method": METHODS[record["method"]].label, "model": record["model"],
         "epsilon": eps_tag(record["epsilon"]), "seed": record["seed"], "accuracy": test["accuracy"],
         "n": test["n"], "predicted_share": test["predicted_share"], "eval_seconds": test["seconds"],
@@ -328,8 +336,9 @@ def _row(record: dict, test: dict, key: str, path: Path) -> dict:
         "prv_epsilon": privacy.get("prv_epsilon"), "rdp_epsilon": privacy.get("rdp_epsilon"),
         "delta": privacy.get("delta"), "noise_multiplier": privacy.get("noise_multiplier"),
         "max_grad_norm": privacy.get("max_grad_norm"), "sample_rate": privacy.get("sample_rate"),
-        "run_key": key, "prompt": relative(path),
+        "prompt_digest": digest, "prompt": relative(path),
     }
+    return {k: v for k, v in row.items() if k not in DP_UNPUBLISHED} if privacy["private"] else row
 
 
 def run_tune(cfg: Config, progress: bool = True) -> list[dict]:
@@ -338,7 +347,7 @@ def run_tune(cfg: Config, progress: bool = True) -> list[dict]:
     A prompt already tuned with the same settings (run key) is reused; its row too, if ``tune.json`` has it.
     """
     out = results_dir(cfg.profile) / "tune.json"
-    cached = {row["run_key"]: row for row in read_json(out)} if out.exists() else {}
+    cached = {row.get("prompt_digest"): row for row in readable(out, read_json) or []}
     rows = tune_method(cfg, "compt", progress, cached) + tune_method(cfg, "fullpt", progress, cached)
     write_json(out, rows)
     return rows

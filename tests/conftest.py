@@ -24,6 +24,21 @@ def smol():
     return load("smollm2-135m-instruct")
 
 
+@pytest.fixture(scope="session")
+def dp_record():
+    """``dp_record(epsilon, randomness)``: a prompt's DP record as 02 writes it, for a small planned run whose
+    stated epsilon the accountant confirms (a prompt file is checked against it when loaded)."""
+    from post import dp
+
+    def record(epsilon: float = 8.0, randomness: str = "secret") -> dict:
+        plan = dp.plan(epsilon, 100, 10, 10, 1.0)
+        spent = dp.prv_epsilon(plan.noise_multiplier, plan.sample_rate, plan.steps, plan.delta)
+        return {"private": True, **plan.to_dict(), "randomness": randomness, "prv_epsilon": spent,
+                "steps_taken": plan.steps}
+
+    return record
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run faster on one thread, and far faster when the cores are shared."""

@@ -1,5 +1,9 @@
-"""The post command: help everywhere, both parties end to end on a task from a CSV file, bad input refused."""
+"""The post command: help everywhere, both parties end to end on a task from a CSV file, bad input refused, and
+what crosses between the parties: nothing but the weights and public facts, checked on arrival."""
 
+import hashlib
+import json
+import math
 import re
 import shutil
 import subprocess
@@ -11,9 +15,10 @@ import torch
 import yaml
 
 import post.artifacts
+import post.models
 from post import cli, dp, tasks
 from post.models import load
-from post.prompt import SoftPrompt, Verbalizer, encode, next_token_logits, read_record
+from post.prompt import FalseClaim, SoftPrompt, Verbalizer, encode, next_token_logits, read_record
 
 EXAMPLE = Path(__file__).parents[1] / "examples"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,9 +131,9 @@ def test_inspect_tells_the_owner_record_and_export_refuses_a_prompt_for_another_
     assert not (sandbox / "adapter").exists()
 
 
-def test_a_seeded_dp_prompt_is_neither_transferred_nor_exported(sandbox, capsys):
+def test_a_seeded_dp_prompt_is_neither_transferred_nor_exported(sandbox, capsys, dp_record):
     prompt = SoftPrompt(torch.randn(4, 64), model="artifacts/smoke/source_model", task="rotten_tomatoes",
-                        template=tasks.REVIEW, epsilon=8.0, dp={"private": True, "randomness": dp.NOT_PRIVATE})
+                        template=tasks.REVIEW, epsilon=8.0, dp=dp_record(8.0, dp.NOT_PRIVATE))
     path = prompt.save(sandbox / "compt_eps8_seed0.pt")
     code, out, _ = post_(capsys, "inspect", path)
     assert code == 0 and "must stay with the owner" in out
@@ -169,3 +174,133 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(case, sandbox, caps
                            "--task", "mine", "--epsilon", 8)
     assert code == 2 and err.count("\n") == 1 and error in err, err
     assert not (sandbox / "artifacts").exists() and not (sandbox / "results").exists()
+
+
+# --- what crosses between the parties: nothing but the weights and public facts, checked on arrival -----------
+
+
+def _meta(path) -> dict:
+    return torch.load(path, weights_only=True)["meta"]
+
+
+def _differing(a: dict, b: dict) -> set:
+    return {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
+
+
+@pytest.mark.stage
+def test_the_providers_files_differ_only_in_the_weights_and_the_dp_record(sandbox, capsys, monkeypatch):
+    """Two owners whose data differ in one record, with the same secret randomness: every file the provider gets
+    (prompt file, target prompt, adapter, what inspect shows) is the same apart from the weights and what the DP
+    record states (N, and the sigma and q that follow from it). A digest of the data, as a run key was, would
+    tell the provider which dataset it was."""
+    smoke = ["--profile", "smoke", "--quiet"]
+    assert post_(capsys, "distill", *smoke)[0] == 0
+    monkeypatch.setattr(dp.os, "urandom", lambda n: hashlib.shake_256(b"the same draws").digest(n))
+    made = sandbox / "artifacts" / "smoke" / "prompts" / "spam"
+    lines = ROWS.splitlines(keepends=True)
+    owners = {"all": "".join(lines), "one less": "".join(lines[:-1])}
+    for owner, rows in owners.items():
+        folder = sandbox / owner
+        folder.mkdir()
+        (folder / "data.csv").write_text(rows)
+        (folder / "spam.yaml").write_text(yaml.safe_dump({"tasks": {"spam": {**GOOD, "public_pool": "news"}}}))
+        for epsilon in ("8", "inf"):
+            code, _, err = post_(capsys, "tune", *smoke, "--task-file", folder / "spam.yaml", "--task", "spam",
+                                 "--epsilon", epsilon)
+            assert code == 0, err
+            shutil.copy(made / f"compt_eps{epsilon}_seed0.pt", folder / f"eps{epsilon}.pt")  # not the record
+    dp_facts = {"n", "noise_multiplier", "sample_rate", "prv_epsilon", "rdp_epsilon", "delta"}
+    for epsilon in ("8", "inf"):
+        a, b = (_meta(sandbox / owner / f"eps{epsilon}.pt") for owner in owners)
+        assert _differing(a, b) == ({"dp"} if epsilon == "8" else set()), _differing(a, b)
+        assert _differing(a["dp"], b["dp"]) <= dp_facts and "run_key" not in a
+    # the transfer of the same weights under either owner's metadata: only the DP record and the provider's clock
+    weight = torch.load(sandbox / "all" / "eps8.pt", weights_only=True)["weight"]
+    torch.save({"weight": weight, "meta": _meta(sandbox / "one less" / "eps8.pt")}, sandbox / "one less" / "same.pt")
+    shutil.copy(sandbox / "all" / "eps8.pt", sandbox / "all" / "same.pt")
+    views = {}
+    for owner in owners:
+        folder = sandbox / owner
+        code, _, err = post_(capsys, "transfer", *smoke, "--task-file", folder / "spam.yaml",
+                             "--prompt", folder / "same.pt", "--out", folder / "target.pt")
+        assert code == 0, err
+        code, _, err = post_(capsys, "export", "--profile", "smoke", "--task-file", folder / "spam.yaml",
+                             "--prompt", folder / "target.pt", "--peft", folder / "adapter")
+        assert code == 0, err
+        shown = [post_(capsys, "inspect", folder / name)[1].replace(str(folder), "FOLDER")
+                 for name in ("same.pt", "target.pt", "adapter")]
+        views[owner] = (_meta(folder / "target.pt"), json.loads((folder / "adapter" / "post.json").read_text()),
+                        (folder / "adapter" / "adapter_config.json").read_text(), shown)
+    (target_a, peft_a, config_a, shown_a), (target_b, peft_b, config_b, shown_b) = views.values()
+    assert _differing(target_a, target_b) == {"dp", "cost"} and _differing(target_a["dp"], target_b["dp"]) <= dp_facts
+    assert _differing(target_a["cost"], target_b["cost"]) == {"wall_seconds"}
+    assert _differing(peft_a, peft_b) == {"dp"} and config_a == config_b
+    for a, b in zip(shown_a, shown_b):
+        assert [x for x, y in zip(a.splitlines(), b.splitlines()) if x != y] == \
+            [x for x in a.splitlines() if x.strip().startswith("privacy")]
+
+
+def test_a_false_dp_claim_is_refused_on_arrival(sandbox, capsys, dp_record):
+    honest = dict(model="artifacts/smoke/source_model", task="rotten_tomatoes", template=tasks.REVIEW, epsilon=8.0,
+                  dp=dp_record(8.0))
+    path = SoftPrompt(torch.randn(4, 64), **honest).save(sandbox / "honest.pt")
+    assert post_(capsys, "inspect", path)[0] == 0 and SoftPrompt.load(path).meta["epsilon"] == 8.0
+    edits = {"stronger claim": {"epsilon": 1.0, "dp": {**honest["dp"], "epsilon": 1.0}},
+             "spent edited": {"dp": {**honest["dp"], "prv_epsilon": 0.5}},
+             "less noise than stated": {"dp": {**honest["dp"], "noise_multiplier": honest["dp"]["noise_multiplier"] / 2}},
+             "record dropped": {"dp": {"private": True, "randomness": "secret"}},
+             "epsilon without a record": {"dp": {"private": False}}}
+    for name, edit in edits.items():
+        path = sandbox / f"{name.replace(' ', '_')}.pt"
+        torch.save({"weight": torch.randn(4, 64), "meta": {"length": 4, "hidden_size": 64, **honest, **edit}}, path)
+        code, _, err = post_(capsys, "inspect", path)
+        assert code == 2 and err.count("\n") == 1 and path.name in err, (name, err)
+        with pytest.raises(FalseClaim):
+            SoftPrompt.load(path)
+
+
+def test_weights_that_are_not_finite_or_not_the_stated_shape_are_refused_naming_the_file(sandbox, capsys):
+    meta = {"length": 4, "hidden_size": 64, "model": "tiny-random-llama", "task": "rotten_tomatoes",
+            "template": tasks.REVIEW, "epsilon": math.inf, "dp": {"private": False}}
+    nan = torch.randn(4, 64)
+    nan[1, 2] = math.nan
+    for name, weight, error in (("nan.pt", nan, "NaN or inf"), ("wide.pt", torch.randn(4, 65), "shape (4, 65)"),
+                                ("ints.pt", torch.zeros(4, 64, dtype=torch.long), "torch.int64")):
+        torch.save({"weight": weight, "meta": meta}, sandbox / name)
+        for argv in (("inspect", sandbox / name), ("evaluate", "--profile", "smoke", "--prompt", sandbox / name),
+                     ("transfer", "--profile", "smoke", "--prompt", sandbox / name)):
+            code, _, err = post_(capsys, *argv)
+            assert code == 2 and err.count("\n") == 1 and name in err and error in err, err
+    with pytest.raises(ValueError, match="NaN or inf"):
+        SoftPrompt(nan, **meta).save(sandbox / "written.pt")
+    assert not (sandbox / "written.pt").exists() and not (sandbox / "artifacts").exists()
+
+
+def test_transfer_never_writes_over_its_input(sandbox, capsys):
+    prompt = SoftPrompt(torch.randn(4, 64), record={"curve": [0.5]}, model="artifacts/smoke/source_model",
+                        task="rotten_tomatoes", template=tasks.REVIEW, epsilon=math.inf, dp={"private": False})
+    path = prompt.save(sandbox / "compt.pt")
+    before = {p: p.read_bytes() for p in (path, path.with_suffix(".owner.json"))}
+    for out in before:
+        code, _, err = post_(capsys, "transfer", "--profile", "smoke", "--prompt", path, "--out", out)
+        assert code == 2 and err.count("\n") == 1 and "is an input of this command" in err, err
+    assert {p: p.read_bytes() for p in before} == before and not (sandbox / "artifacts").exists()
+
+
+def test_evaluate_opens_only_the_profiles_models(sandbox, capsys, monkeypatch):
+    """A prompt file names its model, but the owner's command opens the profile's target or source only."""
+    opened = []
+    monkeypatch.setattr(post.models, "load_model", lambda name, *a, **k: opened.append(name))
+    (sandbox / "elsewhere").mkdir()
+    for model in (str(sandbox / "elsewhere"), "someone/any-hub-model", "../artifacts/smoke/source_model"):
+        path = SoftPrompt(torch.randn(4, 64), model=model, task="rotten_tomatoes", template=tasks.REVIEW,
+                          epsilon=math.inf, dp={"private": False}).save(sandbox / "p.pt")
+        code, _, err = post_(capsys, "evaluate", "--profile", "smoke", "--prompt", path)
+        assert code == 2 and err.count("\n") == 1 and "scores prompts for its target 'tiny-random-llama'" in err
+    assert opened == []
+
+
+def test_an_epsilon_too_small_to_calibrate_is_one_line(sandbox, capsys):
+    code, _, err = post_(capsys, "tune", "--profile", "smoke", "--task", "trec", "--epsilon", "1e-6")
+    assert code == 2 and err.count("\n") == 1 and "too small to calibrate" in err, err
+    assert not (sandbox / "artifacts").exists()

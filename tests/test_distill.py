@@ -470,3 +470,72 @@ def test_a_corrupt_readout_cache_or_checkpoint_is_rebuilt_not_fatal(tmp_path, ca
     student = distill.make_student(teacher, (0, 3))
     record = distill.train(student, objective, dc, 0, checkpoint, "key", progress=False)
     assert record["steps"] == 2 and "checkpoint.pt is unreadable" in capsys.readouterr().err
+
+
+class Planted:
+    """A pickle that runs code when unpickled: it would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("planted", ["pickle", "wrong layout"])
+def test_a_planted_or_misshapen_cache_never_runs_code_and_is_rebuilt(planted, tmp_path, capsys):
+    """Caches and checkpoints load weights_only: a pickle planted in distill_work/ runs nothing, and a file of
+    another layout (a valid torch file of other keys) is rebuilt with a one-line warning, like a truncated one."""
+    teacher, tokenizer = load("tiny-random-llama")
+    texts = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"]
+    marker = tmp_path / "ran"
+    payload = {"texts": Planted(marker)} if planted == "pickle" else {"texts": "not a list", "hidden": 1}
+    path, checkpoint = tmp_path / "r.pt", tmp_path / "checkpoint.pt"
+    torch.save(payload, path)
+    hidden, _ = distill.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)
+    assert hidden.shape[0] == 2 and "r.pt is unreadable" in capsys.readouterr().err
+    torch.save({**payload, "run_key": "key"}, checkpoint)
+    dc = smoke(precision="fp32", epochs=1).distill
+    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts * 4, hidden.repeat(4, 1)),
+                                (texts, hidden))
+    record = distill.train(distill.make_student(teacher, (0, 3)), objective, dc, 0, checkpoint, "key",
+                           progress=False)
+    assert record["steps"] == 2 and "checkpoint.pt is unreadable" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_no_file_is_ever_unpickled():
+    """Every torch.load in the package and the benches is weights_only (safetensors and JSON load no code)."""
+    root = post.artifacts.ROOT
+    loads = [(path, line) for folder in ("post", "bench") for path in sorted((root / folder).glob("*.py"))
+             for line in path.read_text().splitlines() if "torch.load(" in line]
+    assert loads and all("weights_only=True" in line for _, line in loads), loads
+
+
+def test_a_checkpoint_resumes_from_plain_data(tmp_path):
+    """What a checkpoint holds loads weights_only (its costs are saved as dicts) and resumes to the same run."""
+    teacher, tokenizer = load("tiny-random-llama")
+    texts = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"] * 4
+    hidden, _ = distill.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "r.pt", progress=False)
+    dc = smoke(precision="fp32", epochs=2, checkpoint_every=1).distill
+    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden), (texts[:2],
+                                                                                                  hidden[:2]))
+    whole = distill.train(distill.make_student(teacher, (0, 3)), objective, dc, 0, tmp_path / "a.pt", "k",
+                          progress=False)
+    saved = torch.load(tmp_path / "a.pt", weights_only=True)  # the last checkpoint, one step before the end
+    assert isinstance(saved["state"]["train_cost"], dict) and saved["state"]["step"] == whole["steps"] - 1
+    resumed = distill.train(distill.make_student(teacher, (0, 3)), objective, dc, 0, tmp_path / "a.pt", "k",
+                            progress=False)
+    assert resumed["losses"] == whole["losses"] and resumed["train_cost"]["tokens"] == whole["train_cost"]["tokens"]
+
+
+def test_a_truncated_source_model_is_named_and_remade(sandbox):
+    cfg = smoke(epochs=1)
+    distill.run_distill(cfg, progress=False)
+    weights = post.artifacts.source_model_dir("smoke") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(post.artifacts.MissingArtifact, match="model.safetensors is missing or truncated: .*make distill"):
+        post.artifacts.source_model("smoke")
+    assert distill.existing(cfg) is None  # so make distill makes it again, instead of calling it done
+    distill.run_distill(cfg, progress=False)
+    assert post.artifacts.source_model("smoke") and load_model(str(weights.parent)).config.num_hidden_layers == 2

@@ -1,5 +1,8 @@
+import dataclasses
+import hashlib
 import math
 
+import numpy as np
 import pytest
 import torch
 from opacus.accountants import PRVAccountant
@@ -60,8 +63,7 @@ def test_per_sample_grads_sum_to_the_batch_gradient(batch):
 def _dp_step(weight: torch.nn.Parameter, grad_sample: torch.Tensor, sigma: float, clip: float, expected: float,
              seed: int = 0):
     plan = dp.DPPlan(8.0, 1e-5, sigma, clip, expected / 100, 1, 100)
-    optimizer, accountant = dp.optimizer(weight, torch.optim.SGD([weight], lr=1.0), plan,
-                                         torch.Generator().manual_seed(seed))
+    optimizer, accountant = dp.optimizer(weight, torch.optim.SGD([weight], lr=1.0), plan, dp.SeededStream(seed))
     optimizer.zero_grad()
     dp.set_grad_sample(weight, grad_sample)
     optimizer.step()
@@ -88,8 +90,8 @@ def test_clipping_bounds_each_examples_contribution(batch):
 
 
 def test_empty_poisson_batch_is_a_noisy_accounted_step():
-    generator = torch.Generator().manual_seed(0)
-    sizes = [len(dp.poisson_batch(50, 1 / 50, generator)) for _ in range(200)]
+    stream = dp.SeededStream(0)
+    sizes = [len(dp.poisson_batch(50, 1 / 50, stream)) for _ in range(200)]
     assert 0 in sizes and max(sizes) > 1  # Poisson: sizes vary and are sometimes zero
     weight = torch.nn.Parameter(torch.zeros(40, 30))
     grad, accountant = _dp_step(weight, weight.new_zeros((0, 40, 30)), sigma=2.0, clip=0.5, expected=4.0)
@@ -97,17 +99,77 @@ def test_empty_poisson_batch_is_a_noisy_accounted_step():
     assert grad.std().item() == pytest.approx(2.0 * 0.5 / 4.0, rel=0.05)  # pure noise, sigma*C / (q*N)
 
 
-def test_secret_generators_never_repeat_and_seeded_streams_are_independent():
-    draws = lambda pair: [torch.rand(4, generator=g) for g in pair]  # noqa: E731
-    secret = [draws(dp.generators("secret", seed=0)) for _ in range(2)]
-    assert not any(torch.equal(a, b) for a in secret[0] for b in secret[1])  # the seed argument plays no part
-    seeded = [draws(dp.generators("seeded", seed)) for seed in (5, 5, 6)]
-    assert all(torch.equal(a, b) for a, b in zip(seeded[0], seeded[1]))  # replayable: tests and debugging only
+def test_secret_streams_never_repeat_and_seeded_streams_are_independent():
+    draws = lambda pair: [stream.uniform(4) for stream in pair]  # noqa: E731
+    secret = [draws(dp.streams("secret", seed=0)) for _ in range(2)]
+    assert not any(np.array_equal(a, b) for a in secret[0] for b in secret[1])  # the seed argument plays no part
+    seeded = [draws(dp.streams("seeded", seed)) for seed in (5, 5, 6)]
+    assert all(np.array_equal(a, b) for a, b in zip(seeded[0], seeded[1]))  # replayable: tests and debugging only
     sampler, noise = seeded[0]
-    assert not torch.equal(sampler, noise)
-    assert not any(torch.equal(a, b) for a in seeded[0] for b in seeded[2])  # seed 5's noise is not 6's sampler
+    assert not np.array_equal(sampler, noise)
+    assert not any(np.array_equal(a, b) for a in seeded[0] for b in seeded[2])  # seed 5's noise is not 6's sampler
     with pytest.raises(ValueError, match="randomness"):
-        dp.generators("fixed")
+        dp.streams("fixed")
+
+
+def test_secret_draws_are_the_os_csprngs_bytes(monkeypatch):
+    """Every uniform of a secret stream is 53 bits of os.urandom, every Gaussian Box-Muller on two of them: the
+    Poisson mask and the noise carry the OS generator's entropy, with no seed anywhere to brute-force."""
+    drawn = []
+    monkeypatch.setattr(dp.os, "urandom", lambda n: drawn.append(n) or hashlib.shake_256(b"os").digest(n))
+
+    def uniforms(n):  # what n uniforms made of those bytes must be
+        return (np.frombuffer(hashlib.shake_256(b"os").digest(8 * n), np.uint64) >> np.uint64(11)) * 2.0 ** -53
+
+    stream = dp.SecretStream()
+    assert np.array_equal(stream.uniform(5), uniforms(5)) and drawn == [40]
+    u = uniforms(1)
+    assert np.array_equal(stream.normal(1), np.sqrt(-2 * np.log(1 - u)) * np.cos(2 * np.pi * u))
+    assert drawn[1:] == [8, 8]
+    assert dp.poisson_batch(5, 0.5, stream).tolist() == np.flatnonzero(uniforms(5) < 0.5).tolist()
+
+
+def test_secret_noise_has_the_planned_spread_and_differs_between_alike_runs():
+    """Two DP steps seeded alike ("secret" ignores the seed) add different noise, each N(0, sigma^2 C^2)."""
+    grads = []
+    for _ in range(2):
+        weight = torch.nn.Parameter(torch.zeros(40, 30))
+        plan = dp.DPPlan(8.0, 1e-5, 2.0, 0.5, 4.0 / 100, 1, 100)
+        optimizer, _ = dp.optimizer(weight, torch.optim.SGD([weight], lr=1.0), plan, dp.streams("secret", 0)[1])
+        dp.set_grad_sample(weight, weight.new_zeros((0, 40, 30)))
+        optimizer.step()
+        grads.append(weight.grad.clone())
+    assert not torch.equal(*grads)
+    assert all(g.std().item() == pytest.approx(2.0 * 0.5 / 4.0, rel=0.05) for g in grads)
+    assert all(abs(g.mean().item()) < 0.05 for g in grads)
+
+
+def test_a_secret_dp_run_never_seeds_a_generator(tiny, monkeypatch):
+    """A DP prompt with secret randomness draws its batches and noise from os.urandom only: no torch or numpy
+    generator is seeded (or drawn from) on the way, whatever seed the run is given."""
+    from post.config import load_config
+    from post.tune import tune_prompt
+
+    task = get_task("rotten_tomatoes")  # two classes
+    train, model, tok = load_split(task.name, "train", 16), *tiny  # the fixed split is seeded: read it first
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a DP run with secret randomness seeded a non-cryptographic generator")
+
+    for owner, name in ((torch, "Generator"), (torch, "manual_seed"), (torch, "rand"),
+                        (torch, "normal"), (torch, "randperm"), (np.random, "default_rng"),
+                        (np.random, "SeedSequence"), (np.random, "PCG64"), (np.random, "seed")):
+        monkeypatch.setattr(owner, name, refuse)
+    drawn = []
+    urandom = dp.os.urandom
+    monkeypatch.setattr(dp.os, "urandom", lambda n: drawn.append(n) or urandom(n))
+    settings = dataclasses.replace(load_config("smoke").tune, batch_size=4, dp_randomness="secret", eval_every=0)
+    prompt = tune_prompt(model, tok, task, train, settings, 8.0, 3, seed=7,
+                         progress=False)
+    assert prompt.meta["dp"]["randomness"] == "secret" and prompt.meta["dp"]["steps_taken"] == 3
+    weights = prompt.weight.numel()
+    assert drawn.count(8 * 16) == 3  # each step's Poisson mask: one uniform per training example
+    assert drawn.count(8 * weights) == 3 * 4 * 2  # each step's noise: four Gaussians of two uniforms per number
 
 
 def test_a_step_without_noise_spends_infinite_epsilon():

@@ -141,6 +141,8 @@ class Loaded(Exception):
 def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expected, tmp_path, monkeypatch):
     """Each model 02-05 load goes where the profile's ``device`` says ("auto" means cuda here: torch is told it
     finds one); a stage that loads with ``load``'s default (cpu) fails the "auto" case."""
+    from safetensors.torch import save_file
+
     from post import artifacts, audit, evaluate, transfer, tune
     from post.config import load_config
     from post.prompt import SoftPrompt
@@ -152,6 +154,7 @@ def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expect
     cfg = load_config("smoke", {"device": setting})
     source = artifacts.source_model_dir("smoke")
     source.mkdir(parents=True)
+    save_file({"weight": torch.zeros(1)}, source / "model.safetensors")  # whole weights: the loads are recorded
     loads = []
 
     def record(name, dtype=torch.float32, device="cpu"):

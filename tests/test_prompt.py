@@ -142,7 +142,8 @@ def test_provider_meta_keeps_only_whitelisted_facts():
             "run_key": "k", "seed": 0, "curve": {"loss": [0.7]}, "cost": {"wall_seconds": 1.0}, "batch_size": 8,
             "dp": {"private": True, "noise_multiplier": 1.2, "delta": 1e-5, "batch_sizes": [3, 5]}}
     public = provider_meta(meta)
-    assert set(public) == {"length", "hidden_size", "model", "task", "template", "epsilon", "run_key", "dp"}
+    assert set(public) == {"length", "hidden_size", "model", "task", "template", "epsilon", "dp"}  # no run key:
+    # the owner's skip-if-done key digests a task file's data, so it stays in the owner's record
     assert public["dp"] == {"private": True, "noise_multiplier": 1.2, "delta": 1e-5}
     assert set(public) <= PROVIDER_KEYS and set(public["dp"]) <= PROVIDER_DP_KEYS
     assert "batch_sizes" in meta["dp"]  # the owner's dict is not changed

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import time
 
 import pandas as pd
 import pytest
@@ -145,3 +146,78 @@ def test_editing_a_task_file_changes_the_prompts_run_key(declare, tmp_path, monk
     declare({"spam": {**DECLARATION, "data": "data.csv", "template": "Text: {text}\nSpam?"}})
     tasks._splits.cache_clear()
     assert tune.run_key(cfg, "spam", "compt", 8.0) not in (before, reworded)  # relabelled data: stale too
+
+
+def write(path, content: dict):
+    """A task file with its keys in the order given (the ``declare`` fixture sorts them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("key, value", [("pools.p", "/etc/hostname"), ("pools.p", "../outside.txt"),
+                                        ("pools.p", "~/outside.txt"), ("pools.p", "link.txt"),
+                                        ("tasks.a.data", "ABSOLUTE"), ("tasks.a.data", "../outside.csv")])
+def test_a_task_file_names_only_files_in_its_own_folder(declare, tmp_path, key, value):
+    """Else a shared task file could have the provider read any file of its machine as public text."""
+    (tmp_path / "outside.txt").write_text("a private line\n")
+    FRAME.to_csv(tmp_path / "outside.csv", index=False)
+    (tmp_path / "declared").mkdir()
+    (tmp_path / "declared" / "link.txt").symlink_to(tmp_path / "outside.txt")
+    value = value.replace("ABSOLUTE", str(tmp_path / "outside.csv"))
+    data, pool = (value, "lines.txt") if key == "tasks.a.data" else ("a.csv", value)
+    path = write(tmp_path / "declared" / "tasks.yaml", {"tasks": {"a": {"data": data, **DECLARATION}},
+                                                        "pools": {"p": pool}})
+    before = dict(tasks.TASKS), dict(tasks.PUBLIC_POOLS)
+    with pytest.raises(tasks.TaskError) as err:
+        tasks.register_file(path)
+    assert f"tasks.yaml: {key} = {value!r} is outside " in str(err.value) and "\n" not in str(err.value)
+    assert (dict(tasks.TASKS), dict(tasks.PUBLIC_POOLS)) == before
+
+
+def test_the_example_task_file_reads_its_data_next_to_it(declare):
+    assert tasks.register_file("examples/sms_spam.yaml") == ["sms_spam"]
+    assert len(tasks.load_split("sms_spam", "test")) > 0 and tasks.public_texts("public_messages")
+
+
+def test_numeric_labels_are_class_names_first_and_indices_only_when_none_is(declare, tmp_path):
+    """Classes "1", "0" (in that order) with labels 1 / 0: label 1 is class "1", not the class at index 1."""
+    FRAME.assign(label=(FRAME.label == "spam").astype(int)).to_csv(tmp_path / "digits.csv", index=False)
+    named = {**DECLARATION, "classes": {"1": [" yes"], "0": [" no"]}, "data": "digits.csv"}
+    indexed = {**DECLARATION, "data": "digits.csv"}  # ham, spam: 0 and 1 are no class's name, so indices
+    tasks.register_file(write(tmp_path / "tasks.yaml", {"tasks": {"named": named, "indexed": indexed}}))
+    spam = [i % 4 != 0 for i in range(40)]
+    assert tasks.get_task("named").load()[1] == [0 if s else 1 for s in spam]
+    assert tasks.get_task("indexed").load()[1] == [1 if s else 0 for s in spam]
+
+
+def test_a_label_column_of_class_names_and_other_values_is_refused(declare, tmp_path):
+    FRAME.assign(label=[*FRAME.label[:-1], "1"]).to_csv(tmp_path / "mixed.csv", index=False)
+    declare({"mixed": {**DECLARATION, "data": "mixed.csv"}})
+    with pytest.raises(tasks.TaskError) as err:
+        tasks.get_task("mixed").load()
+    assert "mixed.csv: label '1' (data row 40) is not a class (ham, spam)" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_data_too_few_to_split_are_refused_in_one_line(declare, tmp_path, split):
+    """Three rows all land in train; a stage asking for validation or test rows is stopped, not handed none."""
+    FRAME[:3].to_csv(tmp_path / "three.csv", index=False)
+    declare({"three": {**DECLARATION, "data": "three.csv"}})
+    with pytest.raises(tasks.TaskError) as err:
+        tasks.load_split("three", split)
+    assert f"three.csv: 3 rows of 2 classes are too few for a {split} split (train 3, validation 0, test 0)" in str(
+        err.value) and "\n" not in str(err.value)
+    assert len(tasks.load_split("three", "train")) == 3
+
+
+def test_an_unreachable_hub_dataset_is_one_line_and_fast(declare, monkeypatch):
+    monkeypatch.delenv("POST_HUB_MIRROR", raising=False)  # tests run with HF_HUB_OFFLINE=1 (conftest)
+    declare({"hub": {**DECLARATION, "data": "hf:nobody/nothing"}})
+    start = time.monotonic()
+    with pytest.raises(tasks.TaskError) as err:
+        tasks.load_split("hub", "test")
+    assert time.monotonic() - start < 10
+    assert str(err.value).startswith("hf:nobody/nothing cannot be loaded") and "POST_HUB_MIRROR" in str(err.value)
+    assert "\n" not in str(err.value)

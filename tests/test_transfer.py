@@ -48,7 +48,7 @@ def models(tiny):
 def source_prompt(model, tok, epsilon=math.inf, seed=3):
     return SoftPrompt.from_vocab(model, 4, seed=seed, epsilon=epsilon, task=TASK.name, template=TASK.template,
                                  dp={"private": not math.isinf(epsilon), "delta": 1e-5}, cost={"wall_seconds": 1.0},
-                                 method="compt", run_key="abc")
+                                 method="compt")
 
 
 def data_for(source, target, tok, prompt, texts=TEXTS):
@@ -344,7 +344,7 @@ def watch():
 
 
 @pytest.mark.stage
-def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch, watch):
+def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch, watch, dp_record):
     names = ["rotten_tomatoes", "trec"]
     with watch() as opened:  # the files the private tasks are read from, measured rather than listed
         for name in names:
@@ -367,7 +367,7 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     for name in names:
         for epsilon in cfg.transfer.epsilons:
             prompt = source_prompt(source, target_tok, epsilon)
-            prompt.meta.update(model=source_name, task=name)
+            prompt.meta.update(model=source_name, task=name, **({} if math.isinf(epsilon) else {"dp": dp_record(8.0)}))
             prompt.save(artifacts.prompt_path("smoke", name, "compt", epsilon))
 
     def refuse(*args, **kwargs):

@@ -145,7 +145,8 @@ def test_the_provider_file_is_whitelisted_and_transfers(tiny, data, tmp_path):
     result, _ = transfer.post_transfer(cfg, model, model, tok, prepared, prompt, progress=False)
     moved = result.prompt.meta
     assert moved["dp"] == meta["dp"] and moved["task"] == TASK.name
-    assert set(moved) - PROVIDER_KEYS == {"source_model", "cost", "transfer"}
+    assert set(moved) - PROVIDER_KEYS == {"source_model", "source_digest", "cost", "transfer"}
+    assert moved["source_digest"] == prompt.digest()  # names the source prompt by its weights, nothing else
     assert moved["cost"]["flops"] > 0  # the transfer's own cost, not the owner's
 
     seeded = tune.tune_prompt(model, tok, TASK, train, settings(dp_randomness="seeded"), 8.0, 2, progress=False)
@@ -210,9 +211,14 @@ def test_stage_writes_prompts_results_and_skips_finished_work(stage):
         [("CompPT", "inf"), ("CompPT", "8"), ("FullPT", "inf")]
     for row in rows:
         prompt = SoftPrompt.load(row["prompt"])
-        assert prompt.meta["run_key"] == row["run_key"] and 0 <= row["accuracy"] <= 1 and row["n"] == 16
+        assert prompt.digest() == row["prompt_digest"] and 0 <= row["accuracy"] <= 1 and row["n"] == 16
         assert (row["epsilon"] == "inf") != prompt.meta["dp"]["private"]
-        assert set(prompt.meta) <= PROVIDER_KEYS and read_record(row["prompt"])["run_key"] == row["run_key"]
+        assert set(prompt.meta) <= PROVIDER_KEYS and "run_key" not in prompt.meta  # the key is the owner's
+        assert read_record(row["prompt"])["run_key"] == tune.run_key(cfg, row["task"], "compt" if row["method"] ==
+                                                                     "CompPT" else "fullpt", math.inf if
+                                                                     row["epsilon"] == "inf" else 8.0)
+        # a DP row publishes only what the guarantee covers: not the time, FLOPs or examples its draws took
+        assert prompt.meta["dp"]["private"] == (not set(tune.DP_UNPUBLISHED) & set(row))
         # DP runs: batches of dp_batch_size (16), the same examples in fewer steps
         assert (row["batch_size"], row["steps"]) == ((8, 4) if row["epsilon"] == "inf" else (16, 2))
     assert artifacts.read_json(artifacts.results_dir("smoke") / "tune.json") == rows
@@ -227,8 +233,8 @@ def test_stage_writes_prompts_results_and_skips_finished_work(stage):
     more = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, steps=cfg.tune.steps + 1))
     again = tune.run_tune(more, progress=False)
     assert loaded == [str(source), str(source)]  # CompPT retrained, FullPT (same settings) reused
-    assert [r["run_key"] for r in again if r["method"] == "FullPT"] == \
-        [r["run_key"] for r in rows if r["method"] == "FullPT"]
+    assert [r["prompt_digest"] for r in again if r["method"] == "FullPT"] == \
+        [r["prompt_digest"] for r in rows if r["method"] == "FullPT"]
     tune.plot_accuracy_vs_epsilon(again, "smoke")
     tune.plot_training_curves(again, "smoke")
     curves = tune.training_curves(again)
