@@ -26,7 +26,7 @@ DONE := artifacts/$(PROFILE)/stages
 # wildcard: with no such profile post.run says so in one line, instead of make's "no rule to make target"
 INPUTS := $(wildcard params/$(PROFILE).yaml) $(wildcard post/*.py) $(if $(FORCE),force)
 
-.PHONY: setup assets test test-fast reproduce readme source distill tune transfer evaluate audit bench lab clean force
+.PHONY: setup assets test test-fast reproduce report source distill tune transfer evaluate audit bench lab clean force
 # One post.run at a time: it holds the profile's lock, so a parallel stage would be refused.
 .NOTPARALLEL:
 
@@ -53,10 +53,10 @@ test-fast: setup
 
 reproduce: $(DONE)/04_evaluate.done $(DONE)/05_privacy_audit.done
 	@echo "stage wall times (s):"; cat $(OUT)/wall_seconds.txt
-	@if [ "$(PROFILE)" = cpu ]; then $(MAKE) --no-print-directory readme; fi
+	@if [ "$(PROFILE)" = cpu ]; then $(MAKE) --no-print-directory report; fi
 
-# The README's results section, regenerated from the committed results/cpu/ files.
-readme: setup
+# RESULTS.md and the README's headline, regenerated from the committed results/cpu/ files.
+report: setup
 	$(PY) -m post.report cpu
 
 # Setup is order-only: reinstalling (e.g. after a Makefile edit) does not make the stages stale.

@@ -11,7 +11,7 @@ from typing import Callable
 from post.artifacts import read_json
 from post.config import Config
 from post.tasks import Split, load_split
-from post.tune import owner_validation
+from post.evaluate import owner_validation
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,10 +36,10 @@ def parse_or_plot(parser: argparse.ArgumentParser, name: str, plot: Callable[[di
     return args
 
 
-def changes(settings, variant: str) -> dict:
-    """The changes ``variant`` (``"key=value,key=value"``) makes to ``settings``, a config dataclass; each value is
-    cast to the type of the setting it replaces. An empty variant changes nothing."""
-    return {k: type(getattr(settings, k))(v) for k, v in (kv.split("=") for kv in variant.split(",") if kv)}
+def variant(text: str) -> dict[str, str]:
+    """``"key=value,key=value"`` as {key: value}, for ``Config.with_changes`` (which reads and checks each value);
+    an empty variant changes nothing."""
+    return dict(kv.split("=", 1) for kv in text.split(",") if kv)
 
 
 def unseen_validation(cfg: Config, task: str, limit: int = 0) -> Split:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from post import distill
-from post.config import load_config
+from post.config import CHOICES, load_config
 from post.models import load, resolve_precision
 
 
@@ -126,7 +126,7 @@ def main() -> None:
     disk["full logits, fp16 (for comparison; not built)"] = 2 * teacher.config.vocab_size
     tokens = dc.train_sequences * dc.seq_len
     projected = {}
-    for mode in distill.CACHE_MODES:  # in the profile's precision
+    for mode in CHOICES["distill.teacher_cache"]:  # in the profile's precision
         for epochs in (1, 2):
             per_token = {k: epochs * ms[f"step_{mode}"][k] + (ms[f"fill_{mode}"][k] if mode != "none" else 0)
                          for k in ("wall", "cpu")}

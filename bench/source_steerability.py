@@ -21,12 +21,11 @@ import torch
 
 from post.artifacts import source_model_dir, write_json
 from post.config import load_config
-from post.distill import default_layers, make_student
 from post.evaluate import accuracy
 from post.models import load
+from post.student import default_layers, make_student
 from post.tasks import get_task, load_split
 from post.tune import tune_prompt
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +67,6 @@ def main() -> None:
                                 "batch_size": settings.batch_size, "validation_examples": len(validation),
                                 "validation_majority": majority, "threads": torch.get_num_threads(),
                                 "load_average_1min": os.getloadavg()[0], "rows": rows})
-
 
 if __name__ == "__main__":
     main()

@@ -46,21 +46,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import as_stored, changes, unseen_validation
+from common import as_stored, unseen_validation, variant
 from post import distill
 from post.artifacts import artifact_dir, atomic_dir, read_json, relative, source_model_dir, write_json
 from post.config import content_key, load_config
 from post.cost import Cost
-from post.evaluate import class_scores, majority_accuracy
+from post.evaluate import class_scores, majority_accuracy, owner_validation
 from post.membership import auc
 from post.models import autocast, load
 from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
 from post.paper import PAPER
-from post.report import recovery_share
+from post.tables import recovery_share
+from post.student import end_layers
 from post.tasks import PUBLIC_POOLS, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_pool, public_sample
-from post.tune import example_losses, owner_validation, run_settings, tune_prompt
+from post.tune import example_losses, run_settings, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "source_sweep.json"
 # what makes points comparable: the sweep's own settings (profile defaults may move; each point keeps its own)
@@ -161,8 +162,9 @@ def main() -> None:
     if args.prompt_length is not None and args.prompt_length < 1:
         parser.error("--prompt-length must be at least 1")
     tune = dataclasses.replace(cfg.tune, eval_every=0, prompt_length=args.prompt_length or cfg.tune.prompt_length)
-    transfer = dataclasses.replace(cfg.transfer, steps=args.transfer_steps, eval_every=args.transfer_eval_every,
-                                   space=args.transfer_space or cfg.transfer.space)
+    cfg = cfg.with_changes("transfer", steps=args.transfer_steps, eval_every=args.transfer_eval_every,
+                           space=args.transfer_space or cfg.transfer.space)
+    transfer = cfg.transfer
     settings = {"task": args.task, "steps": "plateau" if args.owner_plateau else args.steps,
                 "validation": f"unseen:{args.validation}" if args.unseen else args.validation,
                 "tune": dataclasses.asdict(tune),
@@ -288,13 +290,13 @@ def main() -> None:
         """The undistilled cut, or the distilled source (kept under ``work`` so reruns and levers reuse it)."""
         first, last = shape(text)
         if objective == "undistilled":
-            return distill.make_student(target, distill.end_layers(n_layers, first + last, last)), None
+            return distill.make_student(target, end_layers(n_layers, first + last, last)), None
         if objective == "profile":  # the profile's own source, as 01 or make source made it (all its tasks)
             directory = source_model_dir(args.profile)
             if not (directory / "distill.json").exists():
                 raise SystemExit(f"mode 'profile': no {relative(directory)}: run make source or 01 first")
             record = read_json(directory / "distill.json")
-            if record["student_layers"] != list(distill.end_layers(n_layers, first + last, last)):
+            if record["student_layers"] != list(end_layers(n_layers, first + last, last)):
                 raise SystemExit(f"mode 'profile': the profile's source has layers {record['student_layers']}, "
                                  f"not the first {first} + last {last}")
             return load(directory)[0], record
@@ -404,12 +406,12 @@ def main() -> None:
                 continue
             prompt = owner_tuning(source, seed, args.lever_point, record)
             owner = owner_scores(source, prompt, seed)
-            for variant in todo:  # public_pool=... transfers with that pool instead of the profile's
-                settings = dataclasses.replace(transfer, **changes(transfer, variant))
+            for lever in todo:  # public_pool=... transfers with that pool instead of the profile's
+                settings = cfg.with_changes("transfer", **variant(lever)).transfer
                 name = settings.public_pool if settings.public_pool != transfer.public_pool else pool
                 if name not in prepared:
                     prepared[name] = prepare(source, name)
-                levers["runs"].append({"variant": variant, **owner, "public_pool": name,
+                levers["runs"].append({"variant": lever, **owner, "public_pool": name,
                                        **{f"transfer_{k}": getattr(settings, k) for k in TRANSFER_KEYS},
                                        **transferred(source, prepared[name], prompt, settings)})
                 save()

@@ -27,14 +27,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from common import changes, parse_or_plot
+from common import parse_or_plot, variant
 from post.artifacts import keyed_path, prompt_path, read_json, readable, write_json
 from post.config import load_config
 from post.evaluate import accuracy
 from post.models import resolve_precision
 from post.plots import save_figure
 from post.prompt import SoftPrompt
-from post.report import recovery_share
+from post.tables import recovery_share
 from post.tasks import get_task, load_split
 from post.transfer import (load_models, load_run, post_transfer, prepare, replay_stopping, save_run, settings_hash,
                            source_prompt_path)
@@ -56,8 +56,8 @@ def main() -> None:
     every = cfg.transfer.eval_every
     if max(args.caps) > args.steps or any(cap % every for cap in args.caps):
         parser.error(f"every cap must be a multiple of transfer.eval_every ({every}) and at most --steps ({args.steps})")
-    changed = changes(cfg.transfer, args.set)
-    settings = dataclasses.replace(cfg.transfer, **changed, steps=args.steps, patience=0)
+    changed = variant(args.set)
+    settings = cfg.with_changes("transfer", **changed, steps=args.steps, patience=0).transfer
     source, target, tokenizer = load_models(cfg)
     rows = []
     for name in args.tasks:

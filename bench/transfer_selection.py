@@ -42,11 +42,11 @@ from post.evaluate import accuracy
 from post.models import load, resolve_precision
 from post.plots import save_figure
 from post.prompt import SoftPrompt
-from post.report import recovery_share
+from post.tables import recovery_share
 from post.tasks import (SENTIMENTS, Split, amazon_review_ratings, default_pool, get_task, public_sample,
                         vader_sentiment)
 from post.transfer import load_run
-from post.tune import owner_validation
+from post.evaluate import owner_validation
 
 SENTIMENT = {SENTIMENTS, ("negative", "positive")}
 

@@ -28,10 +28,10 @@ from common import as_stored, unseen_validation
 from post.artifacts import read_json, require, source_model_dir, write_json
 from post.config import load_config
 from post.cost import plateaued
-from post.evaluate import accuracy
+from post.evaluate import accuracy, owner_validation
 from post.models import load
 from post.tasks import get_task, load_split
-from post.tune import owner_validation, run_settings, tune_prompt
+from post.tune import run_settings, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "tune_patience.json"
 

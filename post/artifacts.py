@@ -31,10 +31,10 @@ RESULTS = ROOT / "results"
 FIGURES = ROOT / "figures"
 CACHE = ARTIFACTS / "cache"  # shared across profiles: converted models
 
-STAGES = {  # artifact name -> (notebook, make target) that makes it
-    "source_model": ("01_distill.ipynb", "make distill"),
-    "prompts": ("02_tune.ipynb", "make tune"),
-    "transferred": ("03_transfer.ipynb", "make transfer"),
+STAGES = {  # artifact name -> (notebook, make target, post command) that makes it
+    "source_model": ("01_distill.ipynb", "make distill", "post distill"),
+    "prompts": ("02_tune.ipynb", "make tune", "post tune"),
+    "transferred": ("03_transfer.ipynb", "make transfer", "post transfer"),
 }
 PACKAGES = ("torch", "transformers", "datasets", "opacus", "numpy", "post")
 
@@ -158,8 +158,9 @@ def relative(path: str | Path) -> str:
 
 
 def _rerun(stage: str, profile: str) -> str:
-    notebook, target = STAGES[stage]
-    return f"run notebooks/{notebook} (`{target} PROFILE={profile}`, or `make reproduce PROFILE={profile}`)"
+    notebook, target, command = STAGES[stage]
+    return (f"run `{command} --profile {profile}`, or notebooks/{notebook} (`{target} PROFILE={profile}`, or "
+            f"`make reproduce PROFILE={profile}`)")
 
 
 def require(path: Path, stage: str, profile: str) -> Path:

@@ -38,7 +38,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -47,7 +46,7 @@ from .artifacts import (atomic_path, eps_tag, keyed_path, read_json, readable, r
                         write_json)
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
-from .membership import (auc, canary_epsilon, canary_scores, ci_text, lira, lira_metrics, membership_score, roc_curve,
+from .membership import (auc, canary_epsilon, canary_scores, lira, lira_metrics, membership_score, roc_curve,
                          tpr_at)
 from .models import load, model_name
 from .paper import PAPER
@@ -418,63 +417,3 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
     }
     write_json(results_dir(cfg.profile) / "audit.json", result)
     return {**result, "roc": curves}
-
-
-# --- tables ----------------------------------------------------------------------------------------------------
-
-
-def shadow_table(result: dict) -> pd.DataFrame:
-    """How each setting's shadows were tuned, with how often they see each pool example against how often
-    02's prompt at the same setting sees each of its training examples."""
-    data = pd.DataFrame(result["shadow_tuning"]).T
-    audited = data.index != "positive control"
-    data["passes_per_example_in_02"] = (data.steps * data.batch_size / result["owner_train_examples"]).where(audited)
-    return data[["prompt_length", "lr", "max_grad_norm", "batch_size", "steps", "pool", "passes_per_example",
-                 "passes_per_example_in_02"]]
-
-
-def lira_table(result: dict, variant: str = "online") -> pd.DataFrame:
-    """One row per (setting, model): AUC with CI and its reading, TPR at 1% FPR with CI, accuracies on
-    members / non-members."""
-    data = pd.DataFrame(result["lira"])
-    data = data[data.variant == variant].copy()
-    data["auc 95% CI"] = data["auc_ci"].map(ci_text)
-    data["tpr@1%fpr 95% CI"] = data.get("tpr_at_0.01_ci", pd.Series(index=data.index, dtype=object)).map(ci_text)
-    columns = ["setting", "model", "auc", "auc 95% CI", "reading", "tpr_at_0.01", "tpr@1%fpr 95% CI",
-               "tpr_at_0.001", "train_accuracy", "heldout_accuracy", "n_in", "n_out"]
-    return data[columns].reset_index(drop=True)
-
-
-def control_checks(result: dict) -> pd.DataFrame:
-    """Whether the audit can be trusted: the positive controls leak (LiRA; one run without noise proves more
-    than the epsilon it claims), the null does not, and every DP run's eps_hat stays <= its epsilon."""
-    lira_rows = pd.DataFrame(result["lira"])
-    online = lira_rows[(lira_rows.variant == "online") & (lira_rows.model == "source")].set_index("setting")
-    checks = []
-    if "positive control" in online.index:
-        low = online.loc["positive control", "auc_ci"][0]
-        checks.append({"check": "positive control leaks (AUC CI above 0.5)", "value": f"CI low {low:.3f}",
-                       "passed": bool(low > 0.5)})
-    if "null control" in online.index:
-        ci = online.loc["null control", "auc_ci"]
-        checks.append({"check": "null control does not (AUC CI covers 0.5)", "value": ci_text(ci),
-                       "passed": bool(ci[0] <= 0.5 <= ci[1])})
-    for row in result["canaries"]:
-        if row["setting"] == NO_NOISE:
-            checks.append({"check": f"one run without noise: eps_hat > claimed epsilon {row['epsilon']}",
-                           "value": f"eps_hat {row['eps_hat']:.3f}",
-                           "passed": bool(row["eps_hat"] > float(row["epsilon"]))})
-        elif row["epsilon"] != "inf":
-            checks.append({"check": f"eps_hat <= configured epsilon {row['epsilon']}",
-                           "value": f"eps_hat {row['eps_hat']:.3f}",
-                           "passed": bool(row["eps_hat"] <= float(row["epsilon"]))})
-    return pd.DataFrame(checks)
-
-
-def paper_comparison(result: dict) -> pd.DataFrame:
-    """Our online-LiRA AUC on the source prompts next to the POST paper's (labelled as the paper's)."""
-    ours = pd.DataFrame(result["lira"])
-    ours = ours[(ours.variant == "online") & (ours.model == "source")].set_index("setting")["auc"]
-    return pd.DataFrame([{"setting": p["setting"], "paper AUC (RoBERTa-base, sst2, 8 shadows)": p["auc"],
-                          f"our AUC ({result['task']}, {result['settings']['shadows']} shadows)":
-                              ours.get(p["setting"], float("nan"))} for p in result["paper"]])

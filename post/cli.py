@@ -23,9 +23,9 @@ import textwrap
 from pathlib import Path
 
 from .artifacts import (MissingArtifact, UnreadableArtifact, atomic_dir, prompt_path, read_artifact, relative,
-                        results_dir, source_model, source_model_dir, write_json)
+                        results_dir, source_model, source_model_dir)
 from .assets import MissingAsset
-from .config import PARAMS_DIR, ROOT, ConfigError, check_profile_name, load_config
+from .config import PARAMS_DIR, ROOT, ConfigError, check_profile_name, eps_tag, load_config
 from .tasks import DEFAULT_POOLS, PUBLIC_POOLS, TASKS, Task, TaskError, load_split, register_file
 
 EXIT_CODES = """exit codes:
@@ -34,7 +34,6 @@ EXIT_CODES = """exit codes:
   2    bad input: usage, profile, task file or data, a prompt that does not fit or may not be released
   3    not ready: an earlier step's artifact is missing, or another run holds the profile
   130  stopped (Ctrl-C)"""
-HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # offline name -> the hub model it is
 
 
 class UsageError(ValueError):
@@ -242,13 +241,14 @@ def evaluate(args) -> None:
 
 def audit(args) -> None:
     from . import audit as stage
+    from .tables import control_checks, lira_table
 
     cfg = _config(args, **({"audit": {"task": _task(args.task).name}} if args.task else {}))
     _check_task(_task(stage.audit_task(cfg)), cfg, owner=True)
     with _lock(cfg, "post audit"):
         result = stage.run_audit(cfg, not args.quiet)
-    print(stage.control_checks(result).to_string(index=False))
-    table = stage.lira_table(result)[["setting", "model", "auc", "auc 95% CI", "reading"]]
+    print(control_checks(result).to_string(index=False))
+    table = lira_table(result)[["setting", "model", "auc", "auc 95% CI", "reading"]]
     print(table.round(3).to_string(index=False))
     print(f"written: {relative(results_dir(cfg.profile) / 'audit.json')}")
 
@@ -263,6 +263,7 @@ def inspect(args) -> None:
             raise UsageError(f"{path} is a directory without adapter_config.json: not an exported adapter")
         print(f"{path}: PEFT {adapter.get('peft_type')} adapter for {adapter.get('base_model_name_or_path')}, "
               f"{adapter.get('num_virtual_tokens')} virtual tokens of width {adapter.get('token_dim')}")
+        meta = {**meta, "epsilon": float(meta.get("epsilon", "inf"))}  # "inf" or "8": strict JSON
         check_claim(meta, str(path / "post.json"))
     else:
         prompt = _read_prompt(args.file)
@@ -290,9 +291,11 @@ def inspect(args) -> None:
             print(f"  {key:13} {value}")
 
 
-def export_peft(prompt, model, task: Task, directory: Path) -> Path:
-    """Write ``prompt`` as a PEFT prompt-tuning adapter of ``model``, with ``post.json`` (the template and label
-    words that turn next-token logits into class scores, and the prompt's public facts) beside it.
+def export_peft(prompt, model, task: Task, directory: Path, scoring: dict) -> Path:
+    """Write ``prompt`` as a PEFT prompt-tuning adapter of ``model``, with ``post.json`` beside it: strict JSON
+    holding the template and label words that turn next-token logits into class scores, ``scoring`` (what
+    ``post evaluate`` scores with: texts cut to ``max_text_tokens``, its ``precision``) and the prompt's public
+    facts (epsilon as text: "inf" without DP).
 
     ``peft.PeftModel.from_pretrained(model, directory)`` prepends the same vectors to every input, so the class
     scores of one text equal ours; in a left-padded batch they differ slightly (PEFT ignores position ids, and
@@ -301,7 +304,7 @@ def export_peft(prompt, model, task: Task, directory: Path) -> Path:
     import torch
     from peft import PromptTuningConfig, get_peft_model
 
-    from .models import model_name
+    from .models import hub_id, model_name
     from .prompt import check_release, provider_meta
 
     check_release(prompt.meta)  # an export is a release: a DP prompt whose guarantee does not hold stays home
@@ -309,18 +312,19 @@ def export_peft(prompt, model, task: Task, directory: Path) -> Path:
                                 token_dim=prompt.meta["hidden_size"])
     adapter = get_peft_model(model, config)
     # after wrapping: PEFT names the base model after the directory it was loaded from (our offline cache)
-    adapter.active_peft_config.base_model_name_or_path = HUB_IDS.get(model_name(model), model_name(model))
+    adapter.active_peft_config.base_model_name_or_path = hub_id(model_name(model))
     with torch.no_grad():
         adapter.prompt_encoder[adapter.active_adapter].embedding.weight.copy_(prompt.weight)
     with atomic_dir(directory) as tmp:
         adapter.save_pretrained(tmp, save_embedding_layers=False)  # only the prompt: no look-up of the base
-        write_json(tmp / "post.json", {**provider_meta(prompt.meta), "classes": task.classes,
-                                       "label_words": task.label_words, "instruction": task.instruction})
+        info = {**provider_meta(prompt.meta), "epsilon": eps_tag(prompt.meta["epsilon"]), "classes": task.classes,
+                "label_words": task.label_words, "instruction": task.instruction, "scoring": scoring}
+        (tmp / "post.json").write_text(json.dumps(info, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return directory
 
 
 def export(args) -> None:
-    from .models import load
+    from .models import hub_id, load, resolve_precision
 
     out = Path(args.peft)
     reusable = out.is_dir() and ((out / "post.json").is_file() or not any(out.iterdir()))
@@ -331,8 +335,9 @@ def export(args) -> None:
     cfg = _config(args)
     model, _ = load(cfg.model, device=cfg.device)
     _fits(prompt, model, args.prompt, f"the target of profile {cfg.profile!r}")
-    export_peft(prompt, model, task, out)
-    print(f"PEFT prompt-tuning adapter: {out} (base model {HUB_IDS.get(cfg.model, cfg.model)}); load it with "
+    precision = resolve_precision(cfg.eval.precision, model.device.type, "eval.precision")
+    export_peft(prompt, model, task, out, {"max_text_tokens": cfg.data.max_text_tokens, "precision": precision})
+    print(f"PEFT prompt-tuning adapter: {out} (base model {hub_id(cfg.model)}); load it with "
           f"peft.PeftModel.from_pretrained(model, {str(out)!r}); post.json holds the template and label words")
 
 

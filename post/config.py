@@ -201,6 +201,17 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_changes(self, section: str, **changes: Any) -> "Config":
+        """This config with ``changes`` to ``section``, checked as a loaded profile is: the one way benches and
+        notebooks vary a setting. A string for a setting that is not a string is read as YAML would read it
+        (``"0.25"``, ``"inf"``, ``"[1, 2]"``), so command-line variants need no casting of their own."""
+        current = getattr(self, section)
+        hints = typing.get_type_hints(type(current))
+        parsed = {key: yaml.safe_load(value) if isinstance(value, str) and hints.get(key) is not str else value
+                  for key, value in changes.items()}
+        built = _build(type(current), {**dataclasses.asdict(current), **parsed}, section)
+        return check(dataclasses.replace(self, **{section: built}))
+
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Convert a YAML value to the field's annotated type, refusing mismatches (``inf`` is a float)."""
@@ -257,6 +268,7 @@ CHOICES = {
     "transfer.init": ("source", "instruction"),
     "transfer.selection": ("holdout", "last"),
     "transfer.anchor_on": ("all", "agree"),
+    "transfer.space": ("vocab", "labels"),
 }
 # Every number must be >= 0 and finite (inf only in epsilon lists); these must also be above 0.
 POSITIVE = {

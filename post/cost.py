@@ -78,7 +78,7 @@ class Architecture:
     @classmethod
     def of(cls, model, name: str = "") -> "Architecture":
         """Read off a loaded (or meta-device) causal LM."""
-        from .distill import layer_list  # the one place that knows where a decoder keeps its layers
+        from .student import layer_list  # the one place that knows where a decoder keeps its layers
 
         _, blocks = layer_list(model)
         return cls(name or model.config.name_or_path, len(blocks), n_params(blocks[0]),

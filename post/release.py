@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_dir, read_json, relative, write_json, write_manifest
 from .config import ROOT, Config
+from .student import distill_hash, make_student, trainable
 
 SOURCES = ROOT / "sources"
 FILE = "layers.safetensors"
@@ -56,8 +57,6 @@ def state_digest(model) -> str:
 
 def trained_names(student, cfg: Config) -> list[str]:
     """The parameters distillation trains under ``cfg.distill``: what a release has to carry."""
-    from .distill import trainable
-
     ids = {id(p) for p in trainable(student, cfg.distill)}
     names = [name for name, p in student.named_parameters() if id(p) in ids]
     student.requires_grad_(False)
@@ -115,8 +114,6 @@ def release_hash(cfg: Config) -> str | None:
     A ``precision`` of "auto" counts as what it meant where the release was made: the released source is the
     same model on a machine where "auto" means something else, so it is used there too.
     """
-    from .distill import distill_hash
-
     manifest = release_dir(cfg.profile) / "manifest.json"
     if not manifest.is_file():
         return None
@@ -140,8 +137,6 @@ def verify(cfg: Config) -> dict:
 def load_release(cfg: Config, teacher) -> tuple[torch.nn.Module, dict] | None:
     """The source rebuilt from the profile's release on ``teacher``, with its distillation record; None when
     the profile has no release for its settings. A release that is not what its manifest names is refused."""
-    from .distill import make_student
-
     if release_hash(cfg) is None:
         return None
     directory = release_dir(cfg.profile)

@@ -110,10 +110,6 @@ class PublicData:
         return len(self.texts)
 
 
-SPACES = ("vocab", "labels")
-ANCHOR_ON = ("all", "agree")
-
-
 def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain: Unprompted,
                 temperature: float = 2.0, batch_size: int = 32, max_text_tokens: int = 64,
                 cost: Cost | None = None, space: str = "vocab", target=None, anchor_on: str = "all") -> PublicData:
@@ -125,10 +121,6 @@ def public_data(source, tokenizer, task: Task, source_prompt: SoftPrompt, plain:
     once with the source prompt pasted on, for the anchor term (one more pass: only when the anchor is used), which
     holds every text (``anchor_on="all"``) or only those where Direct picks the prompted source's class ("agree").
     """
-    if space not in SPACES:
-        raise ValueError(f"transfer.space must be one of {SPACES}, got {space!r}")
-    if anchor_on not in ANCHOR_ON:
-        raise ValueError(f"transfer.anchor_on must be one of {ANCHOR_ON}, got {anchor_on!r}")
     prompted = all_logits(source, tokenizer, task, plain.texts, source_prompt.weight.detach(), batch_size,
                           max_text_tokens, cost)
     verbalizer = Verbalizer.for_task(task, tokenizer)
@@ -410,8 +402,6 @@ def post_transfer(cfg: Config, source, target, tokenizer, prepared: Prepared, so
     The cost counts the unprompted passes of ``prepared`` too: one transfer on its own needs them.
     """
     s = settings or cfg.transfer
-    if s.alpha_rule not in ("proxy", "fixed"):
-        raise ValueError(f"unknown alpha_rule {s.alpha_rule!r}; use 'proxy' or 'fixed'")
     cost = Cost() + prepared.cost
     with Timer() as timer:
         data, holdout = (public_data(source, tokenizer, prepared.task, source_prompt, plain, s.temperature,

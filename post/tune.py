@@ -22,8 +22,6 @@ import hashlib
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -31,16 +29,12 @@ from tqdm.auto import tqdm
 from . import dp
 from .artifacts import (METHODS, eps_tag, prompt_path, read_json, readable, relative, results_dir, source_model,
                         write_json)
-from .config import ROOT, Config, TuneConfig, content_key
+from .config import Config, TuneConfig, content_key
 from .cost import Cost, Timer, plateaued
-from .evaluate import accuracy
+from .evaluate import accuracy, owner_validation
 from .models import autocast, load, model_name, resolve_precision
-from .plots import epsilon_panels, save_figure
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record, record_path
 from .tasks import BUILTIN, Split, Task, fingerprint, get_task, load_split
-
-SELECT = ("last", "validation")
-
 
 def example_losses(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
                    prompt: torch.Tensor) -> torch.Tensor:
@@ -107,8 +101,6 @@ def tune_prompt(model, tokenizer, task: Task, train: Split, settings: TuneConfig
     is "seeded" (then the prompt is stamped ``reproducible_not_private``). ``add_noise=False`` runs the DP
     plan with sigma = 0: the audit's positive control, a prompt with no guarantee that is never released.
     """
-    if settings.select not in SELECT:
-        raise ValueError(f"tune.select must be one of {SELECT}, got {settings.select!r}")
     if epsilon <= 0:
         raise ValueError(f"epsilon must be positive (math.inf for no DP), got {epsilon}")
     private = not math.isinf(epsilon)
@@ -248,14 +240,6 @@ def run_settings(tune: TuneConfig, epsilon: float, steps: int) -> tuple[TuneConf
             max(1, math.ceil(steps * tune.batch_size / tune.dp_batch_size)))
 
 
-def owner_validation(cfg: Config, task: str) -> Split | None:
-    """The validation examples 02 evaluates on during training (None if it does not), also for 04's curves."""
-    if not cfg.tune.eval_every:
-        return None
-    limits = [n for n in (cfg.data.max_validation, cfg.tune.eval_examples) if n]
-    return load_split(task, "validation", min(limits, default=0))
-
-
 def _owner_data(cfg: Config, task: str) -> tuple[Split, Split | None]:
     """The owner's training data and (if the stage evaluates during training) its carved validation split."""
     return load_split(task, "train", cfg.data.max_train), owner_validation(cfg, task)
@@ -351,71 +335,3 @@ def run_tune(cfg: Config, progress: bool = True) -> list[dict]:
     rows = tune_method(cfg, "compt", progress, cached) + tune_method(cfg, "fullpt", progress, cached)
     write_json(out, rows)
     return rows
-
-
-# --- figures -------------------------------------------------------------------------------------------------
-
-
-def plot_accuracy_vs_epsilon(rows: list[dict], profile: str):
-    """Test accuracy against epsilon (log axis, no-DP at the right), per task; CompPT and FullPT lines."""
-    data = pd.DataFrame(rows)[["task", "method", "model", "epsilon", "accuracy", "n"]]
-    fig = epsilon_panels(data, lambda method, part: f"{method} ({part.model.iloc[0].split('/')[-1]})")
-    save_figure(fig, data, "tune_accuracy_vs_epsilon", profile)
-    return fig
-
-
-def training_curves(rows: list[dict]) -> pd.DataFrame:
-    """Long table (task, method, epsilon, step, metric, value) of the non-private runs' training curves.
-
-    Read from the owner's records. A DP run's curve (the raw loss of every private batch, validation accuracy)
-    is left out: it is computed from the private data without noise, so publishing it would void the guarantee
-    that its prompt carries; the owner can read it in the record.
-    """
-    records = []
-    for row in (r for r in rows if r["epsilon"] == "inf"):
-        record = read_record(ROOT / row["prompt"])
-        ident = {"task": row["task"], "method": row["method"], "epsilon": row["epsilon"]}
-        records += [{**ident, "step": s, "metric": "train loss", "value": v}
-                    for s, v in zip(record["curve"]["step"], record["curve"]["loss"]) if v is not None]
-        records += [{**ident, "step": s, "metric": "validation accuracy", "value": v}
-                    for s, v in zip(record["validation"]["step"], record["validation"]["accuracy"])]
-    return pd.DataFrame(records)
-
-
-def plot_training_curves(rows: list[dict], profile: str, smooth: int = 10):
-    """Per task: training loss (moving average over ``smooth`` steps) and validation accuracy, per
-    non-private run (see ``training_curves``)."""
-    data = training_curves(rows)
-    tasks = list(dict.fromkeys(data.task))
-    fig, axes = plt.subplots(2, len(tasks), figsize=(3.3 * len(tasks), 5.2), squeeze=False, sharex="col")
-    for col, task in enumerate(tasks):
-        for (method, epsilon), part in data[data.task == task].groupby(["method", "epsilon"], sort=False):
-            label = f"{method} eps={epsilon}"
-            loss = part[part.metric == "train loss"]
-            line, = axes[0][col].plot(loss.step, loss.value.rolling(smooth, min_periods=1).mean(), label=label)
-            val = part[part.metric == "validation accuracy"]
-            axes[1][col].plot(val.step, val.value, marker=".", color=line.get_color(), label=label)
-        axes[0][col].set_title(task)
-        axes[1][col].set_xlabel("step")
-    axes[0][0].set_ylabel(f"train loss ({smooth}-step mean)")
-    axes[1][0].set_ylabel("validation accuracy")
-    axes[0][-1].legend(fontsize=7, frameon=False)
-    save_figure(fig, data, "tune_training_curves", profile)
-    return fig
-
-
-def privacy_table(rows: list[dict]) -> pd.DataFrame:
-    """The DP parameters behind every private prompt: target vs spent epsilon (PRV, RDP), delta, sigma, C, q."""
-    data = pd.DataFrame(rows)
-    data = data[data.epsilon != "inf"]
-    return data[["task", "method", "epsilon", "prv_epsilon", "rdp_epsilon", "delta", "noise_multiplier",
-                 "max_grad_norm", "sample_rate", "steps", "batch_size"]].reset_index(drop=True)
-
-
-def summary(rows: list[dict]) -> pd.DataFrame:
-    """Test accuracy per task (rows) and method/epsilon (columns)."""
-    data = pd.DataFrame(rows)
-    data["run"] = data.method + " eps=" + data.epsilon
-    return data.pivot_table(index="task", columns="run", values="accuracy", sort=False)
-
-

@@ -9,7 +9,7 @@ import pytest
 
 import post.artifacts as artifacts
 import post.transfer as transfer
-from post import audit
+from post import audit, tables
 from post.config import ConfigError, load_config
 from post.membership import VARIANTS
 from post.models import load
@@ -195,10 +195,10 @@ def test_control_checks_read_the_one_run_positive_control_the_other_way():
         return {"setting": setting, "epsilon": epsilon, "eps_hat": eps_hat}
 
     lira = [{"setting": "positive control", "model": "source", "variant": "online", "auc_ci": [0.6, 0.7]}]
-    checks = audit.control_checks({"lira": lira, "canaries": [
+    checks = tables.control_checks({"lira": lira, "canaries": [
         canary("no DP", "inf", 3.0), canary("eps=1", "1", 0.2), canary(audit.NO_NOISE, "1", 1.8)]})
     assert checks.passed.all() and len(checks) == 3  # the no-DP row is not checked against anything
-    broken = audit.control_checks({"lira": lira, "canaries": [canary("eps=1", "1", 1.8),
+    broken = tables.control_checks({"lira": lira, "canaries": [canary("eps=1", "1", 1.8),
                                                               canary(audit.NO_NOISE, "1", 0.2)]})
     assert broken.passed.tolist() == [True, False, False]
 

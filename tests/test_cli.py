@@ -98,6 +98,9 @@ def test_a_task_from_a_csv_file_goes_through_both_parties_and_loads_in_peft(sand
                            "--prompt", prompts / "post_eps8_seed0.pt", "--peft", adapter)
     assert code == 0, err
     assert {"adapter_config.json", "adapter_model.safetensors", "post.json"} <= {p.name for p in adapter.iterdir()}
+    strict = json.loads((adapter / "post.json").read_text(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert strict["scoring"] == {"max_text_tokens": 32, "precision": post.models.resolve_precision("auto", "cpu")}
+    assert strict["epsilon"] == "8"  # strict JSON: no Infinity, "inf" without DP
     code, out, _ = post_(capsys, "inspect", adapter)
     assert "PROMPT_TUNING adapter for tiny-random-llama, 4 virtual tokens" in out
     assert "epsilon 8 by DP-SGD: delta 1e-05, sigma" in out and "N 64" in out and "randomness secret" in out
@@ -147,7 +150,7 @@ def test_a_seeded_dp_prompt_is_neither_transferred_nor_exported(sandbox, capsys,
 
 def test_a_step_that_is_not_ready_exits_3(sandbox, capsys):
     code, _, err = post_(capsys, "tune", "--profile", "smoke", "--task", "trec", "--epsilon", "inf")
-    assert code == 3 and err.count("\n") == 1 and "source_model is missing: run notebooks/01_distill.ipynb" in err
+    assert code == 3 and err.count("\n") == 1 and "source_model is missing: run `post distill --profile smoke`" in err
 
 
 GOOD = {"data": "data.csv", "classes": {"ham": [" no"], "spam": [" yes"]}, "template": "Message: {text}\nSpam?",

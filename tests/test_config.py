@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -59,6 +60,7 @@ def test_section_hash_changes_only_with_its_section():
     ({"transfer": {"alpha_rule": "foo"}}, "transfer.alpha_rule = 'foo': must be one of proxy, fixed"),
     ({"transfer": {"selection": "best"}}, "transfer.selection = 'best': must be one of holdout, last"),
     ({"transfer": {"anchor_on": "some"}}, "transfer.anchor_on = 'some': must be one of all, agree"),
+    ({"transfer": {"space": "label"}}, "transfer.space = 'label': must be one of vocab, labels"),
     ({"transfer": {"init": "random"}}, "transfer.init = 'random': must be one of source, instruction"),
     ({"tune": {"select": "best"}}, "tune.select = 'best': must be one of last, validation"),
     ({"tune": {"dp_randomness": "fixed"}}, "tune.dp_randomness = 'fixed': must be one of secret, seeded"),
@@ -99,6 +101,29 @@ def test_bad_settings_are_refused_on_loading_in_one_line(overrides, expected):
     with pytest.raises(ConfigError) as err:
         load_config("smoke", overrides)
     assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", sorted(config.CHOICES))
+def test_every_choice_is_refused_on_loading_when_it_is_not_one(key):
+    """Choices have one owner, config.CHOICES: a wrong value fails when the profile loads, naming the choices,
+    not hours later inside the stage that reads it (stages do not check again)."""
+    section, _, name = key.rpartition(".")
+    overrides = {section: {name: "not-a-choice"}} if section else {name: "not-a-choice"}
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", overrides)
+    assert str(err.value) == f"{key} = 'not-a-choice': must be one of {', '.join(config.CHOICES[key])}"
+
+
+def test_with_changes_reads_and_checks_each_value_as_loading_does():
+    cfg = load_config("smoke")
+    changed = cfg.with_changes("transfer", lr="0.003", anchor_on="agree", space="labels", epsilons="[inf]")
+    assert (changed.transfer.lr, changed.transfer.anchor_on, changed.transfer.space) == (0.003, "agree", "labels")
+    assert changed.transfer.epsilons == (math.inf,) and cfg.transfer.lr != 0.003  # a new config, typed
+    for bad, error in (({"space": "label"}, "transfer.space = 'label': must be one of vocab, labels"),
+                       ({"lr": "fast"}, "transfer.lr must be a number"), ({"speed": "1"}, "unknown key(s) ['speed']"),
+                       ({"epsilons": "[4]"}, "transfer.epsilons[0] = 4.0: must be one of tune.epsilons")):
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            cfg.with_changes("transfer", **bad)
 
 
 def test_every_rule_names_a_setting():

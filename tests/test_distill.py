@@ -14,6 +14,7 @@ import post.artifacts
 import post.distill as distill
 import post.prompt
 import post.release
+import post.student as student
 import post.tasks
 from post.config import load_config
 from post.models import TINY, load, load_model, load_tokenizer
@@ -87,11 +88,11 @@ def test_student_is_the_teacher_with_layers_skipped(arch):
 
 
 def test_default_layers_spread_first_to_last():
-    assert distill.default_layers(30, 4) == (0, 10, 19, 29)
-    assert distill.default_layers(4, 2) == (0, 3)
-    assert distill.default_layers(4, 4) == (0, 1, 2, 3)
+    assert student.default_layers(30, 4) == (0, 10, 19, 29)
+    assert student.default_layers(4, 2) == (0, 3)
+    assert student.default_layers(4, 4) == (0, 1, 2, 3)
     with pytest.raises(ValueError, match="num_student_layers"):
-        distill.default_layers(4, 0)
+        student.default_layers(4, 0)
 
 
 @pytest.mark.parametrize("layers, message", [((), "empty"), ((0, 4), "out of range"), ((-1, 2), "out of range"),
@@ -106,11 +107,11 @@ def test_bad_student_layers_are_refused(layers, message):
 
 def test_unsupported_architectures_are_refused():
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8))
-    with pytest.raises(distill.UnsupportedModel, match="encoder-decoder"):
+    with pytest.raises(student.UnsupportedModel, match="encoder-decoder"):
         distill.make_student(t5, (0,))
     gemma = tiny(Gemma2Config, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, head_dim=8)  # soft-caps its logits after the LM head
-    with pytest.raises(distill.UnsupportedModel, match="logits"):
+    with pytest.raises(student.UnsupportedModel, match="logits"):
         distill.make_student(gemma, (0,))
 
 
@@ -288,13 +289,13 @@ def test_unknown_modes_are_refused(sandbox, field, value):
 
 
 def test_end_cuts_keep_contiguous_blocks_at_both_ends():
-    assert distill.end_layers(30, 10, 4) == (0, 1, 2, 3, 4, 5, 26, 27, 28, 29)
-    assert distill.end_layers(48, 4, 2) == (0, 1, 46, 47)  # the paper's gpt2-xl source
+    assert student.end_layers(30, 10, 4) == (0, 1, 2, 3, 4, 5, 26, 27, 28, 29)
+    assert student.end_layers(48, 4, 2) == (0, 1, 46, 47)  # the paper's gpt2-xl source
     cfg = smoke(num_student_layers=3, keep_last=1)
     assert distill.student_layers(cfg.distill, 4) == (0, 1, 3)
     for k, last in [(4, 0), (4, 4), (5, 1)]:
         with pytest.raises(ValueError, match="keep_last"):
-            distill.end_layers(4, k, last)
+            student.end_layers(4, k, last)
 
 
 def test_readout_texts_are_public_text_in_each_task_template(monkeypatch):

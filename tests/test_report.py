@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from post import report
+from post import evaluate, plots, report, tables
 from post.membership import ci_text
 
 
@@ -19,7 +19,7 @@ def rows(task, zs, full, post, seed=0, epsilon="inf"):
 
 
 def test_accuracy_table_has_one_row_per_task_and_the_recovery():
-    table = report.accuracy_table(rows("a", 0.6, 0.8, 0.75) + rows("b", 0.5, 0.4, 0.45), ("inf",))
+    table = tables.accuracy_table(rows("a", 0.6, 0.8, 0.75) + rows("b", 0.5, 0.4, 0.45), ("inf",))
     assert list(table.columns) == ["task", "test n", "seeds", "ZS", "FullPT", "POST", "recovery"]
     a, b = table.set_index("task").loc["a"], table.set_index("task").loc["b"]
     assert a.recovery == pytest.approx(0.75) and a.seeds == 1 and a["test n"] == 100
@@ -29,7 +29,7 @@ def test_accuracy_table_has_one_row_per_task_and_the_recovery():
 def test_accuracy_table_averages_seeds_and_reports_their_spread():
     data = rows("a", 0.6, 0.8, 0.7, seed=0) + rows("a", 0.6, 0.8, 0.8, seed=1)
     data = [r for i, r in enumerate(data) if not (r["method"] == "ZS" and i > 3)]
-    table = report.accuracy_table(data, ("inf",)).set_index("task")
+    table = tables.accuracy_table(data, ("inf",)).set_index("task")
     assert table.loc["a", "POST"] == pytest.approx(0.75) and table.loc["a", "seeds"] == 2
     assert table.loc["a", "POST std"] == pytest.approx(pd.Series([0.7, 0.8]).std())
 
@@ -84,17 +84,17 @@ def test_a_failed_audit_control_is_named_above_the_audit_tables():
 
 
 def test_dp_columns_are_named_by_epsilon():
-    table = report.accuracy_table(rows("a", 0.6, 0.8, 0.7) + rows("a", 0.6, 0.7, 0.65, epsilon="8")[1:],
+    table = tables.accuracy_table(rows("a", 0.6, 0.8, 0.7) + rows("a", 0.6, 0.7, 0.65, epsilon="8")[1:],
                                   ("inf", "8"))
     assert {"POST", "POST eps=8", "FullPT eps=8", "recovery eps=8"} <= set(table.columns)
     assert table.loc[0, "recovery eps=8"] == pytest.approx(0.5)
-    no_dp_full = report.accuracy_table(rows("a", 0.6, 0.8, 0.7) + [rows("a", 0.6, 0.7, 0.65, epsilon="8")[2]],
+    no_dp_full = tables.accuracy_table(rows("a", 0.6, 0.8, 0.7) + [rows("a", 0.6, 0.7, 0.65, epsilon="8")[2]],
                                        ("inf", "8"))
     assert no_dp_full.loc[0, "recovery eps=8"] == pytest.approx(0.25)  # (0.65 - 0.6) / (0.8 - 0.6)
 
 
 def test_paper_rows_are_labelled_and_their_recovery_matches_the_paper():
-    paper = report.paper_comparison(report.accuracy_table(rows("rotten_tomatoes", 0.7, 0.85, 0.8), ("inf",)))
+    paper = tables.accuracy_vs_paper(tables.accuracy_table(rows("rotten_tomatoes", 0.7, 0.85, 0.8), ("inf",)))
     assert paper.target.str.contains("paper").sum() == 3 and paper.target.str.contains("ours").sum() == 1
     # by hand from docs/paper.md: (87.16-72.25)/(91.74-72.25), (85.89-60.78)/(94.84-60.78), (89.33-78.67)/(94.84-78.67)
     assert paper.recovery[:3].round(3).tolist() == [0.765, 0.737, 0.659]
@@ -110,19 +110,18 @@ def test_recovery_uses_fullpt_at_the_same_epsilon_else_the_non_private_one():
     rows = [{"method": "ZS", "epsilon": "-", "accuracy": 0.6}, {"method": "FullPT", "epsilon": "inf", "accuracy": 0.8},
             {"method": "POST", "epsilon": "inf", "accuracy": 0.75}, {"method": "POST", "epsilon": "8", "accuracy": 0.65},
             {"method": "FullPT", "epsilon": "4", "accuracy": 0.5}, {"method": "POST", "epsilon": "4", "accuracy": 0.7}]
-    out = report.recovery(rows)
+    out = tables.recovery(rows)
     assert out == pytest.approx({"inf": 0.75, "8": 0.25})  # eps=4: FullPT below ZS, nothing to recover
 
 
-def test_update_readme_replaces_only_the_generated_block(tmp_path, monkeypatch):
+def test_update_block_replaces_only_the_generated_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n\n{report.BEGIN}\nold numbers\n{report.END}\n\nafter\n")
-    monkeypatch.setattr(report, "readme_results", lambda profile: "new numbers")
-    assert report.update_readme("cpu", readme) and not report.update_readme("cpu", readme)
+    assert report.update_block(readme, "new numbers") and not report.update_block(readme, "new numbers")
     assert readme.read_text() == f"# title\n\nbefore\n\n{report.BEGIN}\n\nnew numbers\n\n{report.END}\n\nafter\n"
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
-        report.update_readme("cpu", readme)
+        report.update_block(readme, "new numbers")
 
 
 def test_stage_times_name_the_lines_a_run_made_short_by_reading_work_back(tmp_path):
@@ -146,9 +145,11 @@ def test_stage_times_name_the_lines_a_run_made_short_by_reading_work_back(tmp_pa
     assert "02's line" not in made and "05's line is the notebook's last run" in made and "took 30 s." in made
 
 
-def test_readme_results_match_the_committed_results_files():
-    """The README's numbers are regenerated from results/cpu/; run `python -m post.report` after a cpu run."""
-    assert report.readme_block() == report.readme_results(report.README_PROFILE).strip()
+@pytest.mark.parametrize("path", sorted(report.GENERATED))
+def test_generated_results_match_the_committed_results_files(path):
+    """RESULTS.md and the README's headline are regenerated from results/cpu/; run `python -m post.report` (or
+    `make report`) after a cpu run."""
+    assert report.generated_block(path) == report.GENERATED[path](report.REPORT_PROFILE).strip()
 
 
 def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch):
@@ -179,7 +180,7 @@ def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch
     artifacts.write_json(artifacts.results_dir("smoke") / "transfer_history.json",
                          {"rotten_tomatoes/inf": result.history})
 
-    curves = report.cost_curves(cfg, model, tok, progress=False)
+    curves = evaluate.cost_curves(cfg, model, tok, progress=False)
     full, post_curve = (curves[curves.method == m] for m in ("FullPT", "POST"))
     record = tune.read_record(artifacts.prompt_path("smoke", task.name, "fullpt", math.inf))
     assert list(full.step) == record["validation"]["step"] == [0, 2, 4, 6]
@@ -195,7 +196,7 @@ def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch
     assert list(kept.step) == [record["selected_step"], result.selected_step]
 
     costs = pd.DataFrame([{"task": task.name, "item": "distillation (once)", "flops": 1e15, "wall_seconds": 100.0}])
-    report.plot_cost_curves(curves, costs, "smoke")
+    plots.plot_cost_curves(curves, costs, "smoke")
     drawn = pd.read_csv(artifacts.figures_dir("smoke") / "accuracy_vs_cumulative_cost.csv")
     charged = drawn[drawn.method == "POST + distillation"]
     assert list(charged.flops) == list(post_curve.flops + 1e15)
@@ -208,10 +209,10 @@ def test_curve_summary_reads_the_kept_steps_and_what_fullpt_spent_to_match_post(
           "kept": s == 20} for s, a, f in ((0, 0.5, 1e12), (10, 0.7, 2e12), (20, 0.8, 3e12), (30, 0.75, 4e12))]
         + [{"task": "t", "method": "POST", "step": s, "accuracy": a, "flops": f, "wall_seconds": 1.0, "kept": s == 5}
            for s, a, f in ((0, 0.6, 0.5e12), (5, 0.65, 0.7e12), (10, 0.62, 0.9e12))])
-    table = report.curve_summary(curves).set_index("method")
+    table = tables.curve_summary(curves).set_index("method")
     assert table.loc["FullPT", "kept step"] == 20 and table.loc["FullPT", "last step"] == 30
     assert table.loc["FullPT", "TFLOPs to kept"] == 3 and table.loc["FullPT", "TFLOPs in all"] == 4
     assert table.loc["POST", "validation accuracy"] == 0.65 and table.loc["POST", "TFLOPs in all"] == 0.9
     assert table.loc["POST", "FullPT TFLOPs to match"] == 2  # FullPT first reached 0.65 at step 10
-    never = report.curve_summary(curves.assign(accuracy=[0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9]))
+    never = tables.curve_summary(curves.assign(accuracy=[0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9]))
     assert math.isnan(never.set_index("method").loc["POST", "FullPT TFLOPs to match"])

@@ -175,7 +175,7 @@ def test_a_stopped_run_stops_its_kernel(tmp_path, how):
 
 MOVED_STAGES = textwrap.dedent("""
     import json, sys
-    from post import distill, transfer, tune
+    from post import distill, tables, transfer, tune
     from post.artifacts import RESULTS
     from post.config import ROOT, load_config
     assert str(ROOT) == sys.argv[1], (ROOT, sys.argv[1])  # the copy's own package, not the installed one
@@ -184,7 +184,7 @@ MOVED_STAGES = textwrap.dedent("""
         distill.run_distill(cfg, progress=False)
         tune.run_tune(cfg, progress=False)
     else:
-        tune.training_curves(json.loads((RESULTS / "smoke" / "tune.json").read_text()))
+        tables.training_curves(json.loads((RESULTS / "smoke" / "tune.json").read_text()))
         transfer.run_transfer(cfg, progress=False)
 """)
 

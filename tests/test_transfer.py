@@ -136,8 +136,6 @@ def test_label_space_loss_compares_class_distributions(models):
                                 batch_size=2, max_text_tokens=32, space="labels")
     assert transfer.batch_loss(target, tok, TASK, prompt.weight, same, [0, 1, 2], 0.5, max_text_tokens=32)[0].item() \
         == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="transfer.space"):
-        transfer.public_data(source, tok, TASK, prompt, plain, space="tokens")
 
 
 @pytest.mark.parametrize("space", ["vocab", "labels"])
@@ -199,8 +197,6 @@ def test_anchor_on_agree_holds_only_the_texts_where_direct_picks_the_sources_cla
     rows = [transfer.kl(data.direct[[i]], moved[[j]], 2.0).item() for j, i in enumerate(idx)]
     assert parts["drift"] == pytest.approx(sum(r * m for r, m in zip(rows, marks.tolist())) / len(idx), rel=1e-4)
     assert parts["drift"] < sum(rows) / len(idx)  # the free texts pull nothing
-    with pytest.raises(ValueError, match="anchor_on"):
-        build(anchor_on="some")
 
 
 def test_transfer_stops_once_the_held_out_loss_stops_improving(models):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import post.models
-from post import artifacts, dp, transfer, tune
+from post import artifacts, dp, plots, tables, transfer, tune
 from post.config import load_config
 from post.models import load_model
 from post.prompt import PROVIDER_DP_KEYS, PROVIDER_KEYS, NotReleasable, SoftPrompt, read_record
@@ -169,8 +169,6 @@ def test_bad_settings_are_refused(tiny, data):
     model, tok = tiny
     with pytest.raises(ValueError, match="precision"):
         tune.tune_prompt(model, tok, TASK, data[0], settings(precision="fp16"), math.inf, 1, progress=False)
-    with pytest.raises(ValueError, match="select"):
-        tune.tune_prompt(model, tok, TASK, data[0], settings(select="test"), math.inf, 1, progress=False)
     with pytest.raises(ValueError, match="epsilon"):
         tune.tune_prompt(model, tok, TASK, data[0], settings(), 0.0, 1, progress=False)
 
@@ -235,14 +233,14 @@ def test_stage_writes_prompts_results_and_skips_finished_work(stage):
     assert loaded == [str(source), str(source)]  # CompPT retrained, FullPT (same settings) reused
     assert [r["prompt_digest"] for r in again if r["method"] == "FullPT"] == \
         [r["prompt_digest"] for r in rows if r["method"] == "FullPT"]
-    tune.plot_accuracy_vs_epsilon(again, "smoke")
-    tune.plot_training_curves(again, "smoke")
-    curves = tune.training_curves(again)
+    plots.plot_tuning_vs_epsilon(again, "smoke")
+    plots.plot_training_curves(again, "smoke")
+    curves = tables.training_curves(again)
     assert set(curves.metric) == {"train loss", "validation accuracy"}
     assert set(curves.epsilon) == {"inf"}  # a DP run's raw curve is the owner's only: never published
     for name in ("tune_accuracy_vs_epsilon", "tune_training_curves"):
         assert all((artifacts.figures_dir("smoke") / f"{name}.{s}").exists() for s in ("png", "pdf", "csv"))
-    assert set(tune.privacy_table(again).epsilon) == {"8"}
+    assert set(tables.privacy_table(again).epsilon) == {"8"}
 
 
 def test_compt_needs_the_source_model(tmp_path, monkeypatch):
