@@ -132,16 +132,16 @@ def test_secret_draws_are_the_os_csprngs_bytes(monkeypatch):
 def test_secret_noise_has_the_planned_spread_and_differs_between_alike_runs():
     """Two DP steps seeded alike ("secret" ignores the seed) add different noise, each N(0, sigma^2 C^2)."""
     grads = []
-    for _ in range(2):
-        weight = torch.nn.Parameter(torch.zeros(40, 30))
+    for _ in range(2):  # 60,000 draws each: the spread is known to 0.3%, so the 5% bounds never fail by chance
+        weight = torch.nn.Parameter(torch.zeros(200, 300))
         plan = dp.DPPlan(8.0, 1e-5, 2.0, 0.5, 4.0 / 100, 1, 100)
         optimizer, _ = dp.optimizer(weight, torch.optim.SGD([weight], lr=1.0), plan, dp.streams("secret", 0)[1])
-        dp.set_grad_sample(weight, weight.new_zeros((0, 40, 30)))
+        dp.set_grad_sample(weight, weight.new_zeros((0, 200, 300)))
         optimizer.step()
         grads.append(weight.grad.clone())
     assert not torch.equal(*grads)
     assert all(g.std().item() == pytest.approx(2.0 * 0.5 / 4.0, rel=0.05) for g in grads)
-    assert all(abs(g.mean().item()) < 0.05 for g in grads)
+    assert all(abs(g.mean().item()) < 0.01 for g in grads)
 
 
 def test_a_secret_dp_run_never_seeds_a_generator(tiny, monkeypatch):
