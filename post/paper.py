@@ -1,5 +1,5 @@
 """The POST paper's reference numbers (docs/paper.md): quoted beside ours by the report and the audit, never
-rerun. One place, so a table and its README line cannot disagree."""
+rerun. One place, so a table and the line in RESULTS.md that quotes it cannot disagree."""
 
 import pandas as pd
 

@@ -1,12 +1,8 @@
-"""The study's tables and figures (04), RESULTS.md and the README's headline, built only from ``results/<profile>/``.
+"""RESULTS.md and the README's headline, written only from the committed ``results/<profile>/`` and
+``bench/results/`` files (the tables themselves are ``post.tables``).
 
-Table 1 analogue: test accuracy of every method per task, without DP and at each DP epsilon, plus the share of
-FullPT's gain that POST recovers. Table 4 analogue: what FullPT and POST cost, with and without the one-off
-distillation. ``python -m post.report`` rewrites the generated blocks of RESULTS.md and the README from the
-committed files of the cpu profile; a test regenerates them and fails when a file differs, so neither can drift.
-
-03's comparison (``compare``, ``recovery``) is the one part that reads prompts rather than results: it scores
-every prompt of the sweep task on the target, once the stages have made them.
+``python -m post.report`` (``make report``) rewrites the generated blocks of both files from the cpu profile's
+results; a test regenerates them and fails when a file differs, so neither can drift from the numbers.
 """
 
 from __future__ import annotations
@@ -144,7 +140,7 @@ def _audit_source(result: dict, out: Path) -> list[str]:
 
 
 def _failed_controls(result: dict) -> list[str]:
-    """A warning naming every control of the audit that failed (post.audit.control_checks, as 05 prints them)."""
+    """A warning naming every control of the audit that failed (post.tables.control_checks, as 05 prints them)."""
     failed = [c for c in control_checks(result).to_dict("records") if not c["passed"]]
     if not failed:
         return []

@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .artifacts import METHODS, artifact_dir, atomic_path, eps_tag, prompt_path, read_json, require, results_dir, source_model_dir
+from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, prompt_path, read_json, require, results_dir,
+                        source_model_dir)
 from .config import ROOT, Config
 from .audit import NO_NOISE
 from .membership import ci_text

@@ -24,6 +24,19 @@ def smol():
     return load("smollm2-135m-instruct")
 
 
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A stage's whole world under tmp_path: artifacts, results, figures and releases. A test that asks for it
+    runs a stage (or both parties), and that puts it in the ``stage`` tier."""
+    import post.artifacts
+    import post.release
+
+    for name in ("ARTIFACTS", "RESULTS", "FIGURES"):
+        monkeypatch.setattr(post.artifacts, name, tmp_path / name.lower())
+    monkeypatch.setattr(post.release, "SOURCES", tmp_path / "sources")  # a committed release stays out of it
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def dp_record():
     """``dp_record(epsilon, randomness)``: a prompt's DP record as 02 writes it, for a small planned run whose
@@ -48,9 +61,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# Test tiers. `make test-fast` runs `unit` only; `make test` (CI) runs everything.
+# Test tiers, by what a test runs: its own mark, else the fixtures it uses. `make test-fast` runs `unit` only;
+# `make test` (CI) runs everything.
 TIERS = ("unit", "stage", "model", "e2e")
-E2E_MODULES = {"test_robustness.py"}  # make / papermill / kernels end to end (or mark a test e2e itself)
+STAGE_FIXTURES = {"workspace"}  # runs a stage in a temporary world
 MODEL_FIXTURES = {"smol"}  # loads the real SmolLM2-135M target
 
 
@@ -63,14 +77,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Each test gets exactly one tier: its own mark, else from its module and the fixtures it uses."""
+    """Each test gets exactly one tier: its own mark (or its module's), else from the fixtures it uses."""
     for item in items:
         if any(item.get_closest_marker(tier) for tier in TIERS):
             continue
-        if item.path.name in E2E_MODULES:
-            tier = "e2e"
-        elif MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
-            tier = "model"
-        else:
-            tier = "unit"
+        fixtures = set(getattr(item, "fixturenames", ()))
+        tier = "model" if MODEL_FIXTURES & fixtures else "stage" if STAGE_FIXTURES & fixtures else "unit"
         item.add_marker(tier)

@@ -250,7 +250,8 @@ def test_a_false_dp_claim_is_refused_on_arrival(sandbox, capsys, dp_record):
     assert post_(capsys, "inspect", path)[0] == 0 and SoftPrompt.load(path).meta["epsilon"] == 8.0
     edits = {"stronger claim": {"epsilon": 1.0, "dp": {**honest["dp"], "epsilon": 1.0}},
              "spent edited": {"dp": {**honest["dp"], "prv_epsilon": 0.5}},
-             "less noise than stated": {"dp": {**honest["dp"], "noise_multiplier": honest["dp"]["noise_multiplier"] / 2}},
+             "less noise than stated": {"dp": {**honest["dp"],
+                                               "noise_multiplier": honest["dp"]["noise_multiplier"] / 2}},
              "record dropped": {"dp": {"private": True, "randomness": "secret"}},
              "epsilon without a record": {"dp": {"private": False}}}
     for name, edit in edits.items():

@@ -45,15 +45,6 @@ ARCHITECTURES = {
 }
 
 
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    """Artifacts and results under tmp_path."""
-    monkeypatch.setattr(post.artifacts, "ARTIFACTS", tmp_path / "artifacts")
-    monkeypatch.setattr(post.artifacts, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(post.release, "SOURCES", tmp_path / "sources")  # a committed release stays out of it
-    return tmp_path
-
-
 def smoke(**distill_overrides):
     return load_config("smoke", {"distill": {**SMALL, **distill_overrides}})
 
@@ -199,7 +190,7 @@ def test_cached_teacher_targets_match_the_live_teacher(tmp_path, mode):
         assert cached[term].item() == pytest.approx(live[term].item(), rel=2e-3, abs=1e-5)
 
 
-def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_model(sandbox, monkeypatch):
+def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_model(workspace, monkeypatch):
     real_asset_path = post.tasks.asset_path
 
     def public_only(package, relpath):
@@ -236,6 +227,7 @@ def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_mo
     assert distill.existing(smoke(lr=1e-3, epochs=3)) is None
 
 
+@pytest.mark.stage  # distils twice, each in a world of its own
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     def weights(root):
         monkeypatch.setattr(post.artifacts, "ARTIFACTS", root / "artifacts")
@@ -268,7 +260,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert not (tmp_path / "resumed" / "artifacts" / "smoke" / "distill_work" / "checkpoint.pt").exists()
 
 
-def test_hidden_state_cache_trains_like_the_live_teacher(sandbox):
+def test_hidden_state_cache_trains_like_the_live_teacher(workspace):
     """The teacher's logits recomputed from its cached hidden states are its logits: same training."""
     runs = {mode: distill.run_distill(smoke(teacher_cache=mode, precision="fp32", epochs=1), progress=False)
             for mode in ("hidden", "none")}
@@ -276,14 +268,14 @@ def test_hidden_state_cache_trains_like_the_live_teacher(sandbox):
         assert a == pytest.approx(b, rel=1e-4)
 
 
-def test_topk_cache_runs_end_to_end_in_bf16(sandbox):
+def test_topk_cache_runs_end_to_end_in_bf16(workspace):
     record = distill.run_distill(smoke(teacher_cache="topk", epochs=1), progress=False)
     assert record["teacher_cache"] == "topk" and len(record["losses"]) == 4
     assert all(torch.isfinite(torch.tensor(row["total"])) for row in record["losses"])
 
 
 @pytest.mark.parametrize("field, value", [("teacher_cache", "full"), ("precision", "fp16")])
-def test_unknown_modes_are_refused(sandbox, field, value):
+def test_unknown_modes_are_refused(workspace, field, value):
     with pytest.raises(ValueError, match=field):
         distill.run_distill(smoke(**{field: value}), progress=False)
 
@@ -368,7 +360,7 @@ def test_readout_loss_vanishes_for_the_teacher_and_is_batch_invariant(tmp_path):
     assert objective.losses(cut, np.arange(3))[0]["kl"].item() > 1e-3
 
 
-def test_readout_stage_lowers_held_out_kl_and_records_its_objective(sandbox):
+def test_readout_stage_lowers_held_out_kl_and_records_its_objective(workspace):
     cfg = smoke(objective="readout", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3, precision="fp32")
     record = distill.run_distill(cfg, progress=False)
     assert record["objective"] == "readout" and record["steps"] == 3 * (3 * 24 // cfg.distill.batch_size)  # 24 texts per task
@@ -380,13 +372,13 @@ def test_readout_stage_lowers_held_out_kl_and_records_its_objective(sandbox):
                                   precision="fp32")) is None
 
 
-def test_train_layers_leaves_the_lower_layers_exactly_the_target_s(sandbox):
+def test_train_layers_leaves_the_lower_layers_exactly_the_target_s(workspace):
     """Only the top layers learn: the source ships as the target plus those layers."""
     cfg = smoke(objective="readout", readout_examples=24, readout_holdout=8, lr=3e-3, epochs=1, precision="fp32",
                 num_student_layers=3, train_layers=1)
     teacher = load_model(cfg.model)
     student, record = distill.distill_student(cfg, teacher, load_tokenizer(cfg.model),
-                                              sandbox / "work", progress=False)
+                                              workspace / "work", progress=False)
     layers = distill.layer_list(teacher)[1]
     for i, (kept, block) in enumerate(zip(record["student_layers"], distill.layer_list(student)[1])):
         same = all(torch.equal(a, b) for a, b in zip(block.state_dict().values(),
@@ -433,7 +425,7 @@ def test_hidden_targets_are_the_teacher_states_entering_a_layer_at_every_token(t
     assert losses["total"].item() == pytest.approx(losses["kl"].item() + dc.a_cos * losses["cos"].item(), rel=1e-5)
 
 
-def test_readout_hidden_stage_heals_the_cut_where_the_kept_layers_read(sandbox):
+def test_readout_hidden_stage_heals_the_cut_where_the_kept_layers_read(workspace):
     cfg = smoke(objective="readout+hidden", keep_last=1, readout_examples=24, readout_holdout=8, lr=3e-3, epochs=3,
                 precision="fp32")
     record = distill.run_distill(cfg, progress=False)
@@ -446,7 +438,7 @@ def test_readout_hidden_stage_heals_the_cut_where_the_kept_layers_read(sandbox):
                                   epochs=3, precision="fp32")) is None
 
 
-def test_readout_hidden_matches_the_layers_the_student_and_teacher_share(sandbox):
+def test_readout_hidden_matches_the_layers_the_student_and_teacher_share(workspace):
     """A student of all 4 layers with keep_last=1 is the teacher: both losses start at zero, so the student's and
     the teacher's matched layers are the same one (an off-by-one would compare different depths)."""
     cfg = smoke(objective="readout+hidden", num_student_layers=4, keep_last=1, readout_examples=16, readout_holdout=8,
@@ -530,12 +522,13 @@ def test_a_checkpoint_resumes_from_plain_data(tmp_path):
     assert resumed["losses"] == whole["losses"] and resumed["train_cost"]["tokens"] == whole["train_cost"]["tokens"]
 
 
-def test_a_truncated_source_model_is_named_and_remade(sandbox):
+def test_a_truncated_source_model_is_named_and_remade(workspace):
     cfg = smoke(epochs=1)
     distill.run_distill(cfg, progress=False)
     weights = post.artifacts.source_model_dir("smoke") / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(post.artifacts.MissingArtifact, match="model.safetensors is missing or truncated: .*make distill"):
+    named = "model.safetensors is missing or truncated: .*make distill PROFILE=smoke"
+    with pytest.raises(post.artifacts.MissingArtifact, match=named):
         post.artifacts.source_model("smoke")
     assert distill.existing(cfg) is None  # so make distill makes it again, instead of calling it done
     distill.run_distill(cfg, progress=False)

@@ -15,14 +15,6 @@ SETTINGS = {"objective": "readout", "readout_examples": 24, "readout_holdout": 8
             "lr": 3e-3, "precision": "fp32", "num_student_layers": 3, "train_layers": 1, "eval_every": 6}
 
 
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    monkeypatch.setattr(post.artifacts, "ARTIFACTS", tmp_path / "artifacts")
-    monkeypatch.setattr(post.artifacts, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(release, "SOURCES", tmp_path / "sources")
-    return tmp_path
-
-
 def smoke(**overrides):
     return load_config("smoke", {"distill": {**SETTINGS, **overrides}})
 
@@ -32,7 +24,7 @@ def source_state(profile: str) -> dict:
 
 
 @pytest.mark.stage
-def test_a_release_carries_only_the_trained_layers_and_rebuilds_the_same_source(sandbox, monkeypatch):
+def test_a_release_carries_only_the_trained_layers_and_rebuilds_the_same_source(workspace, monkeypatch):
     cfg = smoke()
     record = distill.run_distill(cfg, progress=False, release=True)
     made = source_state(cfg.profile)
@@ -56,11 +48,11 @@ def test_a_release_carries_only_the_trained_layers_and_rebuilds_the_same_source(
     assert release.release_hash(smoke(precision="auto")) == record["distill_hash"]
 
 
-def test_a_release_for_other_settings_is_not_used_and_a_tampered_one_is_refused(sandbox):
+def test_a_release_for_other_settings_is_not_used_and_a_tampered_one_is_refused(workspace):
     cfg = smoke()
     teacher = load_model(cfg.model)
     student, record = distill.distill_student(cfg, teacher, post.models.load_tokenizer(cfg.model),
-                                              sandbox / "work", progress=False)
+                                              workspace / "work", progress=False)
     release.write_release(cfg, student, record)
     assert release.load_release(smoke(lr=1e-3), teacher) is None  # another source: distil it
     rebuilt, _ = release.load_release(cfg, teacher)
@@ -78,7 +70,7 @@ def test_a_release_for_other_settings_is_not_used_and_a_tampered_one_is_refused(
         release.load_release(cfg, teacher)
 
 
-def test_a_release_that_could_not_be_written_is_refused_before_distilling(sandbox, monkeypatch):
+def test_a_release_that_could_not_be_written_is_refused_before_distilling(workspace, monkeypatch):
     monkeypatch.setattr(distill, "distill_student", lambda *a, **k: pytest.fail("distilled first"))
     with pytest.raises(release.ReleaseError, match="set distill.train_layers"):
         distill.run_distill(smoke(train_layers=0), progress=False, release=True)  # every layer: not rounded

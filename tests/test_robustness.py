@@ -19,6 +19,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from post import artifacts, run
 from post.config import ROOT
 
+pytestmark = pytest.mark.e2e  # make, papermill and Jupyter kernels, end to end
 MAKE = ["make", "--no-print-directory", "-o", ".venv/.post-setup", f"PY={sys.executable}"]
 RUNNER = textwrap.dedent("""
     import sys

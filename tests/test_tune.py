@@ -174,10 +174,8 @@ def test_bad_settings_are_refused(tiny, data):
 
 
 @pytest.fixture
-def stage(tmp_path, monkeypatch):
+def stage(workspace, monkeypatch):
     """Smoke profile with artifacts/results/figures in a temporary directory and a 'distilled' source model."""
-    for name in ("ARTIFACTS", "RESULTS", "FIGURES"):
-        monkeypatch.setattr(artifacts, name, tmp_path / name.lower())
     cfg = load_config("smoke", {"data": {"tasks": ["rotten_tomatoes", "trec"], "max_test": 16}})
     source = artifacts.source_model_dir("smoke")
     model = load_model("tiny-random-llama", seed=1)
