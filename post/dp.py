@@ -38,7 +38,6 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 
 
 RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS + list(range(64, 257, 8))  # large epsilons need large orders
-RANDOMNESS = ("secret", "seeded")
 NOT_PRIVATE = "reproducible_not_private"  # the stamp of a seeded DP prompt: anyone with the seed can replay it
 
 
@@ -140,7 +139,7 @@ def streams(randomness: str, seed: int = 0) -> tuple[Stream, Stream]:
         return SecretStream(), SecretStream()
     if randomness == "seeded":
         return tuple(SeededStream(s) for s in np.random.SeedSequence(seed).spawn(2))
-    raise ValueError(f"DP randomness must be one of {RANDOMNESS}, got {randomness!r}")
+    raise ValueError(f"DP randomness is 'secret' or 'seeded' (tune.dp_randomness), got {randomness!r}")
 
 
 def poisson_batch(n: int, sample_rate: float, stream: Stream) -> torch.Tensor:
