@@ -368,8 +368,8 @@ def teacher_states(teacher, tokenizer, texts: list[str], layer: int | None, batc
     that layer at every token of each text (N tensors of (tokens, D), kept in bf16: they are cosine targets),
     from one pass computed once and cached at ``path``."""
     saved = readable(path, lambda f: _checked(torch.load(f, weights_only=True), READOUT_CACHE))
-    if saved is not None and saved["texts"] == texts and saved["layer"] == layer:
-        return saved["hidden"], saved["inner"], Cost(**saved["cost"])
+    if saved is not None and saved["texts"] == texts and saved.get("layer") == layer:  # caches before layers: None
+        return saved["hidden"], saved.get("inner"), Cost(**saved["cost"])
     cost, parts, inner = Cost(), [], None if layer is None else []
     for start in tqdm(range(0, len(texts), batch_size), desc="teacher read-outs", disable=not progress):
         begin = time.perf_counter()

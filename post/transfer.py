@@ -340,8 +340,8 @@ def derived_meta(source_prompt: SoftPrompt, target, method: str, cost: Cost, **r
     """
     meta = provider_meta(source_prompt.meta)
     moved = {f"source_{key}": meta.pop(key) for key in ("model", "method") if key in meta}
-    return {**meta, **moved, "source_digest": source_prompt.digest(), "model": model_name(target), "method": method, "cost": cost.to_dict(),
-            "transfer": record}
+    return {**meta, **moved, "source_digest": source_prompt.digest(), "model": model_name(target), "method": method,
+            "cost": cost.to_dict(), "transfer": record}
 
 
 # --- the stage: every CompPT prompt of a profile, and the sweeps behind the figures -----------------------
