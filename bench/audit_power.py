@@ -27,11 +27,13 @@ import pandas as pd
 import torch
 
 from common import parse_or_plot
-from post.artifacts import keyed_path, readable, require, source_model_dir, write_json
+from post.artifacts import keyed_path, require, source_model_dir
 from post.audit import (ShadowRun, audit_data, audit_rows, audit_task, epochs_to_steps, reading, shadow_run,
                         shadow_settings, shuffled)
 from post.config import load_config
-from post.models import load, model_name, resolve_precision
+from post.files import readable, write_json
+from post.hardware import resolve_precision
+from post.models import load, model_name
 from post.plots import save_figure
 from post.tasks import Split, get_task
 from post.tune import source_fingerprint

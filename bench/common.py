@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from post.artifacts import read_json
 from post.config import Config
-from post.tasks import Split, load_split
 from post.evaluate import owner_validation
+from post.files import read_json
+from post.tasks import Split, load_split
 
 RESULTS = Path(__file__).parent / "results"
 

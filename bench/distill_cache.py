@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from post import distill
 from post.config import CHOICES, load_config
-from post.models import load, resolve_precision
+from post.hardware import resolve_precision
+from post.models import load
 
 
 def has_avx512_bf16() -> bool:

@@ -17,9 +17,10 @@ import argparse
 import statistics
 from pathlib import Path
 
-from post.artifacts import read_json, require, results_dir, source_model_dir, write_json
+from post.artifacts import require, results_dir, source_model_dir
 from post.config import eps_tag, load_config
 from post.evaluate import accuracy
+from post.files import read_json, write_json
 from post.models import load
 from post.tasks import get_task, load_split
 from post.tune import run_key, run_settings, tune_prompt

@@ -31,8 +31,9 @@ from torch import nn
 
 from post import dp
 from post.artifacts import require, source_model_dir
-from post.config import PRECISIONS, load_config
-from post.models import load, model_name, resolve_precision
+from post.config import load_config
+from post.hardware import PRECISIONS, resolve_precision
+from post.models import load, model_name
 from post.prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 from post.tasks import get_task, load_split
 from post.tune import example_losses, per_sample_grads

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from post.models import autocast, load, probe, resolve_precision
+from post.hardware import autocast, probe, resolve_precision
+from post.models import load
 from post.prompt import next_token_logits
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}

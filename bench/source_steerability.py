@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from post.artifacts import source_model_dir, write_json
+from post.artifacts import source_model_dir
 from post.config import load_config
 from post.evaluate import accuracy
+from post.files import write_json
 from post.models import load
 from post.student import default_layers, make_student
 from post.tasks import get_task, load_split

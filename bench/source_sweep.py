@@ -48,17 +48,19 @@ import torch
 
 from common import as_stored, unseen_validation, variant
 from post import distill
-from post.artifacts import artifact_dir, atomic_dir, read_json, relative, source_model_dir, write_json
+from post.artifacts import artifact_dir, source_model_dir
 from post.config import content_key, load_config
 from post.cost import Cost
 from post.evaluate import class_scores, majority_accuracy, owner_validation
+from post.files import atomic_dir, read_json, relative, write_json
+from post.hardware import autocast
 from post.membership import auc
-from post.models import autocast, load
+from post.models import load
+from post.paper import PAPER
 from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
-from post.paper import PAPER
-from post.tables import recovery_share
 from post.student import end_layers
+from post.tables import recovery_share
 from post.tasks import PUBLIC_POOLS, get_task, load_split
 from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_pool, public_sample
 from post.tune import example_losses, run_settings, tune_prompt

@@ -28,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from common import parse_or_plot, variant
-from post.artifacts import keyed_path, prompt_path, read_json, readable, write_json
+from post.artifacts import keyed_path, prompt_path
 from post.config import load_config
 from post.evaluate import accuracy
-from post.models import resolve_precision
+from post.files import read_json, readable, write_json
+from post.hardware import resolve_precision
 from post.plots import save_figure
 from post.prompt import SoftPrompt
 from post.tables import recovery_share

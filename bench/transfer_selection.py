@@ -36,17 +36,17 @@ import torch
 from tqdm.auto import tqdm
 
 from common import parse_or_plot
-from post.artifacts import figures_dir, prompt_path, require, write_json
+from post.artifacts import figures_dir, prompt_path, require
 from post.config import load_config
-from post.evaluate import accuracy
-from post.models import load, resolve_precision
+from post.evaluate import accuracy, owner_validation
+from post.files import write_json
+from post.hardware import resolve_precision
+from post.models import load
 from post.plots import save_figure
 from post.prompt import SoftPrompt
 from post.tables import recovery_share
-from post.tasks import (SENTIMENTS, Split, amazon_review_ratings, default_pool, get_task, public_sample,
-                        vader_sentiment)
+from post.tasks import SENTIMENTS, Split, amazon_review_ratings, default_pool, get_task, public_sample, vader_sentiment
 from post.transfer import load_run
-from post.evaluate import owner_validation
 
 SENTIMENT = {SENTIMENTS, ("negative", "positive")}
 

@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 from common import as_stored, unseen_validation
-from post.artifacts import read_json, require, source_model_dir, write_json
+from post.artifacts import require, source_model_dir
 from post.config import load_config
 from post.cost import plateaued
 from post.evaluate import accuracy, owner_validation
+from post.files import read_json, write_json
 from post.models import load
 from post.tasks import get_task, load_split
 from post.tune import run_settings, tune_prompt

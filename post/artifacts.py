@@ -1,4 +1,4 @@
-"""Where stages write, how they write (atomically, with a manifest) and how they find their inputs.
+"""Where stages write, what a manifest records, and how a stage finds its inputs.
 
 ``artifacts/<profile>/`` holds models, prompts and caches (git-ignored); ``results/<profile>/`` holds the
 JSON/CSV numbers and ``figures/<profile>/`` the plots. A stage asking for a predecessor's artifact that
@@ -9,27 +9,19 @@ stage simply makes it again.
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import pickle
 import platform
-import shutil
 import subprocess
-import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
-from .config import ROOT, Config, check_profile_name, content_key, eps_tag
+from .config import Config, check_profile_name, content_key, eps_tag
+from .files import ROOT, UnreadableArtifact, read_artifact, relative, write_json
 
 ARTIFACTS = ROOT / "artifacts"
 RESULTS = ROOT / "results"
 FIGURES = ROOT / "figures"
-CACHE = ARTIFACTS / "cache"  # shared across profiles: converted models
 
 STAGES = {  # artifact name -> (notebook, make target, post command) that makes it
     "source_model": ("01_distill.ipynb", "make distill", "post distill"),
@@ -60,18 +52,11 @@ METHODS = {m.key: m for m in (  # in the order of the tables' columns
 )}
 
 
-T = TypeVar("T")
-# What reading a truncated or corrupt file raises: torch.load (its weights-only unpickler too), json and the
-# readers built on them.
-UNREADABLE = (OSError, EOFError, ValueError, RuntimeError, KeyError, IndexError, TypeError, pickle.UnpicklingError)
-
-
 class MissingArtifact(FileNotFoundError):
     """A stage's input has not been produced yet, or cannot be read."""
 
 
-class UnreadableArtifact(ValueError):
-    """A file that is there but cannot be read (truncated, corrupt); the message names it."""
+T = TypeVar("T")
 
 
 def artifact_dir(profile: str, name: str = "") -> Path:
@@ -143,20 +128,6 @@ def keyed_path(profile: str, folder: str, part: str, suffix: str, payload: Any) 
     return artifact_dir(profile, folder) / f"{part}_{content_key(payload)}{suffix}"
 
 
-def relative(path: str | Path) -> str:
-    """``path`` relative to the repository root, for committed files: ``ROOT / relative(p)`` finds it again
-    in a moved checkout, and two checkouts never read each other's files. A relative path is taken to be
-    relative to the root already; a path outside the repository stays absolute.
-    """
-    path = Path(path)
-    if not path.is_absolute():
-        return path.as_posix()
-    for candidate in (Path(os.path.abspath(path)), path.resolve()):  # as written (artifacts/ may be a link)
-        if candidate.is_relative_to(ROOT):
-            return candidate.relative_to(ROOT).as_posix()
-    return str(path)
-
-
 def _rerun(stage: str, profile: str) -> str:
     notebook, target, command = STAGES[stage]
     return (f"run `{command} --profile {profile}`, or notebooks/{notebook} (`{target} PROFILE={profile}`, or "
@@ -170,33 +141,6 @@ def require(path: Path, stage: str, profile: str) -> Path:
     return Path(path)
 
 
-def read_artifact(path: Path, load: Callable[[Path], T]) -> T:
-    """``load(path)``; a file that is there but cannot be read raises UnreadableArtifact naming it.
-
-    ``load`` should only read: any ValueError counts as unreadable, so a check such as a prompt's fit to a
-    model belongs after it.
-    """
-    try:
-        return load(path)
-    except (FileNotFoundError, UnreadableArtifact):
-        raise
-    except UNREADABLE as err:
-        cause = (str(err).strip().splitlines() or [""])[0]
-        raise UnreadableArtifact(f"{relative(path)} is unreadable ({type(err).__name__}: {cause})") from err
-
-
-def readable(path: Path, load: Callable[[Path], T]) -> T | None:
-    """A stage's own artifact read by ``load``, or None when it is missing or unreadable: the stage then makes
-    it again, overwriting it, instead of stopping on it. An unreadable file gets a one-line warning."""
-    if not Path(path).exists():
-        return None
-    try:
-        return read_artifact(path, load)
-    except UnreadableArtifact as err:
-        print(f"warning: {err}; treating it as missing", file=sys.stderr)
-        return None
-
-
 def read_required(path: Path, stage: str, profile: str, load: Callable[[Path], T]) -> T:
     """A predecessor's artifact read by ``load``; missing or unreadable, an error naming the file and the stage
     that makes it (which treats an unreadable file as missing)."""
@@ -204,69 +148,6 @@ def read_required(path: Path, stage: str, profile: str, load: Callable[[Path], T
         return read_artifact(require(path, stage, profile), load)
     except UnreadableArtifact as err:
         raise MissingArtifact(f"{err}: {_rerun(stage, profile)} again") from err
-
-
-@contextmanager
-def _naming_full_disk(path: Path) -> Iterator[None]:
-    """A write that runs out of space says which file it was writing."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(err.errno, f"no space left on the device to write {relative(path)}") from err
-        raise
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with _naming_full_disk(path):
-            yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; it replaces the directory ``path`` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    tmp.chmod(0o755)
-    try:
-        with _naming_full_disk(path):
-            yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: Path, data: Any) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    return Path(path)
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content; a truncated or corrupt one raises UnreadableArtifact naming it."""
-    return read_artifact(path, lambda p: json.loads(Path(p).read_text()))
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
 def git_commit() -> str:

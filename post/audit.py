@@ -42,12 +42,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dp, transfer
-from .artifacts import (atomic_path, eps_tag, keyed_path, read_json, readable, results_dir, source_model,
-                        write_json)
+from .artifacts import eps_tag, keyed_path, results_dir, source_model
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
-from .membership import (auc, canary_epsilon, canary_scores, lira, lira_metrics, membership_score, roc_curve,
-                         tpr_at)
+from .files import atomic_path, read_json, readable, write_json
+from .membership import auc, canary_epsilon, canary_scores, lira, lira_metrics, membership_score, roc_curve, tpr_at
 from .models import load, model_name
 from .paper import PAPER
 from .prompt import SoftPrompt, prompt_class_scores

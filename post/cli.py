@@ -22,10 +22,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .artifacts import (MissingArtifact, UnreadableArtifact, atomic_dir, prompt_path, read_artifact, relative,
-                        results_dir, source_model, source_model_dir)
+from .artifacts import MissingArtifact, prompt_path, results_dir, source_model, source_model_dir
 from .assets import MissingAsset
-from .config import PARAMS_DIR, ROOT, ConfigError, check_profile_name, eps_tag, load_config
+from .config import ConfigError, PARAMS_DIR, check_profile_name, eps_tag, load_config
+from .files import ROOT, UnreadableArtifact, atomic_dir, read_artifact, relative
 from .tasks import DEFAULT_POOLS, PUBLIC_POOLS, TASKS, Task, TaskError, load_split, register_file
 
 EXIT_CODES = """exit codes:
@@ -324,7 +324,8 @@ def export_peft(prompt, model, task: Task, directory: Path, scoring: dict) -> Pa
 
 
 def export(args) -> None:
-    from .models import hub_id, load, resolve_precision
+    from .hardware import resolve_precision
+    from .models import hub_id, load
 
     out = Path(args.peft)
     reusable = out.is_dir() and ((out / "post.json").is_file() or not any(out.iterdir()))

@@ -17,24 +17,27 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import hardware
+from .files import ROOT
 from .tasks import PUBLIC_POOLS, TASKS, TaskError, load_yaml, register_file
 
-ROOT = Path(__file__).resolve().parents[1]
 PARAMS_DIR = ROOT / "params"
 PROFILES = ("smoke", "quick", "cpu", "gpu")
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a plain file name: no "/", "..", spaces or globs
 SEED_MAX = 2**63 - 1  # torch and numpy take seeds that fit int64
-PRECISIONS = ("auto", "fp32", "bf16")  # "auto": bf16 only where a probe measures it faster here (post.models)
-DEVICES = ("auto", "cpu", "cuda")  # "auto": cuda if available, else cpu
 
 
 class ConfigError(ValueError):
     """A profile file that does not match the schema."""
+
+
+# Which settings enter a skip-if-done key (``keyed``) is declared on the field; a field says nothing when it does.
+KEYED_WHEN_SET = {"keyed": "when set"}  # added after artifacts existed: keyed only when set, so theirs stay valid
+UNKEYED = {"keyed": "never"}  # grids and figures-only settings: a change never remakes a stage's artifacts
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,12 @@ class DistillConfig:
     # "readout+hidden": the read-out plus the cosine on the hidden state entering the kept last layers (keep_last)
     readout_examples: int = 2000  # "readout": public texts per task, in the task's template (default pool)
     readout_holdout: int = 128  # "readout": further public texts per task for held-out agreement
-    readout_pools: tuple[str, ...] = ()  # "readout": more public pools, each up to readout_examples texts per task
-    readout_prefixes: int = 0  # "readout": each training text also read out after this many random prefixes
-    train_layers: int = 0  # > 0: only the student's top train_layers layers learn; those below stay the target's
+    # "readout": more public pools, each up to readout_examples texts per task
+    readout_pools: tuple[str, ...] = field(default=(), metadata=KEYED_WHEN_SET)
+    # "readout": each training text also read out after this many random prefixes
+    readout_prefixes: int = field(default=0, metadata=KEYED_WHEN_SET)
+    # > 0: only the student's top train_layers layers learn; those below stay the target's
+    train_layers: int = field(default=0, metadata=KEYED_WHEN_SET)
     train_embeddings: bool = False  # False: embeddings and LM head stay exactly the target's
     seq_len: int = 128  # tokens per packed public sequence
     train_sequences: int = 1024
@@ -85,11 +91,6 @@ class DistillConfig:
     checkpoint_every: int = 24
 
 
-# settings added later, hashed only when they differ from these defaults (which reproduce the earlier behaviour)
-UNHASHED_DEFAULTS = {"distill": {"readout_pools": (), "readout_prefixes": 0, "train_layers": 0},
-                     "transfer": {"task_pools": (), "anchor": 0.0, "anchor_on": "all"}}
-
-
 @dataclass(frozen=True)
 class TuneConfig:
     prompt_length: int = 20  # soft-prompt tokens P (the paper uses 100)
@@ -97,8 +98,8 @@ class TuneConfig:
     batch_size: int = 32  # fixed batch of the non-private runs
     dp_batch_size: int = 0  # expected Poisson batch q*N of DP runs: same examples, fewer steps (0 = batch_size)
     lr: float = 0.01  # Adam
-    epsilons: tuple[float, ...] = (float("inf"), 8.0, 4.0, 1.0)  # CompPT grid; inf = no DP
-    full_pt_epsilons: tuple[float, ...] = (float("inf"), 8.0)  # FullPT (target) grid
+    epsilons: tuple[float, ...] = field(default=(math.inf, 8.0, 4.0, 1.0), metadata=UNKEYED)  # CompPT grid; inf: no DP
+    full_pt_epsilons: tuple[float, ...] = field(default=(math.inf, 8.0), metadata=UNKEYED)  # FullPT (target) grid
     full_pt_steps: int = 50
     max_grad_norm: float = 1.0  # C: per-example clipping norm under DP
     dp_randomness: str = "secret"  # DP sampler/noise: "secret" (OS entropy, never kept) | "seeded" (tests only)
@@ -114,7 +115,8 @@ class TuneConfig:
 class TransferConfig:
     epsilons: tuple[float, ...] = (float("inf"), 8.0)  # the CompPT source prompts (by epsilon) to transfer
     public_pool: str = ""  # a public pool of post.tasks; "" = the task's default (post.tasks.DEFAULT_POOLS)
-    task_pools: tuple[str, ...] = ()  # "task=pool": this task's pool instead (post.transfer.public_pool)
+    # "task=pool": this task's pool instead (post.transfer.public_pool); checked on each task's own rows
+    task_pools: tuple[str, ...] = field(default=(), metadata=UNKEYED)
     public_examples: int = 512  # public texts the target prompt is trained on
     holdout_examples: int = 64  # further public texts: held-out transfer loss for selection
     max_text_tokens: int = 48  # public texts are shortened to this many tokens before templating
@@ -125,8 +127,10 @@ class TransferConfig:
     alpha_rule: str = "proxy"  # "proxy": alpha from public data (transfer.alpha_proxy); "fixed": use alpha
     alpha: float = 0.5  # weight of the shift term when alpha_rule is "fixed"
     temperature: float = 2.0
-    anchor: float = 0.0  # weight of T^2 KL(Direct || POST): keeps the target prompt near the pasted one (0: the paper)
-    anchor_on: str = "all"  # public texts it holds: "all" | "agree" (where Direct picks the prompted source's class)
+    # weight of T^2 KL(Direct || POST): keeps the target prompt near the pasted one (0: the paper)
+    anchor: float = field(default=0.0, metadata=KEYED_WHEN_SET)
+    # public texts it holds: "all" | "agree" (where Direct picks the prompted source's class)
+    anchor_on: str = field(default="all", metadata=KEYED_WHEN_SET)
     init: str = "source"  # target prompt starts as "source" (the source prompt) or "instruction" (its text)
     selection: str = "holdout"  # "holdout": lowest held-out public loss among evaluation steps; "last"
     patience: int = 0  # stop once the held-out public loss has not improved for this many evaluations (0: never)
@@ -134,11 +138,12 @@ class TransferConfig:
     eval_every: int = 50  # held-out public loss and a prompt snapshot every this many steps
     ptfer_anchors: int = 8192  # PTfer baseline: anchor tokens of the relative space
     ptfer_steps: int = 300
-    sweep_task: str = "rotten_tomatoes"  # figures only: the task the alpha / size / pool / init sweeps run on
-    sweep_test: int = 400  # figures only: test examples per point
-    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    public_sizes: tuple[int, ...] = (32, 128, 512, 2048)
-    pools: tuple[str, ...] = ("amazon_reviews", "news", "movie_questions")
+    # figures only (03's sweeps; no transfer that 04 or 05 uses reads them):
+    sweep_task: str = field(default="rotten_tomatoes", metadata=UNKEYED)  # the task the sweeps run on
+    sweep_test: int = field(default=400, metadata=UNKEYED)  # test examples per point
+    alphas: tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata=UNKEYED)
+    public_sizes: tuple[int, ...] = field(default=(32, 128, 512, 2048), metadata=UNKEYED)
+    pools: tuple[str, ...] = field(default=("amazon_reviews", "news", "movie_questions"), metadata=UNKEYED)
 
     @property
     def pools_by_task(self) -> dict[str, str]:
@@ -176,27 +181,15 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    # set by load_config, never by a profile: the settings that said "auto", now what "auto" means here
+    auto_settings: tuple[str, ...] = ()
 
     def section_hash(self, *sections: str) -> str:
-        """Short digest of the named sections (plus model and seed): changes exactly when they change.
-
-        A ``precision`` of "auto" counts as what it resolves to on this machine: artifacts made in bf16 are
-        not reused where "auto" means fp32, and a profile moving from "bf16" to "auto" keeps them where it
-        means bf16. A setting added after artifacts existed (``UNHASHED_DEFAULTS``) counts only when it is set, so
-        adding it leaves their keys as they were.
-        """
-        payload = {"model": self.model, "seed": self.seed}
-        for name in sections:
-            section = dataclasses.asdict(getattr(self, name))
-            for key, default in UNHASHED_DEFAULTS.get(name, {}).items():
-                if section.get(key) == default:
-                    del section[key]
-            if section.get("precision") == "auto":
-                from .models import resolve_device, resolve_precision  # imports torch: only when needed
-
-                section["precision"] = resolve_precision("auto", resolve_device(self.device).type)
-            payload[name] = section
-        return content_key(payload)
+        """Short digest of the keyed settings of the named sections (plus model and seed): changes exactly when
+        they change. A precision that said "auto" counts as what it meant here (load_config resolved it):
+        artifacts made in bf16 are not reused where "auto" means fp32."""
+        return content_key({"model": self.model, "seed": self.seed,
+                            **{name: keyed(getattr(self, name)) for name in sections}})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,7 +203,19 @@ class Config:
         parsed = {key: yaml.safe_load(value) if isinstance(value, str) and hints.get(key) is not str else value
                   for key, value in changes.items()}
         built = _build(type(current), {**dataclasses.asdict(current), **parsed}, section)
-        return check(dataclasses.replace(self, **{section: built}))
+        return _resolve(check(dataclasses.replace(self, **{section: built})))
+
+
+def keyed(section: Any) -> dict[str, Any]:
+    """The settings of a config section that enter skip-if-done keys, as each field declares: every one,
+    except an UNKEYED field, and a KEYED_WHEN_SET field left at its default."""
+    out = {}
+    for f in dataclasses.fields(section):
+        value, rule = getattr(section, f.name), f.metadata.get("keyed")
+        if rule == "never" or (rule == "when set" and value == f.default):
+            continue
+        out[f.name] = value
+    return out
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -255,15 +260,15 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 # --- checks: each failure is one line naming the key, its value and what is allowed -------------------------
 
 CHOICES = {
-    "device": DEVICES,
-    "eval.precision": PRECISIONS,
+    "device": hardware.DEVICES,
+    "eval.precision": hardware.PRECISIONS,
     "distill.objective": ("generic", "readout", "readout+hidden"),
     "distill.teacher_cache": ("hidden", "topk", "none"),
-    "distill.precision": PRECISIONS,
-    "tune.precision": PRECISIONS,
+    "distill.precision": hardware.PRECISIONS,
+    "tune.precision": hardware.PRECISIONS,
     "tune.select": ("last", "validation"),
     "tune.dp_randomness": ("secret", "seeded"),
-    "transfer.precision": PRECISIONS,
+    "transfer.precision": hardware.PRECISIONS,
     "transfer.alpha_rule": ("proxy", "fixed"),
     "transfer.init": ("source", "instruction"),
     "transfer.selection": ("holdout", "last"),
@@ -351,10 +356,6 @@ def check(cfg: Config) -> Config:
     _require(cfg.seed <= SEED_MAX, "seed", cfg.seed, "out of range: must be an integer in [0, 2**63 - 1]")
     d, dc, t, tr, a = cfg.data, cfg.distill, cfg.tune, cfg.transfer, cfg.audit
     _require(cfg.model, "model", cfg.model, "must name a model (offline name, local directory or hub id)")
-    if cfg.device == "cuda":
-        import torch  # only here: loading a profile stays light
-
-        _require(torch.cuda.is_available(), "device", cfg.device, "torch finds no CUDA device here; use auto or cpu")
     tasks = f"a task of post.tasks ({', '.join(TASKS)})"
     for i, name in enumerate(d.tasks):
         _require(name in TASKS, f"data.tasks[{i}]", name, f"must be {tasks}")
@@ -442,10 +443,29 @@ def load_config(profile: str = "cpu", overrides: dict[str, Any] | None = None) -
     data.setdefault("profile", profile)
     if data["profile"] != profile:
         raise ConfigError(f"{shown} says profile {data['profile']!r} but was loaded as {profile!r}")
+    if "auto_settings" in data:
+        raise ConfigError(f"{shown}: auto_settings is not a setting (load_config records there what said auto)")
     cfg = _build(Config, data, "")
     for path in cfg.data.task_files:  # declared tasks exist before the checks look them up
         try:
             register_file(ROOT / path)
         except TaskError as err:
             raise ConfigError(f"data.task_files: {err}") from None
-    return check(cfg)
+    return _resolve(check(cfg))
+
+
+def _resolve(cfg: Config) -> Config:
+    """``cfg`` with an "auto" device and precision replaced by what they mean on this machine (post.hardware),
+    once, so that hashing a config never probes. ``auto_settings`` keeps which settings said "auto": the
+    provider's release is the same model wherever "auto" means something else (post.release)."""
+    try:
+        device = hardware.resolve_device(cfg.device).type
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    changes, said_auto = {"device": device}, set(cfg.auto_settings)
+    for name in ("eval", "distill", "tune", "transfer"):
+        section = getattr(cfg, name)
+        if section.precision == "auto":
+            changes[name] = dataclasses.replace(section, precision=hardware.resolve_precision("auto", device))
+            said_auto.add(f"{name}.precision")
+    return dataclasses.replace(cfg, auto_settings=tuple(sorted(said_auto)), **changes)

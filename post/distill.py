@@ -32,12 +32,12 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import (artifact_dir, atomic_dir, atomic_path, read_json, readable, relative, results_dir,
-                        source_model_dir, weights_whole, write_json, write_manifest)
+from .artifacts import artifact_dir, results_dir, source_model_dir, weights_whole, write_manifest
 from .config import Config, DistillConfig
 from .cost import Cost, n_params
-from .models import load_model, load_tokenizer, resolve_device, resolve_precision
-from .models import autocast as precision_autocast
+from .files import atomic_dir, atomic_path, read_json, readable, relative, write_json
+from .hardware import autocast as precision_autocast, resolve_device, resolve_precision
+from .models import load_model, load_tokenizer
 from .prompt import Verbalizer, shorten
 from .release import check_releasable, load_release, release_dir, release_hash, verify, write_release
 from .student import distill_hash, forward, layer_list, make_student, readout_key, student_layers, trainable

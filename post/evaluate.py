@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from .artifacts import METHODS, eps_tag, prompt_path, read_json, require, results_dir, write_json
+from .artifacts import METHODS, eps_tag, prompt_path, require, results_dir
 from .config import Config
-from .models import autocast, load
+from .files import read_json, write_json
+from .hardware import autocast
+from .models import load
 from .prompt import SoftPrompt, prompt_class_scores, read_record
 from .tasks import Split, Task, get_task, load_split
 from .transfer import load_run, source_prompt_path

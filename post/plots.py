@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from .artifacts import METHODS, atomic_path, figures_dir
+from .artifacts import METHODS, figures_dir
+from .files import atomic_path
 from .tables import training_curves
 
 plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,

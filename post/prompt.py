@@ -31,8 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import dp
-from .artifacts import UnreadableArtifact, atomic_path, read_json, relative, write_json
 from .cost import Cost
+from .files import UnreadableArtifact, atomic_path, read_json, relative, write_json
 from .models import model_name, stable_name
 from .tasks import Task
 

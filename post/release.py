@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .artifacts import atomic_dir, read_json, relative, write_json, write_manifest
-from .config import ROOT, Config
+from .artifacts import write_manifest
+from .config import Config
+from .files import ROOT, atomic_dir, read_json, relative, write_json
 from .student import distill_hash, make_student, trainable
 
 SOURCES = ROOT / "sources"
@@ -118,7 +119,7 @@ def release_hash(cfg: Config) -> str | None:
     if not manifest.is_file():
         return None
     made = read_json(manifest)
-    if cfg.distill.precision == "auto":
+    if "distill.precision" in cfg.auto_settings:
         cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, precision=made["precision"]))
     return made["distill_hash"] if made["distill_hash"] == distill_hash(cfg) else None
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import METHODS, read_json, results_dir
-from .config import ROOT
+from .artifacts import METHODS, results_dir
 from .cost import GPT2_XL, LLAMA2_7B, Workload, projected_costs
+from .files import ROOT, read_json
 from .membership import ci_text
 from .paper import PAPER
 from .release import release_dir

@@ -32,7 +32,7 @@ import nbformat
 import papermill
 from nbclient.exceptions import DeadKernelError
 
-from . import artifacts
+from . import artifacts, files
 from .config import ConfigError, load_config
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -78,13 +78,13 @@ def execute(notebook: Path, profile: str) -> float:
         papermill.execute_notebook(notebook, work, parameters={"profile": profile}, cwd=notebook.parent)
     except (papermill.PapermillExecutionError, DeadKernelError) as err:
         raise StageFailed(f"{notebook.stem} failed (PROFILE={profile}): {cause(err)}  "
-                          f"[see {artifacts.relative(work)}]") from None
+                          f"[see {files.relative(work)}]") from None
     seconds = time.perf_counter() - start
     final = artifacts.RESULTS / profile / "notebooks" / notebook.name
     executed = nbformat.read(work, as_version=4)
     executed.metadata.papermill.update(  # committed notebooks hold no paths of the machine that ran them
-        input_path=artifacts.relative(notebook), output_path=final.relative_to(artifacts.RESULTS.parent).as_posix())
-    with artifacts.atomic_path(final) as tmp:
+        input_path=files.relative(notebook), output_path=final.relative_to(artifacts.RESULTS.parent).as_posix())
+    with files.atomic_path(final) as tmp:
         nbformat.write(executed, tmp)
     work.unlink()
     return seconds
@@ -109,7 +109,7 @@ def record_wall(profile: str, stage: str, seconds: float) -> None:
     if path.exists():
         lines = dict(line.split(None, 1) for line in path.read_text().splitlines() if line.strip())
     lines[stage] = str(round(seconds))
-    with artifacts.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         tmp.write_text("".join(f"{name} {lines[name]}\n" for name in sorted(lines)))
 
 

@@ -13,10 +13,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, prompt_path, read_json, require, results_dir,
-                        source_model_dir)
-from .config import ROOT, Config
+from .artifacts import METHODS, artifact_dir, eps_tag, prompt_path, require, results_dir, source_model_dir
 from .audit import NO_NOISE
+from .config import Config
+from .files import ROOT, atomic_path, read_json
 from .membership import ci_text
 from .paper import PAPER
 from .prompt import SoftPrompt, read_record

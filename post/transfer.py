@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifacts import (METHODS, artifact_dir, atomic_path, eps_tag, keyed_path, prompt_path, read_json, read_required,
-                        readable, relative, require, results_dir, source_model, write_json, write_manifest)
-from .config import ROOT, Config, TransferConfig
+from .artifacts import (METHODS, artifact_dir, eps_tag, keyed_path, prompt_path, read_required, require, results_dir,
+                        source_model, write_manifest)
+from .config import Config, TransferConfig
 from .cost import Cost, Timer, plateaued
-from .models import autocast, load, model_name
-from .prompt import (SoftPrompt, Verbalizer, check_release, encode, next_token_logits, prompt_class_scores,
-                     provider_meta)
+from .files import ROOT, atomic_path, read_json, readable, relative, write_json
+from .hardware import autocast
+from .models import load, model_name
+from .prompt import SoftPrompt, Verbalizer, check_release, encode, next_token_logits, prompt_class_scores, provider_meta
 from .tasks import Task, default_pool, get_task, public_sample
 
 
@@ -495,17 +496,10 @@ def finished_rows(cfg: Config, done: dict, task: str, epsilon: float, source_pro
     return rows
 
 
-# figures only: 03's sweeps read them, no transfer that 04 or 05 uses does
-SWEEP_ONLY = ("sweep_task", "sweep_test", "alphas", "public_sizes", "pools")
-
-
 def settings_hash(cfg: Config) -> str:
-    """The settings all tasks' transfers share: not the sweeps', so that changing a figure does not redo every
-    transfer (and 05's); which pool a task used is checked on its own rows."""
-    defaults = TransferConfig()
-    shared = dataclasses.replace(cfg, transfer=dataclasses.replace(
-        cfg.transfer, task_pools=(), **{k: getattr(defaults, k) for k in SWEEP_ONLY}))
-    return shared.section_hash("transfer", "data", "eval")
+    """The settings all tasks' transfers share: not the sweeps' (``config.UNKEYED``), so that changing a figure
+    does not redo every transfer (and 05's); which pool a task used is checked on its own rows."""
+    return cfg.section_hash("transfer", "data", "eval")
 
 
 def saved_run(cfg: Config, source_prompt: SoftPrompt) -> tuple[dict, TransferResult] | None:

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import dp
-from .artifacts import (METHODS, eps_tag, prompt_path, read_json, readable, relative, results_dir, source_model,
-                        write_json)
-from .config import Config, TuneConfig, content_key
+from .artifacts import METHODS, eps_tag, prompt_path, results_dir, source_model
+from .config import Config, TuneConfig, content_key, keyed
 from .cost import Cost, Timer, plateaued
 from .evaluate import accuracy, owner_validation
-from .models import autocast, load, model_name, resolve_precision
+from .files import read_json, readable, relative, write_json
+from .hardware import autocast, resolve_precision
+from .models import load, model_name
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record, record_path
 from .tasks import BUILTIN, Split, Task, fingerprint, get_task, load_split
 
@@ -204,9 +205,8 @@ def source_fingerprint(profile: str) -> str:
 
 def run_key(cfg: Config, task: str, method: str, epsilon: float) -> str:
     """Digest of everything that determines one prompt (not the grids), so reruns skip finished prompts."""
-    tune = dataclasses.asdict(cfg.tune)
-    for grid in ("epsilons", "full_pt_epsilons", "steps" if method == "fullpt" else "full_pt_steps"):
-        tune.pop(grid)
+    tune = keyed(cfg.tune)
+    tune.pop("steps" if method == "fullpt" else "full_pt_steps")  # the other method's length
     tune = tune if math.isinf(epsilon) else fixed_length(tune)
     payload = {"task": task, "method": method, "epsilon": eps_tag(epsilon), "seed": cfg.seed, "tune": tune,
                "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("tasks", "task_files")},

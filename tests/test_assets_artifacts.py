@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from post import artifacts
+from post import artifacts, files
 from post.assets import MissingAsset, asset_path
 from post.config import load_config
 from post.prompt import SoftPrompt
@@ -19,9 +19,9 @@ def test_missing_carrier_package_says_how_to_install():
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
-    path = artifacts.write_json(tmp_path / "a.json", {"x": 1})
+    path = files.write_json(tmp_path / "a.json", {"x": 1})
     with pytest.raises(RuntimeError):
-        with artifacts.atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             tmp.write_text("half written")
             raise RuntimeError("interrupted")
     assert json.loads(path.read_text()) == {"x": 1}
@@ -35,7 +35,7 @@ def test_missing_predecessor_names_the_notebook_and_target(tmp_path):
 
 def test_manifest_records_config_versions_and_commit(tmp_path):
     cfg = load_config("smoke")
-    manifest = artifacts.read_json(artifacts.write_manifest(tmp_path, cfg, stage="test"))
+    manifest = files.read_json(artifacts.write_manifest(tmp_path, cfg, stage="test"))
     assert manifest["config"]["model"] == "tiny-random-llama" and manifest["seed"] == 0
     assert manifest["versions"]["torch"] and manifest["stage"] == "test"
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", manifest["git_commit"])  # this checkout's commit, not "unknown"
@@ -70,7 +70,7 @@ def test_missing_predecessor_hint_keeps_the_profile(tmp_path):
 def truncated(tmp_path):
     """A saved prompt and a JSON file, each cut short as by a crash or a full disk."""
     prompt = SoftPrompt(torch.randn(4, 8), task="trec").save(tmp_path / "compt_epsinf_seed0.pt")
-    table = artifacts.write_json(tmp_path / "tune.json", [{"accuracy": 0.5}])
+    table = files.write_json(tmp_path / "tune.json", [{"accuracy": 0.5}])
     for path in (prompt, table):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return prompt, table
@@ -78,22 +78,22 @@ def truncated(tmp_path):
 
 def test_an_unreadable_artifact_is_named(truncated):
     prompt, table = truncated
-    with pytest.raises(artifacts.UnreadableArtifact, match=r"compt_epsinf_seed0\.pt is unreadable \(RuntimeError"):
-        artifacts.read_artifact(prompt, SoftPrompt.load)
-    with pytest.raises(artifacts.UnreadableArtifact, match=r"tune\.json is unreadable \(JSONDecodeError"):
-        artifacts.read_json(table)
+    with pytest.raises(files.UnreadableArtifact, match=r"compt_epsinf_seed0\.pt is unreadable \(RuntimeError"):
+        files.read_artifact(prompt, SoftPrompt.load)
+    with pytest.raises(files.UnreadableArtifact, match=r"tune\.json is unreadable \(JSONDecodeError"):
+        files.read_json(table)
 
 
 def test_a_stages_own_unreadable_artifact_counts_as_missing(truncated, tmp_path, capsys):
     prompt, table = truncated
-    assert artifacts.readable(prompt, SoftPrompt.load) is None
-    assert artifacts.readable(table, artifacts.read_json) is None
-    assert artifacts.readable(tmp_path / "never_made.pt", SoftPrompt.load) is None
+    assert files.readable(prompt, SoftPrompt.load) is None
+    assert files.readable(table, files.read_json) is None
+    assert files.readable(tmp_path / "never_made.pt", SoftPrompt.load) is None
     warnings = capsys.readouterr().err.splitlines()
     assert len(warnings) == 2 and "compt_epsinf_seed0.pt is unreadable" in warnings[0]
     assert all(line.endswith("treating it as missing") for line in warnings)
     good = SoftPrompt(torch.ones(2, 8), task="trec").save(prompt)  # made again: read as usual
-    assert torch.equal(artifacts.readable(good, SoftPrompt.load).weight, torch.ones(2, 8))
+    assert torch.equal(files.readable(good, SoftPrompt.load).weight, torch.ones(2, 8))
 
 
 def test_an_unreadable_predecessor_names_the_file_and_the_stage_that_makes_it(truncated):
@@ -106,27 +106,27 @@ def test_an_unreadable_predecessor_names_the_file_and_the_stage_that_makes_it(tr
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
-    path = artifacts.write_json(tmp_path / "scores.json", {"x": 1})
+    path = files.write_json(tmp_path / "scores.json", {"x": 1})
     with pytest.raises(OSError, match="no space left on the device to write .*scores.json") as err:
-        with artifacts.atomic_path(path):
+        with files.atomic_path(path):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert err.value.errno == errno.ENOSPC
-    assert artifacts.read_json(path) == {"x": 1} and [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+    assert files.read_json(path) == {"x": 1} and [p.name for p in tmp_path.iterdir()] == ["scores.json"]
     with pytest.raises(OSError, match="no space left on the device to write .*source_model"):
-        with artifacts.atomic_dir(tmp_path / "source_model"):
+        with files.atomic_dir(tmp_path / "source_model"):
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
     with pytest.raises(FileNotFoundError, match="other"):  # any other error passes unchanged
-        with artifacts.atomic_path(path):
+        with files.atomic_path(path):
             raise FileNotFoundError("other")
 
 
 def test_relative_paths_are_relative_to_the_repository_root(tmp_path):
     inside = artifacts.prompt_path("cpu", "trec", "compt", 8.0)
-    assert artifacts.relative(inside) == "artifacts/cpu/prompts/trec/compt_eps8_seed0.pt"
-    assert artifacts.ROOT / artifacts.relative(inside) == inside
-    assert artifacts.relative(artifacts.ROOT / "results" / ".." / "results" / "cpu") == "results/cpu"
-    assert artifacts.relative("results/cpu/tune.json") == "results/cpu/tune.json"  # already relative
-    assert artifacts.relative(tmp_path / "x.pt") == str(tmp_path / "x.pt")  # outside: stays absolute
+    assert files.relative(inside) == "artifacts/cpu/prompts/trec/compt_eps8_seed0.pt"
+    assert files.ROOT / files.relative(inside) == inside
+    assert files.relative(files.ROOT / "results" / ".." / "results" / "cpu") == "results/cpu"
+    assert files.relative("results/cpu/tune.json") == "results/cpu/tune.json"  # already relative
+    assert files.relative(tmp_path / "x.pt") == str(tmp_path / "x.pt")  # outside: stays absolute
     link = tmp_path / "artifacts_elsewhere"
-    link.symlink_to(artifacts.ROOT, target_is_directory=True)
-    assert artifacts.relative(link / "params" / "cpu.yaml") == "params/cpu.yaml"  # read through a link
+    link.symlink_to(files.ROOT, target_is_directory=True)
+    assert files.relative(link / "params" / "cpu.yaml") == "params/cpu.yaml"  # read through a link

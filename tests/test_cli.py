@@ -15,6 +15,7 @@ import torch
 import yaml
 
 import post.artifacts
+import post.hardware
 import post.models
 from post import cli, dp, tasks
 from post.models import load
@@ -99,7 +100,7 @@ def test_a_task_from_a_csv_file_goes_through_both_parties_and_loads_in_peft(sand
     assert code == 0, err
     assert {"adapter_config.json", "adapter_model.safetensors", "post.json"} <= {p.name for p in adapter.iterdir()}
     strict = json.loads((adapter / "post.json").read_text(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
-    assert strict["scoring"] == {"max_text_tokens": 32, "precision": post.models.resolve_precision("auto", "cpu")}
+    assert strict["scoring"] == {"max_text_tokens": 32, "precision": post.hardware.resolve_precision("auto", "cpu")}
     assert strict["epsilon"] == "8"  # strict JSON: no Infinity, "inf" without DP
     code, out, _ = post_(capsys, "inspect", adapter)
     assert "PROMPT_TUNING adapter for tiny-random-llama, 4 virtual tokens" in out

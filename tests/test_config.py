@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from post import config
+from post import config, hardware
 from post.config import PROFILES, ConfigError, load_config
 
 
@@ -147,23 +147,38 @@ def test_cuda_device_is_refused_where_there_is_none(monkeypatch):
     with pytest.raises(ConfigError, match="device = 'cuda': torch finds no CUDA device here"):
         load_config("smoke", {"device": "cuda"})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv(hardware.FORCE_ENV, "fp32")  # loading resolves "auto" precisions: no probe of a GPU
     assert load_config("smoke", {"device": "cuda"}).device == "cuda"
 
 
 @pytest.mark.parametrize("profile", ["smoke", "quick", "cpu"])
-def test_precision_is_measured_by_default(profile):
-    cfg = load_config(profile)
-    assert cfg.device == "auto"
-    assert {s.precision for s in (cfg.eval, cfg.distill, cfg.tune, cfg.transfer)} == {"auto"}
+def test_auto_settings_are_resolved_once_on_loading(profile, monkeypatch):
+    """The profiles say "auto"; a loaded config says what it means here and which settings said it."""
+    for meant in ("bf16", "fp32"):
+        monkeypatch.setenv(hardware.FORCE_ENV, meant)
+        cfg = load_config(profile)
+        assert cfg.device == hardware.resolve_device("auto").type
+        assert {s.precision for s in (cfg.eval, cfg.distill, cfg.tune, cfg.transfer)} == {meant}
+        assert cfg.auto_settings == ("distill.precision", "eval.precision", "transfer.precision", "tune.precision")
+    assert load_config(profile, {"tune": {"precision": "bf16"}}).auto_settings == (
+        "distill.precision", "eval.precision", "transfer.precision")
+    assert cfg.with_changes("tune", precision="auto").tune.precision == "fp32"  # a variant is resolved alike
 
 
-def test_auto_precision_hashes_as_what_it_resolves_to(monkeypatch):
+def test_auto_precision_hashes_as_what_it_resolves_to_and_hashing_never_probes(monkeypatch):
     """Artifacts made in bf16 stay valid where "auto" means bf16, and are remade where it means fp32."""
-    auto, bf16 = load_config("smoke"), load_config("smoke", {"tune": {"precision": "bf16"}})
-    monkeypatch.setenv("POST_AUTO_PRECISION", "bf16")
-    assert auto.section_hash("tune") == bf16.section_hash("tune")
-    monkeypatch.setenv("POST_AUTO_PRECISION", "fp32")
-    assert auto.section_hash("tune") != bf16.section_hash("tune")
+    bf16 = load_config("smoke", {"tune": {"precision": "bf16"}})
+    monkeypatch.setenv(hardware.FORCE_ENV, "bf16")
+    auto = load_config("smoke")
+    monkeypatch.setenv(hardware.FORCE_ENV, "fp32")
+    fp32 = load_config("smoke")
+    monkeypatch.setattr(hardware, "resolve_precision", lambda *args: pytest.fail("hashing probed the machine"))
+    assert auto.section_hash("tune") == bf16.section_hash("tune") != fp32.section_hash("tune")
+
+
+def test_a_profile_cannot_say_which_settings_said_auto():
+    with pytest.raises(ConfigError, match="auto_settings is not a setting"):
+        load_config("smoke", {"auto_settings": ["distill.precision"]})
 
 
 def test_a_profile_can_declare_tasks_from_files():
@@ -180,17 +195,15 @@ def test_settings_added_later_leave_the_keys_of_earlier_artifacts_alone(monkeypa
     the key."""
     cfg = load_config("smoke")
     with_them = cfg.section_hash("distill", "transfer")
-    asdict = dataclasses.asdict
     added = {config.DistillConfig: ("readout_pools", "readout_prefixes", "train_layers"),
              config.TransferConfig: ("task_pools", "anchor", "anchor_on")}
 
-    def as_before(obj):  # the sections as they were before these settings existed
-        out = asdict(obj)
-        for key in added.get(type(obj), ()):
-            del out[key]
-        return out
+    fields = dataclasses.fields
 
-    monkeypatch.setattr(config.dataclasses, "asdict", as_before)
+    def as_before(obj):  # the sections as they were before these settings existed
+        return [f for f in fields(obj) if f.name not in added.get(type(obj), ())]
+
+    monkeypatch.setattr(config.dataclasses, "fields", as_before)
     assert cfg.section_hash("distill", "transfer") == with_them
     monkeypatch.undo()
     for section, change in (("distill", {"readout_prefixes": 1}), ("distill", {"readout_pools": ("movie_plots",)}),

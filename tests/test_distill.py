@@ -12,6 +12,7 @@ from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2C
 
 import post.artifacts
 import post.distill as distill
+import post.files
 import post.prompt
 import post.release
 import post.student as student
@@ -219,7 +220,7 @@ def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_mo
     reread.load()
     assert distill.agreement(model, reread, 4) == pytest.approx(
         {k: v for k, v in record["after"].items() if k != "step"}, rel=1e-5)
-    assert post.artifacts.read_json(post.artifacts.RESULTS / "smoke" / "distill.json") == record
+    assert post.files.read_json(post.artifacts.RESULTS / "smoke" / "distill.json") == record
 
     # same settings: nothing is recomputed; changed settings: a new run
     monkeypatch.setattr(distill, "train", forbidden)
@@ -499,7 +500,7 @@ def test_a_planted_or_misshapen_cache_never_runs_code_and_is_rebuilt(planted, tm
 
 def test_no_file_is_ever_unpickled():
     """Every torch.load in the package and the benches is weights_only (safetensors and JSON load no code)."""
-    root = post.artifacts.ROOT
+    root = post.files.ROOT
     loads = [(path, line) for folder in ("post", "bench") for path in sorted((root / folder).glob("*.py"))
              for line in path.read_text().splitlines() if "torch.load(" in line]
     assert loads and all("weights_only=True" in line for _, line in loads), loads

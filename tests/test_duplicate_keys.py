@@ -2,7 +2,7 @@
 
 import pytest
 
-from post import config, tasks
+from post import config, files, tasks
 from post.config import ConfigError, load_config
 
 TASK = """tasks:
@@ -37,5 +37,5 @@ def test_a_repeated_key_in_a_profile_is_refused(tmp_path, monkeypatch, text, key
 
 
 def test_the_shipped_profiles_and_task_files_have_no_repeated_keys():
-    for path in [*config.PARAMS_DIR.glob("*.yaml"), *config.ROOT.joinpath("examples").glob("*.yaml")]:
+    for path in [*config.PARAMS_DIR.glob("*.yaml"), *files.ROOT.joinpath("examples").glob("*.yaml")]:
         tasks.load_yaml(path)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from post import artifacts, evaluate
+from post import artifacts, evaluate, files
 from post.config import load_config
 from post.tasks import Split, get_task
 
@@ -50,7 +50,7 @@ def test_01s_zero_shot_table_reads_validation_only_and_has_one_file(tiny, monkey
     assert [(r["task"], r["model"]) for r in rows] == [(t, m) for t in ("trec", "rotten_tomatoes")
                                                        for m in ("majority class", "a", "b")]
     assert all(r["n"] == 6 for r in rows) and rows[1]["accuracy"] == rows[2]["accuracy"]  # the same model twice
-    assert artifacts.read_json(tmp_path / "smoke" / "distill_zero_shot.json") == rows
+    assert files.read_json(tmp_path / "smoke" / "distill_zero_shot.json") == rows
     assert not (tmp_path / "smoke" / "distill.json").exists()  # 01's stage record has its own writer
 
 

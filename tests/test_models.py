@@ -1,15 +1,8 @@
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
-from post import models
+from post import files, hardware, models
 from post.models import load_gguf, load_model, model_name
-
-CPUINFO = Path("/proc/cpuinfo")
-AVX512_BF16 = CPUINFO.exists() and "avx512_bf16" in CPUINFO.read_text()
-
 
 def test_cached_checkpoint_gives_the_same_logits_as_the_gguf_load(smol):
     cached, tok = smol
@@ -56,73 +49,6 @@ def test_tiny_model_is_the_same_whatever_ran_before(monkeypatch):
     assert all(torch.equal(first[k], again[k]) for k in first)
 
 
-@pytest.fixture
-def fresh_probe(tmp_path, monkeypatch):
-    """No remembered probe result, in this process or on disk, and no forced answer."""
-    monkeypatch.delenv(models.FORCE_ENV, raising=False)
-    monkeypatch.setattr(models, "CACHE", tmp_path)
-    models.measured_precision.cache_clear()
-    yield tmp_path
-    models.measured_precision.cache_clear()
-
-
-@pytest.mark.parametrize("seconds, expected", [({"fp32": 1.0, "bf16": 0.3}, "bf16"),  # avx512_bf16
-                                               ({"fp32": 0.6, "bf16": 94.0}, "fp32"),  # AVX2: slow fallback
-                                               ({"fp32": 1.0, "bf16": 0.9}, "fp32")])  # a tie keeps fp32
-def test_auto_precision_follows_the_probe_and_is_remembered_per_machine(fresh_probe, monkeypatch, seconds,
-                                                                         expected):
-    calls = []
-    monkeypatch.setattr(models, "probe", lambda device_type: calls.append(device_type) or seconds)
-    assert models.resolve_precision("auto") == expected
-    models.measured_precision.cache_clear()  # a new process: reads the file instead of probing again
-    assert models.resolve_precision("auto") == expected and calls == ["cpu"]
-    saved = json.loads((fresh_probe / "precision.json").read_text())
-    assert saved[models.machine_key("cpu")]["precision"] == expected
-    assert models.resolve_precision("fp32") == "fp32" and models.resolve_precision("bf16") == "bf16"
-
-
-def test_a_corrupt_probe_file_is_measured_again(fresh_probe, monkeypatch):
-    (fresh_probe / "precision.json").write_text('{"trunc')
-    monkeypatch.setattr(models, "probe", lambda device_type: {"fp32": 1.0, "bf16": 9.0})
-    assert models.resolve_precision("auto") == "fp32"
-
-
-def test_the_forced_answer_skips_the_probe(fresh_probe, monkeypatch):
-    monkeypatch.setattr(models, "probe", lambda device_type: pytest.fail("probed although forced"))
-    for forced in ("bf16", "fp32"):
-        monkeypatch.setenv(models.FORCE_ENV, forced)
-        assert models.resolve_precision("auto") == forced
-    monkeypatch.setenv(models.FORCE_ENV, "fp16")
-    with pytest.raises(ValueError, match="POST_AUTO_PRECISION='fp16'"):
-        models.resolve_precision("auto")
-
-
-def test_autocast_runs_auto_in_the_resolved_precision(monkeypatch):
-    x, w = torch.randn(4, 8), torch.randn(3, 8)
-    for forced, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        monkeypatch.setenv(models.FORCE_ENV, forced)
-        with models.autocast("auto", "cpu"):
-            assert torch.nn.functional.linear(x, w).dtype == dtype
-    with pytest.raises(ValueError, match="tune.precision must be one of"):
-        models.autocast("fp8", "cpu", "tune.precision")
-
-
-@pytest.mark.skipif(not AVX512_BF16, reason="measures a CPU with native bf16 matmuls")
-def test_the_probe_measures_bf16_faster_on_a_cpu_with_avx512_bf16(fresh_probe):
-    seconds = models.probe("cpu")
-    assert seconds["bf16"] * models.BF16_MIN_SPEEDUP < seconds["fp32"], seconds
-    assert models.resolve_precision("auto") == "bf16"
-
-
-def test_device_auto_is_cuda_only_where_torch_finds_it(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert models.resolve_device("auto") == torch.device("cpu") == models.resolve_device("cpu")
-    with pytest.raises(ValueError, match="device = 'cuda': torch finds no CUDA device"):
-        models.resolve_device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert models.resolve_device("auto") == torch.device("cuda")
-
-
 def test_models_load_on_the_device_setting(monkeypatch):
     moved = []
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: moved.append(args) or self)
@@ -148,7 +74,7 @@ def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expect
     from post.prompt import SoftPrompt
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setenv(models.FORCE_ENV, "fp32")  # "auto" precisions in settings hashes: no probe of a GPU
+    monkeypatch.setenv(hardware.FORCE_ENV, "fp32")  # "auto" precisions in settings hashes: no probe of a GPU
     monkeypatch.setattr(artifacts, "ARTIFACTS", tmp_path / "artifacts")
     monkeypatch.setattr(artifacts, "RESULTS", tmp_path / "results")
     cfg = load_config("smoke", {"device": setting})
@@ -158,7 +84,7 @@ def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expect
     loads = []
 
     def record(name, dtype=torch.float32, device="cpu"):
-        loads.append((str(name), models.resolve_device(device).type))
+        loads.append((str(name), hardware.resolve_device(device).type))
         return None, None
 
     def stop(*args, **kwargs):
@@ -175,7 +101,7 @@ def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expect
     with pytest.raises(Loaded):
         evaluate.zero_shot(cfg)
     monkeypatch.setattr(evaluate, "zero_shot", lambda cfg: [])  # the scoreboard's own load: a prompt to score
-    artifacts.write_json(artifacts.results_dir("smoke") / "tune.json", [])
+    files.write_json(artifacts.results_dir("smoke") / "tune.json", [])
     SoftPrompt(torch.zeros(cfg.tune.prompt_length, 64)).save(
         artifacts.prompt_path("smoke", cfg.data.tasks[0], evaluate.SCORED_HERE[0], cfg.transfer.epsilons[0]))
     with pytest.raises(Loaded):
@@ -189,7 +115,7 @@ def test_stages_02_to_05_load_their_models_on_the_device_setting(setting, expect
 def test_a_prompt_naming_its_model_by_absolute_path_fits_the_same_directory(tiny, tmp_path, monkeypatch):
     """Prompts made before local names were repo-relative record the directory's absolute path: still the same
     model; another directory is not."""
-    import post.artifacts
+    import post.files
     from post.models import load
     from post.prompt import PromptMismatch, SoftPrompt
 
@@ -197,7 +123,7 @@ def test_a_prompt_naming_its_model_by_absolute_path_fits_the_same_directory(tiny
     for name in ("m", "other"):
         model.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
-    monkeypatch.setattr(post.artifacts, "ROOT", tmp_path)  # as if tmp_path were the repository
+    monkeypatch.setattr(post.files, "ROOT", tmp_path)  # as if tmp_path were the repository
     loaded, _ = load(tmp_path / "m")
     assert model_name(loaded) == "m"
     weight = torch.zeros(2, loaded.config.hidden_size)

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from post.artifacts import RESULTS
-from post.config import ROOT
+from post.files import ROOT
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("0*.ipynb"))

@@ -10,7 +10,8 @@ import types
 import pytest
 
 from post import artifacts, cli, run
-from post.config import PARAMS_DIR, ROOT, ConfigError, load_config
+from post.config import ConfigError, PARAMS_DIR, load_config
+from post.files import ROOT
 
 # escapes, globs and spaces; the last two name a real profile file by a path, which load_config read before
 BAD = ["../x", "../../x", "a b", "", "*", "/etc/passwd", "../params/smoke", str(PARAMS_DIR / "smoke")]

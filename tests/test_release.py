@@ -7,6 +7,7 @@ import torch
 
 import post.artifacts
 import post.distill as distill
+import post.files
 import post.release as release
 from post.config import load_config
 from post.models import load_model
@@ -28,7 +29,7 @@ def test_a_release_carries_only_the_trained_layers_and_rebuilds_the_same_source(
     cfg = smoke()
     record = distill.run_distill(cfg, progress=False, release=True)
     made = source_state(cfg.profile)
-    manifest = post.artifacts.read_json(release.release_dir(cfg.profile) / "manifest.json")
+    manifest = post.files.read_json(release.release_dir(cfg.profile) / "manifest.json")
     assert manifest["distill_hash"] == record["distill_hash"] and manifest["train_layers"] == 1
     assert manifest["sha256"][release.FILE] == release.sha256(release.release_dir(cfg.profile) / release.FILE)
     tensors = release.load_file(str(release.release_dir(cfg.profile) / release.FILE))
@@ -42,7 +43,7 @@ def test_a_release_carries_only_the_trained_layers_and_rebuilds_the_same_source(
     rebuilt = source_state(cfg.profile)
     assert rebuilt.keys() == made.keys() and all(torch.equal(rebuilt[k], made[k]) for k in made)
     source_manifest = post.artifacts.source_model_dir(cfg.profile) / "manifest.json"
-    assert post.artifacts.read_json(source_manifest)["rebuilt_from"].endswith("sources/smoke")
+    assert post.files.read_json(source_manifest)["rebuilt_from"].endswith("sources/smoke")
 
     # "auto" precision counts as what it meant where the release was made (here fp32), on any machine
     assert release.release_hash(smoke(precision="auto")) == record["distill_hash"]
@@ -91,7 +92,7 @@ COMMITTED = sorted(path.parent.name for path in release.SOURCES.glob("*/manifest
 @pytest.mark.parametrize("profile", COMMITTED)
 def test_a_committed_release_is_what_its_manifest_names_and_rebuilds_its_source(profile):
     """Both SHA-256 sums, the size limit, and the source rebuilt on the real target has the released digest."""
-    manifest = post.artifacts.read_json(release.release_dir(profile) / "manifest.json")
+    manifest = post.files.read_json(release.release_dir(profile) / "manifest.json")
     assert manifest["megabytes"] <= release.LIMIT_MB and manifest["train_layers"] > 0
     made = {key: manifest["config"][key] for key in ("model", "seed", "data", "distill")}
     cfg = load_config(profile, made)  # the settings it was made with (the profile may have moved on)

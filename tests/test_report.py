@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from post import evaluate, plots, report, tables
+from post import evaluate, files, plots, report, tables
 from post.membership import ci_text
 
 
@@ -177,8 +177,7 @@ def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch
     prepared = transfer.prepare(cfg, model, model, tok, task.name)
     result, _ = transfer.post_transfer(cfg, model, model, tok, prepared, compt, progress=False)
     transfer.save_run(artifacts.prompt_path("smoke", task.name, "post", math.inf), result)
-    artifacts.write_json(artifacts.results_dir("smoke") / "transfer_history.json",
-                         {"rotten_tomatoes/inf": result.history})
+    files.write_json(artifacts.results_dir("smoke") / "transfer_history.json", {"rotten_tomatoes/inf": result.history})
 
     curves = evaluate.cost_curves(cfg, model, tok, progress=False)
     full, post_curve = (curves[curves.method == m] for m in ("FullPT", "POST"))

@@ -17,7 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from post import artifacts, run
-from post.config import ROOT
+from post.files import ROOT
 
 pytestmark = pytest.mark.e2e  # make, papermill and Jupyter kernels, end to end
 MAKE = ["make", "--no-print-directory", "-o", ".venv/.post-setup", f"PY={sys.executable}"]
@@ -178,7 +178,8 @@ MOVED_STAGES = textwrap.dedent("""
     import json, sys
     from post import distill, tables, transfer, tune
     from post.artifacts import RESULTS
-    from post.config import ROOT, load_config
+    from post.config import load_config
+    from post.files import ROOT
     assert str(ROOT) == sys.argv[1], (ROOT, sys.argv[1])  # the copy's own package, not the installed one
     cfg = load_config("smoke")
     if sys.argv[2] == "owner":

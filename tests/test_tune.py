@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import post.models
-from post import artifacts, dp, plots, tables, transfer, tune
+from post import artifacts, dp, files, plots, tables, transfer, tune
 from post.config import load_config
 from post.models import load_model
 from post.prompt import PROVIDER_DP_KEYS, PROVIDER_KEYS, NotReleasable, SoftPrompt, read_record
@@ -217,7 +217,7 @@ def test_stage_writes_prompts_results_and_skips_finished_work(stage):
         assert prompt.meta["dp"]["private"] == (not set(tune.DP_UNPUBLISHED) & set(row))
         # DP runs: batches of dp_batch_size (16), the same examples in fewer steps
         assert (row["batch_size"], row["steps"]) == ((8, 4) if row["epsilon"] == "inf" else (16, 2))
-    assert artifacts.read_json(artifacts.results_dir("smoke") / "tune.json") == rows
+    assert files.read_json(artifacts.results_dir("smoke") / "tune.json") == rows
     loaded.clear()
     assert tune.run_tune(cfg, progress=False) == rows and loaded == []  # nothing retrained, nothing loaded
     made = {r["prompt"]: Path(r["prompt"]).stat().st_mtime_ns for r in rows}
