@@ -27,14 +27,15 @@ import pandas as pd
 import torch
 
 from common import parse_or_plot
-from post.artifacts import keyed_path, require, source_model_dir
+from post.artifacts import artifact_dir, require, source_model_dir
 from post.audit import (ShadowRun, audit_data, audit_rows, audit_task, epochs_to_steps, reading, shadow_run,
                         shadow_settings, shuffled)
 from post.config import load_config
-from post.files import readable, write_json
+from post.files import write_json
 from post.hardware import resolve_precision
 from post.models import load, model_name
 from post.plots import save_figure
+from post.reuse import keyed_path, reuse
 from post.tasks import Split, get_task
 from post.tune import source_fingerprint
 
@@ -61,15 +62,14 @@ def main() -> None:
         part = Split(pool.texts[:size], pool.labels[:size])
         for epochs in args.epochs:
             steps = epochs_to_steps(epochs, size / 2, settings.batch_size)
-            path = keyed_path(cfg.profile, "bench", "audit_power", ".pt", {
+            path = keyed_path(artifact_dir(cfg.profile, "bench"), "audit_power", ".pt", {
                 "source": source_fingerprint(cfg.profile), "pool": [part.texts, part.labels], "steps": steps,
                 "settings": dataclasses.asdict(settings), "shadows": shadows, "seed": cfg.seed,
                 "max_text_tokens": cfg.data.max_text_tokens, "eval_batch_size": cfg.eval.batch_size})
-            run = readable(path, lambda p: ShadowRun.load(p, part))
-            if run is None:  # 05's positive control: same seed offset, so the audit's own point reproduces
-                run = shadow_run(source, tokenizer, task, part, "positive control", settings, math.inf, steps,
-                                 shadows, cfg.seed + 100, cfg.data.max_text_tokens, cfg.eval.batch_size)
-                run.save(path)
+            # 05's positive control: same seed offset, so the audit's own point reproduces
+            run = reuse(path, lambda p: ShadowRun.load(p, part), lambda: shadow_run(
+                source, tokenizer, task, part, "positive control", settings, math.inf, steps, shadows,
+                cfg.seed + 100, cfg.data.max_text_tokens, cfg.eval.batch_size), ShadowRun.save)
             point = {"pool": size, "epochs": epochs, "steps": steps, "shadows": shadows,
                      "wall_seconds": run.cost.wall_seconds}
             for control, attacked in (("positive", run), ("null", shuffled(run, cfg.seed + 200))):

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from post import distill
+from post import corpus, distill, objectives, teacher_outputs
 from post.config import CHOICES, load_config
 from post.hardware import resolve_precision
 from post.models import load
+from post.student import forward
 
 
 def has_avx512_bf16() -> bool:
@@ -71,7 +72,7 @@ def main() -> None:
                                                                        "distill.precision"))
     layers = distill.student_layers(dc, len(distill.layer_list(teacher)[1]))
     small = dataclasses.replace(dc, train_sequences=args.sequences, eval_sequences=dc.batch_size)
-    train_ids, eval_ids = distill.public_sequences(small, tokenizer, cfg.seed)
+    train_ids, eval_ids = corpus.public_sequences(small, tokenizer, cfg.seed)
     batch_tokens = dc.batch_size * dc.seq_len
     ms, disk, logits = {}, {}, {}
 
@@ -79,10 +80,10 @@ def main() -> None:
     with torch.inference_mode():
         for precision in ("fp32", "bf16"):
             clock = Clock(batch_tokens)
-            with distill.autocast(dataclasses.replace(dc, precision=precision), teacher.device):
-                distill.forward(teacher, batches[0])  # warm-up
+            with teacher_outputs.autocast(dataclasses.replace(dc, precision=precision), teacher.device):
+                forward(teacher, batches[0])  # warm-up
                 for ids in batches:
-                    logits[precision] = clock(lambda: distill.forward(teacher, ids)[0].float())
+                    logits[precision] = clock(lambda: forward(teacher, ids)[0].float())
             ms[f"teacher_forward_{precision}"] = clock.ms()
     exact, rounded = F.log_softmax(logits["fp32"], -1), F.log_softmax(logits["bf16"], -1)
     bf16_vs_fp32 = {"kl": (exact.exp() * (exact - rounded)).sum(-1).mean().item(),
@@ -97,7 +98,7 @@ def main() -> None:
                                 ("hidden", other)):
             mdc = dataclasses.replace(small, teacher_cache=mode, precision=precision)
             name = mode if precision == dc.precision else f"{mode}_{precision}"
-            cache = distill.TeacherCache(Path(tmp) / name, mdc, train_ids, eval_ids, teacher)
+            cache = teacher_outputs.TeacherCache(Path(tmp) / name, mdc, train_ids, eval_ids, teacher)
             clock = Clock(train_ids.numel())
             clock(lambda: cache.fill(teacher, dc.batch_size, progress=False))
             if mode == "none":
@@ -111,7 +112,7 @@ def main() -> None:
             params = distill.trainable(student, dc)
             optimizer = torch.optim.AdamW(params, lr=dc.lr)
             clock = Clock(batch_tokens)
-            objective = distill.PackedText(cache, mdc, teacher)
+            objective = objectives.PackedText(cache, mdc, teacher)
             for step in range(args.steps + 1):
                 rows = distill.batch_rows(step, args.sequences, dc.batch_size, cfg.seed)
 

@@ -47,9 +47,9 @@ import pandas as pd
 import torch
 
 from common import as_stored, unseen_validation, variant
-from post import distill
+from post import distill, objectives
 from post.artifacts import artifact_dir, source_model_dir
-from post.config import content_key, load_config
+from post.config import load_config
 from post.cost import Cost
 from post.evaluate import class_scores, majority_accuracy, owner_validation
 from post.files import atomic_dir, read_json, relative, write_json
@@ -59,10 +59,12 @@ from post.models import load
 from post.paper import PAPER
 from post.plots import save_figure
 from post.prompt import SoftPrompt, Verbalizer, encode
+from post.public_data import Prepared, Unprompted, all_logits, provider_view, public_pool
+from post.reuse import content_key, reuse
 from post.student import end_layers
 from post.tables import recovery_share
-from post.tasks import PUBLIC_POOLS, get_task, load_split
-from post.transfer import Prepared, Unprompted, all_logits, post_transfer, provider_view, public_pool, public_sample
+from post.tasks import PUBLIC_POOLS, get_task, load_split, public_sample
+from post.transfer import post_transfer
 from post.tune import example_losses, run_settings, tune_prompt
 
 OUT = Path(__file__).parent / "results" / "source_sweep.json"
@@ -212,12 +214,10 @@ def main() -> None:
                            "held": len(owner_held.texts) if owner_held else 0,
                            "max_text_tokens": cfg.data.max_text_tokens})
         path = work / "owner_prompts" / f"{task.name}-{source}-seed{seed}-{key}.pt"
-        if path.exists():  # the key names the source; its model name does not (a source distilled in this
-            return SoftPrompt.load(path, model, same_model=False)  # run is named apart from the same one reloaded)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prompt = tuned(model, seed)
-        prompt.save(path)
-        return prompt
+        # the key names the source; its model name does not (a source distilled in this run is named apart
+        # from the same one reloaded)
+        return reuse(path, lambda p: SoftPrompt.load(p, model, same_model=False), lambda: tuned(model, seed),
+                     SoftPrompt.save)
 
     def validation_scores(model, prompt=None) -> np.ndarray:
         """(N, C) class scores on the validation examples, scored as every method is."""
@@ -283,7 +283,7 @@ def main() -> None:
     rcfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, objective="readout",
                                                                 readout_examples=args.readout_examples))
     # the held-out read-out agreement of each map point (the teacher's read-outs take minutes; levers need none)
-    readout = distill.objective_for(rcfg, target, tokenizer, work, True)[0] if args.shapes else None
+    readout = objectives.objective_for(rcfg, target, tokenizer, work, True)[0] if args.shapes else None
 
     def recovery(accuracy: float) -> float:
         return (accuracy - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])

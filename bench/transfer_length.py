@@ -28,16 +28,18 @@ import torch
 from tqdm.auto import tqdm
 
 from common import parse_or_plot, variant
-from post.artifacts import keyed_path, prompt_path
+from post.artifacts import artifact_dir, prompt_path
 from post.config import load_config
 from post.evaluate import accuracy
-from post.files import read_json, readable, write_json
+from post.files import read_json, write_json
 from post.hardware import resolve_precision
 from post.plots import save_figure
 from post.prompt import SoftPrompt
+from post.public_data import prepare
+from post.reuse import keyed_path, reuse
 from post.tables import recovery_share
 from post.tasks import get_task, load_split
-from post.transfer import (load_models, load_run, post_transfer, prepare, replay_stopping, save_run, settings_hash,
+from post.transfer import (load_models, load_run, post_transfer, replay_stopping, save_run, settings_hash,
                            source_prompt_path)
 
 
@@ -64,16 +66,20 @@ def main() -> None:
     for name in args.tasks:
         task = get_task(name)
         source_prompt = SoftPrompt.load(source_prompt_path(cfg, name, math.inf), source)
-        path = keyed_path(cfg.profile, "bench", "transfer_length", ".pt", {
+        path = keyed_path(artifact_dir(cfg.profile, "bench"), "transfer_length", ".pt", {
             "task": name, "settings": dataclasses.asdict(settings), "config": settings_hash(cfg),
             "source_prompt": source_prompt.digest()})
         held_path = path.with_suffix(".holdout.json")  # load_run keeps no history: the held-out losses go beside
-        run = readable(path, load_run)
-        if run is None or not held_path.exists():
+
+        def transferred():
             prepared = prepare(cfg, source, target, tokenizer, name, settings.public_pool)
-            run, _ = post_transfer(cfg, source, target, tokenizer, prepared, source_prompt, settings)
+            return post_transfer(cfg, source, target, tokenizer, prepared, source_prompt, settings)[0]
+
+        def save(run, path):
             write_json(held_path, {h["step"]: h["holdout_loss"] for h in run.history if "holdout_loss" in h})
             save_run(path, run)
+
+        run = reuse(path, lambda p: load_run(p) if held_path.exists() else None, transferred, save)
         held = {int(step): loss for step, loss in read_json(held_path).items()}
         validation = load_split(name, "validation", args.validation)
         score = lambda weight: accuracy(target, tokenizer, task, validation,  # noqa: E731

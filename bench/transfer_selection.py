@@ -8,7 +8,7 @@ snapshots (``artifacts/<profile>/prompts/<task>/post_epsinf_seed<seed>.snapshots
 - ``held-out loss``: 03's rule, as committed;
 - ``public labels``: the best accuracy on labelled public text of the task's kind, step 0 included. Amazon
   review snippets carry mean human ratings (VADER), classed as the tweets of tweet_sentiment are
-  (``post.tasks.vader_sentiment``; neutral left out for two-class tasks). Reviews of the transfer's own public
+  (``post.offline_data.vader_sentiment``; neutral left out for two-class tasks). Reviews of the transfer's own public
   sample are excluded. This adds an assumption POST does not make (the provider holds labelled public text of
   the task family), so it applies only to tasks whose public pool has labels: the sentiment tasks here, not TREC;
 - ``direct`` (step 0) and ``last`` for reference, and the ``oracle``: the best step on the owner's validation
@@ -42,10 +42,11 @@ from post.evaluate import accuracy, owner_validation
 from post.files import write_json
 from post.hardware import resolve_precision
 from post.models import load
+from post.offline_data import SENTIMENTS, amazon_review_ratings, vader_sentiment
 from post.plots import save_figure
 from post.prompt import SoftPrompt
 from post.tables import recovery_share
-from post.tasks import SENTIMENTS, Split, amazon_review_ratings, default_pool, get_task, public_sample, vader_sentiment
+from post.tasks import Split, default_pool, get_task, public_sample
 from post.transfer import load_run
 
 SENTIMENT = {SENTIMENTS, ("negative", "positive")}

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .config import Config, check_profile_name, content_key, eps_tag
+from .config import Config, check_profile_name, eps_tag
 from .files import ROOT, UnreadableArtifact, read_artifact, relative, write_json
 
 ARTIFACTS = ROOT / "artifacts"
@@ -119,13 +119,6 @@ def prompt_path(profile: str, task: str, method: str, epsilon: float, seed: int 
         raise KeyError(f"unknown prompt method {method!r}; methods: {scored}")
     name = f"{file}_eps{eps_tag(epsilon)}_seed{seed}.pt"
     return artifact_dir(profile, "prompts") / task.replace("/", "__") / name
-
-
-def keyed_path(profile: str, folder: str, part: str, suffix: str, payload: Any) -> Path:
-    """Where a stage keeps a finished part of its work: ``artifacts/<profile>/<folder>/<part>_<key><suffix>``,
-    the key being ``content_key(payload)`` of everything that determines the part; a rerun finds it there, a
-    changed setting names another file."""
-    return artifact_dir(profile, folder) / f"{part}_{content_key(payload)}{suffix}"
 
 
 def _rerun(stage: str, profile: str) -> str:

@@ -41,16 +41,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import dp, transfer
-from .artifacts import eps_tag, keyed_path, results_dir, source_model
+from . import dp, public_data, transfer
+from .artifacts import artifact_dir, eps_tag, results_dir, source_model
 from .config import Config, TuneConfig
 from .cost import Cost, Timer
-from .files import atomic_path, read_json, readable, write_json
+from .declarations import Task
+from .files import atomic_path, read_json, write_json
 from .membership import auc, canary_epsilon, canary_scores, lira, lira_metrics, membership_score, roc_curve, tpr_at
 from .models import load, model_name
 from .paper import PAPER
 from .prompt import SoftPrompt, prompt_class_scores
-from .tasks import Split, Task, get_task, load_split
+from .reuse import keyed_path, reuse, save_json
+from .tasks import Split, get_task, load_split
 from .tune import fixed_length, run_settings, source_fingerprint, tune_prompt
 
 STREAMS = {"membership": 1, "null": 2, "canaries": 3, "canary_texts": 4, "shadows": 5}  # one per purpose
@@ -252,7 +254,7 @@ def transferred_scores(cfg: Config, source, target, tokenizer, task_name: str, p
     Each prompt goes through ``post.transfer.post_transfer``, as in 03; the unprompted public passes are
     shared by the K transfers and counted once.
     """
-    prepared = transfer.prepare(cfg, source, target, tokenizer, task_name)
+    prepared = public_data.prepare(cfg, source, target, tokenizer, task_name)
     shared = dataclasses.replace(prepared, cost=Cost())
     cost = Cost() + prepared.cost
     weights = []
@@ -340,16 +342,13 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
     def shadows(pool: Split, setting: str, settings: TuneConfig, epsilon: float, steps: int, seed: int) -> ShadowRun:
         tuning[setting] = {**dataclasses.asdict(settings), "steps": steps, "pool": len(pool),
                            "passes_per_example": steps * settings.batch_size / (len(pool) / 2)}  # 02: / N
-        path = keyed_path(cfg.profile, "audit", "shadows", ".pt", {
+        path = keyed_path(artifact_dir(cfg.profile, "audit"), "shadows", ".pt", {
             **identity, "pool": [pool.texts, pool.labels], "setting": setting, "epsilon": eps_tag(epsilon),
             "settings": fixed_length(dataclasses.asdict(settings)), "steps": steps, "shadows": a.shadows,
             "seed": seed})
-        run = readable(path, lambda p: ShadowRun.load(p, pool))
-        if run is None:
-            run = shadow_run(source, tokenizer, task, pool, setting, settings, epsilon, steps, a.shadows, seed,
-                             cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
-            run.save(path)
-        return run
+        return reuse(path, lambda p: ShadowRun.load(p, pool), lambda: shadow_run(
+            source, tokenizer, task, pool, setting, settings, epsilon, steps, a.shadows, seed,
+            cfg.data.max_text_tokens, cfg.eval.batch_size, progress), ShadowRun.save)
 
     with Timer() as total:
         source, tokenizer = load(source_dir, device=cfg.device)
@@ -373,15 +372,14 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
                 run = runs[key]
                 part = restrict(run, np.arange(min(a.transfer_pool or len(run.pool), len(run.pool))))
                 weights = torch.stack([p.weight.detach().cpu() for p in run.prompts]).numpy()
-                path = keyed_path(cfg.profile, "audit", "transfer", ".json", {
+                path = keyed_path(artifact_dir(cfg.profile, "audit"), "transfer", ".json", {
                     **identity, "prompts": hashlib.sha256(weights.tobytes()).hexdigest(), "texts": part.pool.texts,
-                    "transfer": transfer.settings_hash(cfg), "pool": transfer.public_pool(cfg, name)})
-                scored = readable(path, read_json)
-                if scored is None:
-                    scores, cost = transferred_scores(cfg, source, target, tokenizer, name, run.prompts,
-                                                      part.pool.texts, progress)
-                    scored = {"class_scores": scores.tolist(), "cost": cost.to_dict()}
-                    write_json(path, scored)
+                    "transfer": transfer.settings_hash(cfg), "pool": public_data.public_pool(cfg, name)})
+                def score(prompts=run.prompts, texts=part.pool.texts) -> dict:
+                    scores, cost = transferred_scores(cfg, source, target, tokenizer, name, prompts, texts, progress)
+                    return {"class_scores": scores.tolist(), "cost": cost.to_dict()}
+
+                scored = reuse(path, read_json, score, save_json)
                 costs[f"transfer and target scoring, {run.setting}"] = Cost(**scored["cost"])
                 add(dataclasses.replace(part, class_scores=np.asarray(scored["class_scores"], np.float32)),
                     "target (POST)")
@@ -393,16 +391,13 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
         control = [(min(finite), False)] if finite else []  # the smallest epsilon claimed, no noise added
         settings = dataclasses.replace(without_validation(cfg.tune), batch_size=a.canary_batch_size)
         for epsilon, noise in [(e, True) for e in a.epsilons] + control:
-            path = keyed_path(cfg.profile, "audit", "canaries", ".json", {
+            path = keyed_path(artifact_dir(cfg.profile, "audit"), "canaries", ".json", {
                 **identity, "canaries": [data["canaries"].texts, data["canaries"].labels],
                 "epsilon": eps_tag(epsilon), "noise": noise, "settings": fixed_length(dataclasses.asdict(settings)),
                 "epochs": a.canary_epochs, "guesses": a.canary_guesses, "confidence": a.confidence, "seed": cfg.seed})
-            row = readable(path, read_json)
-            if row is None:
-                row = canary_run(source, tokenizer, task, data["canaries"], settings, epsilon, a.canary_epochs,
-                                 a.canary_guesses, a.confidence, cfg.seed, cfg.data.max_text_tokens,
-                                 cfg.eval.batch_size, progress, noise)
-                write_json(path, row)
+            row = reuse(path, read_json, lambda: canary_run(
+                source, tokenizer, task, data["canaries"], settings, epsilon, a.canary_epochs, a.canary_guesses,
+                a.confidence, cfg.seed, cfg.data.max_text_tokens, cfg.eval.batch_size, progress, noise), save_json)
             costs[f"canaries, {row['setting']}"] = Cost(**row.pop("cost"))
             canaries.append(row)
         costs["attack and bootstrap"] = analysis

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import textwrap
@@ -24,9 +23,10 @@ from pathlib import Path
 
 from .artifacts import MissingArtifact, prompt_path, results_dir, source_model, source_model_dir
 from .assets import MissingAsset
-from .config import ConfigError, PARAMS_DIR, check_profile_name, eps_tag, load_config
-from .files import ROOT, UnreadableArtifact, atomic_dir, read_artifact, relative
-from .tasks import DEFAULT_POOLS, PUBLIC_POOLS, TASKS, Task, TaskError, load_split, register_file
+from .config import ConfigError, PARAMS_DIR, check_profile_name, load_config
+from .declarations import Task, TaskError
+from .files import ROOT, UnreadableArtifact, read_artifact, relative
+from .tasks import DEFAULT_POOLS, PUBLIC_POOLS, TASKS, load_split, register_file
 
 EXIT_CODES = """exit codes:
   0    done
@@ -135,10 +135,6 @@ def _facts(record: dict, names: dict[str, str]) -> str:
                      for key, name in names.items() if key in record)
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 # --- provider ----------------------------------------------------------------------------------------------------
 
 
@@ -162,6 +158,7 @@ def distill(args) -> None:
 def transfer(args) -> None:
     from . import transfer as stage
     from .prompt import check_release, record_path
+    from .public_data import prepare
     from .tasks import public_sample
 
     prompt = _read_prompt(args.prompt)
@@ -184,7 +181,7 @@ def transfer(args) -> None:
     with _lock(cfg, "post transfer"):
         source, target, tokenizer = stage.load_models(cfg)
         _fits(prompt, source, args.prompt, f"the source model of profile {cfg.profile!r}")
-        prepared = stage.prepare(cfg, source, target, tokenizer, task.name, pool)
+        prepared = prepare(cfg, source, target, tokenizer, task.name, pool)
         result, row = stage.post_transfer(cfg, source, target, tokenizer, prepared, prompt, progress=not args.quiet)
         result.prompt.save(out)
     print(f"target prompt: {relative(out)} (for {cfg.model}; {row['public_examples']} public texts of {pool!r}, "
@@ -254,11 +251,12 @@ def audit(args) -> None:
 
 
 def inspect(args) -> None:
+    from .peft_export import read_adapter
     from .prompt import NotReleasable, check_claim, check_release, record_path
 
     path = Path(args.file)
     if path.is_dir():
-        adapter, meta = _json(path / "adapter_config.json"), _json(path / "post.json")
+        adapter, meta = read_adapter(path)
         if not adapter:
             raise UsageError(f"{path} is a directory without adapter_config.json: not an exported adapter")
         print(f"{path}: PEFT {adapter.get('peft_type')} adapter for {adapter.get('base_model_name_or_path')}, "
@@ -291,41 +289,10 @@ def inspect(args) -> None:
             print(f"  {key:13} {value}")
 
 
-def export_peft(prompt, model, task: Task, directory: Path, scoring: dict) -> Path:
-    """Write ``prompt`` as a PEFT prompt-tuning adapter of ``model``, with ``post.json`` beside it: strict JSON
-    holding the template and label words that turn next-token logits into class scores, ``scoring`` (what
-    ``post evaluate`` scores with: texts cut to ``max_text_tokens``, its ``precision``) and the prompt's public
-    facts (epsilon as text: "inf" without DP).
-
-    ``peft.PeftModel.from_pretrained(model, directory)`` prepends the same vectors to every input, so the class
-    scores of one text equal ours; in a left-padded batch they differ slightly (PEFT ignores position ids, and
-    the model's default positions count the pads).
-    """
-    import torch
-    from peft import PromptTuningConfig, get_peft_model
-
-    from .models import hub_id, model_name
-    from .prompt import check_release, provider_meta
-
-    check_release(prompt.meta)  # an export is a release: a DP prompt whose guarantee does not hold stays home
-    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.meta["length"],
-                                token_dim=prompt.meta["hidden_size"])
-    adapter = get_peft_model(model, config)
-    # after wrapping: PEFT names the base model after the directory it was loaded from (our offline cache)
-    adapter.active_peft_config.base_model_name_or_path = hub_id(model_name(model))
-    with torch.no_grad():
-        adapter.prompt_encoder[adapter.active_adapter].embedding.weight.copy_(prompt.weight)
-    with atomic_dir(directory) as tmp:
-        adapter.save_pretrained(tmp, save_embedding_layers=False)  # only the prompt: no look-up of the base
-        info = {**provider_meta(prompt.meta), "epsilon": eps_tag(prompt.meta["epsilon"]), "classes": task.classes,
-                "label_words": task.label_words, "instruction": task.instruction, "scoring": scoring}
-        (tmp / "post.json").write_text(json.dumps(info, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    return directory
-
-
 def export(args) -> None:
     from .hardware import resolve_precision
     from .models import hub_id, load
+    from .peft_export import export_peft
 
     out = Path(args.peft)
     reusable = out.is_dir() and ((out / "post.json").is_file() or not any(out.iterdir()))

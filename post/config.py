@@ -10,8 +10,6 @@ its artifacts were made.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import re
@@ -22,8 +20,10 @@ from typing import Any
 import yaml
 
 from . import hardware
+from .declarations import TaskError, load_yaml
 from .files import ROOT
-from .tasks import PUBLIC_POOLS, TASKS, TaskError, load_yaml, register_file
+from .reuse import content_key
+from .tasks import PUBLIC_POOLS, TASKS, register_file
 
 PARAMS_DIR = ROOT / "params"
 PROFILES = ("smoke", "quick", "cpu", "gpu")
@@ -115,7 +115,7 @@ class TuneConfig:
 class TransferConfig:
     epsilons: tuple[float, ...] = (float("inf"), 8.0)  # the CompPT source prompts (by epsilon) to transfer
     public_pool: str = ""  # a public pool of post.tasks; "" = the task's default (post.tasks.DEFAULT_POOLS)
-    # "task=pool": this task's pool instead (post.transfer.public_pool); checked on each task's own rows
+    # "task=pool": this task's pool instead (post.public_data.public_pool); checked on each task's own rows
     task_pools: tuple[str, ...] = field(default=(), metadata=UNKEYED)
     public_examples: int = 512  # public texts the target prompt is trained on
     holdout_examples: int = 64  # further public texts: held-out transfer loss for selection
@@ -124,7 +124,7 @@ class TransferConfig:
     batch_size: int = 16
     lr: float = 0.01  # Adam
     precision: str = "auto"  # "bf16": the prompted target's steps under bf16 autocast; "fp32"; "auto"
-    alpha_rule: str = "proxy"  # "proxy": alpha from public data (transfer.alpha_proxy); "fixed": use alpha
+    alpha_rule: str = "proxy"  # "proxy": alpha from public data (post.public_data.alpha_proxy); "fixed": use alpha
     alpha: float = 0.5  # weight of the shift term when alpha_rule is "fixed"
     temperature: float = 2.0
     # weight of T^2 KL(Direct || POST): keeps the target prompt near the pasted one (0: the paper)
@@ -203,7 +203,7 @@ class Config:
         parsed = {key: yaml.safe_load(value) if isinstance(value, str) and hints.get(key) is not str else value
                   for key, value in changes.items()}
         built = _build(type(current), {**dataclasses.asdict(current), **parsed}, section)
-        return _resolve(check(dataclasses.replace(self, **{section: built})))
+        return hardware.resolved(check(dataclasses.replace(self, **{section: built})))
 
 
 def keyed(section: Any) -> dict[str, Any]:
@@ -292,15 +292,6 @@ POSITIVE = {
 }
 FRACTIONS = {"transfer.alpha", "transfer.alphas"}  # in [0, 1]
 NON_EMPTY = {"data.tasks", "tune.epsilons", "transfer.epsilons", "audit.epsilons", "audit.canary_guesses"}
-
-
-def content_key(payload: Any) -> str:
-    """Sixteen hex digits of a digest of ``payload`` (JSON, keys sorted): every stage's skip-if-done key.
-
-    An artifact is stored under, or stamped with, the key of everything that determines it; a rerun whose key
-    matches reads it back, and any changed input gives another key, so the artifact is made anew.
-    """
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def eps_tag(epsilon: float) -> str:
@@ -451,21 +442,9 @@ def load_config(profile: str = "cpu", overrides: dict[str, Any] | None = None) -
             register_file(ROOT / path)
         except TaskError as err:
             raise ConfigError(f"data.task_files: {err}") from None
-    return _resolve(check(cfg))
-
-
-def _resolve(cfg: Config) -> Config:
-    """``cfg`` with an "auto" device and precision replaced by what they mean on this machine (post.hardware),
-    once, so that hashing a config never probes. ``auto_settings`` keeps which settings said "auto": the
-    provider's release is the same model wherever "auto" means something else (post.release)."""
+    cfg = check(cfg)
     try:
-        device = hardware.resolve_device(cfg.device).type
-    except ValueError as err:
+        return hardware.resolved(cfg)
+    except ValueError as err:  # a device torch cannot find here
         raise ConfigError(str(err)) from None
-    changes, said_auto = {"device": device}, set(cfg.auto_settings)
-    for name in ("eval", "distill", "tune", "transfer"):
-        section = getattr(cfg, name)
-        if section.precision == "auto":
-            changes[name] = dataclasses.replace(section, precision=hardware.resolve_precision("auto", device))
-            said_auto.add(f"{name}.precision")
-    return dataclasses.replace(cfg, auto_settings=tuple(sorted(said_auto)), **changes)
+

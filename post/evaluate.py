@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .artifacts import METHODS, eps_tag, prompt_path, require, results_dir
 from .config import Config
+from .declarations import Task
 from .files import read_json, write_json
 from .hardware import autocast
 from .models import load
 from .prompt import SoftPrompt, prompt_class_scores, read_record
-from .tasks import Split, Task, get_task, load_split
+from .reuse import reuse
+from .tasks import Split, get_task, load_split
 from .transfer import load_run, source_prompt_path
 
 
@@ -60,21 +63,25 @@ def zero_shot(cfg, model=None, tokenizer=None) -> list[dict]:
 
     A rerun with the same model, data and eval settings returns the recorded rows instead of recomputing.
     """
-    path = results_dir(cfg.profile) / "zero_shot.json"
     key = f"{cfg.model}-{cfg.section_hash('data', 'eval')}"
-    if path.exists() and read_json(path).get("key") == key:
-        return read_json(path)["rows"]
-    if model is None:
-        model, tokenizer = load(cfg.model, device=cfg.device)
-    rows = []
-    for name in cfg.data.tasks:
-        test = load_split(name, "test", cfg.data.max_test)
-        result = accuracy(model, tokenizer, get_task(name), test, None, cfg.eval.batch_size,
-                          cfg.data.max_text_tokens, precision=cfg.eval.precision)
-        rows.append({"task": name, "method": METHODS["zs"].label, "model": cfg.model,
-                     "majority": majority_accuracy(test), **result})
-    write_json(path, {"key": key, "rows": rows})
-    return rows
+
+    def score() -> list[dict]:
+        loaded = (model, tokenizer) if model is not None else load(cfg.model, device=cfg.device)
+        rows = []
+        for name in cfg.data.tasks:
+            test = load_split(name, "test", cfg.data.max_test)
+            result = accuracy(*loaded, get_task(name), test, None, cfg.eval.batch_size, cfg.data.max_text_tokens,
+                              precision=cfg.eval.precision)
+            rows.append({"task": name, "method": METHODS["zs"].label, "model": cfg.model,
+                         "majority": majority_accuracy(test), **result})
+        return rows
+
+    def recorded(path: Path) -> list[dict] | None:  # the rows, if these settings made them
+        made = read_json(path)
+        return made["rows"] if made.get("key") == key else None
+
+    return reuse(results_dir(cfg.profile) / "zero_shot.json", recorded, score,
+                 lambda rows, path: write_json(path, {"key": key, "rows": rows}))
 
 
 def validation_zero_shot(cfg, models: dict[str, tuple]) -> list[dict]:

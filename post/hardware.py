@@ -10,6 +10,7 @@ profile says what ran and hashing it never probes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -120,3 +121,17 @@ def measured_precision(device_type: str) -> str:
                       "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         write_json(path, known)
     return known[key]["precision"]
+
+
+def resolved(cfg):
+    """A profile (``post.config.Config``) with an "auto" device and precision replaced by what they mean here,
+    once, so that hashing it never probes. ``auto_settings`` keeps which settings said "auto": the provider's
+    release is the same model wherever "auto" means something else (post.release)."""
+    device = resolve_device(cfg.device).type
+    changes, said_auto = {"device": device}, set(cfg.auto_settings)
+    for name in ("eval", "distill", "tune", "transfer"):
+        section = getattr(cfg, name)
+        if section.precision == "auto":
+            changes[name] = dataclasses.replace(section, precision=resolve_precision("auto", device))
+            said_auto.add(f"{name}.precision")
+    return dataclasses.replace(cfg, auto_settings=tuple(sorted(said_auto)), **changes)

@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from . import dp
 from .cost import Cost
+from .declarations import Task
 from .files import UnreadableArtifact, atomic_path, read_json, relative, write_json
 from .models import model_name, stable_name
-from .tasks import Task
 
 
 # what a prompt file handed to the provider may carry: what the transfer needs, and the public DP facts

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, DistillConfig, content_key
+from .config import Config, DistillConfig
+from .reuse import content_key
 
 
 class UnsupportedModel(ValueError):

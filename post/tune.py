@@ -18,6 +18,7 @@ are not bit-reproducible: two runs with the same settings give different prompts
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -28,14 +29,16 @@ from tqdm.auto import tqdm
 
 from . import dp
 from .artifacts import METHODS, eps_tag, prompt_path, results_dir, source_model
-from .config import Config, TuneConfig, content_key, keyed
+from .config import Config, TuneConfig, keyed
 from .cost import Cost, Timer, plateaued
+from .declarations import Task
 from .evaluate import accuracy, owner_validation
 from .files import read_json, readable, relative, write_json
 from .hardware import autocast, resolve_precision
 from .models import load, model_name
 from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record, record_path
-from .tasks import BUILTIN, Split, Task, fingerprint, get_task, load_split
+from .reuse import content_key, reuse
+from .tasks import BUILTIN, Split, fingerprint, get_task, load_split
 
 def example_losses(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
                    prompt: torch.Tensor) -> torch.Tensor:
@@ -269,32 +272,34 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
     name = str(source_model(cfg.profile)) \
         if METHODS[method].model == "source" else cfg.model
     cached = cached or {}
-    model = tokenizer = None
+    model = functools.cache(lambda: load(name, device=cfg.device))  # loaded once something needs it
     rows = []
     for task_name in cfg.data.tasks:
         task = get_task(task_name)
         test_split = load_split(task_name, "test", cfg.data.max_test)
         for epsilon in epsilons:
             key = run_key(cfg, task_name, method, epsilon)
+
+            def owners(path: Path) -> SoftPrompt | None:  # the prompt, if these settings made it (its record says)
+                made_by = (readable(record_path(path), read_json) or {}).get("run_key")
+                return SoftPrompt.load(path) if made_by == key else None
+
+            def tuned() -> SoftPrompt:
+                train, validation = _owner_data(cfg, task_name)
+                settings, run_steps = run_settings(cfg.tune, epsilon, steps)
+                prompt = tune_prompt(*model(), task, train, settings, epsilon, run_steps, validation, cfg.seed,
+                                     cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
+                prompt.meta["method"] = method
+                prompt.record.update(method=method, run_key=key)  # the owner's: a task file's key digests its data
+                return prompt
+
             path = prompt_path(cfg.profile, task_name, method, epsilon, cfg.seed)
-            prompt = readable(path, SoftPrompt.load)
-            if prompt is not None and (readable(record_path(path), read_json) or {}).get("run_key") != key:
-                prompt = None  # made with other settings (the owner's record says): retrain
-            row = cached.get(prompt.digest()) if prompt is not None else None
+            prompt = reuse(path, owners, tuned, SoftPrompt.save)
+            row = cached.get(prompt.digest())
             if row and row.get("eval_precision") == cfg.eval.precision and row.get("n") == len(test_split):
                 rows.append(row)
                 continue
-            if model is None:
-                model, tokenizer = load(name, device=cfg.device)
-            if prompt is None:
-                train, validation = _owner_data(cfg, task_name)
-                settings, run_steps = run_settings(cfg.tune, epsilon, steps)
-                prompt = tune_prompt(model, tokenizer, task, train, settings, epsilon, run_steps, validation,
-                                     cfg.seed, cfg.data.max_text_tokens, cfg.eval.batch_size, progress)
-                prompt.meta["method"] = method
-                prompt.record.update(method=method, run_key=key)  # the owner's: a task file's key digests its data
-                prompt.save(path)
-            test = accuracy(model, tokenizer, task, test_split, prompt, cfg.eval.batch_size, cfg.data.max_text_tokens,
+            test = accuracy(*model(), task, test_split, prompt, cfg.eval.batch_size, cfg.data.max_text_tokens,
                             progress, cfg.eval.precision)
             rows.append({**_row(read_record(path), test, prompt.digest(), path), "eval_precision": cfg.eval.precision})
     return rows

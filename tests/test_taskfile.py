@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from post import tasks
-from post.transfer import ProviderBoundary, provider_view
+from post.declarations import TaskError
+from post.public_data import ProviderBoundary, provider_view
 
 CLASSES = {"ham": [" no"], "spam": [" yes"]}
 DECLARATION = {"classes": CLASSES, "template": "Message: {text}\nSpam?", "instruction": "Is the message spam?"}
@@ -113,18 +114,18 @@ DECLARATION_ERRORS = {  # declaration -> error
 def test_a_bad_declaration_is_refused_naming_the_key_and_registers_nothing(case, declare):
     declaration, error = DECLARATION_ERRORS[case]
     before = dict(tasks.TASKS)
-    with pytest.raises(tasks.TaskError, match=re.escape(error)):
+    with pytest.raises(TaskError, match=re.escape(error)):
         declare({"fine": {"data": "a.csv", **DECLARATION}, "mine": declaration})
     assert tasks.TASKS == before
 
 
 def test_built_in_names_and_broken_files_are_refused(declare, tmp_path):
-    with pytest.raises(tasks.TaskError, match="'trec' cannot name a task or pool: built in"):
+    with pytest.raises(TaskError, match="'trec' cannot name a task or pool: built in"):
         declare({"trec": {"data": "a.csv", **DECLARATION}})
     (tmp_path / "broken.yaml").write_text("tasks: [unclosed\n")
-    with pytest.raises(tasks.TaskError, match="broken.yaml is not valid YAML"):
+    with pytest.raises(TaskError, match="broken.yaml is not valid YAML"):
         tasks.register_file(tmp_path / "broken.yaml")
-    with pytest.raises(tasks.TaskError, match="nothing.yaml: no such task file"):
+    with pytest.raises(TaskError, match="nothing.yaml: no such task file"):
         tasks.register_file(tmp_path / "nothing.yaml")
 
 
@@ -169,7 +170,7 @@ def test_a_task_file_names_only_files_in_its_own_folder(declare, tmp_path, key, 
     path = write(tmp_path / "declared" / "tasks.yaml", {"tasks": {"a": {"data": data, **DECLARATION}},
                                                         "pools": {"p": pool}})
     before = dict(tasks.TASKS), dict(tasks.PUBLIC_POOLS)
-    with pytest.raises(tasks.TaskError) as err:
+    with pytest.raises(TaskError) as err:
         tasks.register_file(path)
     assert f"tasks.yaml: {key} = {value!r} is outside " in str(err.value) and "\n" not in str(err.value)
     assert (dict(tasks.TASKS), dict(tasks.PUBLIC_POOLS)) == before
@@ -194,7 +195,7 @@ def test_numeric_labels_are_class_names_first_and_indices_only_when_none_is(decl
 def test_a_label_column_of_class_names_and_other_values_is_refused(declare, tmp_path):
     FRAME.assign(label=[*FRAME.label[:-1], "1"]).to_csv(tmp_path / "mixed.csv", index=False)
     declare({"mixed": {**DECLARATION, "data": "mixed.csv"}})
-    with pytest.raises(tasks.TaskError) as err:
+    with pytest.raises(TaskError) as err:
         tasks.get_task("mixed").load()
     assert "mixed.csv: label '1' (data row 40) is not a class (ham, spam)" in str(err.value)
     assert "\n" not in str(err.value)
@@ -205,7 +206,7 @@ def test_data_too_few_to_split_are_refused_in_one_line(declare, tmp_path, split)
     """Three rows all land in train; a stage asking for validation or test rows is stopped, not handed none."""
     FRAME[:3].to_csv(tmp_path / "three.csv", index=False)
     declare({"three": {**DECLARATION, "data": "three.csv"}})
-    with pytest.raises(tasks.TaskError) as err:
+    with pytest.raises(TaskError) as err:
         tasks.load_split("three", split)
     assert f"three.csv: 3 rows of 2 classes are too few for a {split} split (train 3, validation 0, test 0)" in str(
         err.value) and "\n" not in str(err.value)
@@ -216,7 +217,7 @@ def test_an_unreachable_hub_dataset_is_one_line_and_fast(declare, monkeypatch):
     monkeypatch.delenv("POST_HUB_MIRROR", raising=False)  # tests run with HF_HUB_OFFLINE=1 (conftest)
     declare({"hub": {**DECLARATION, "data": "hf:nobody/nothing"}})
     start = time.monotonic()
-    with pytest.raises(tasks.TaskError) as err:
+    with pytest.raises(TaskError) as err:
         tasks.load_split("hub", "test")
     assert time.monotonic() - start < 10
     assert str(err.value).startswith("hf:nobody/nothing cannot be loaded") and "POST_HUB_MIRROR" in str(err.value)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from post import tasks
+from post import declarations, offline_data, tasks
 from post.prompt import Verbalizer
 
 OFFLINE = ["rotten_tomatoes", "trec", "tweet_sentiment"]
@@ -65,7 +65,7 @@ def test_without_a_mirror_hub_data_come_from_the_hub(monkeypatch):
     calls = []
     monkeypatch.delenv("POST_HUB_MIRROR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or "rows")
-    assert tasks.load_hub_dataset("cardiffnlp/tweet_eval", "sentiment", split="train") == "rows"
+    assert declarations.load_hub_dataset("cardiffnlp/tweet_eval", "sentiment", split="train") == "rows"
     assert calls == [(("cardiffnlp/tweet_eval", "sentiment"), {"split": "train"})]
 
 
@@ -76,9 +76,9 @@ def test_public_pools_have_text():
 
 
 def test_the_film_synopses_are_the_carriers_and_share_no_text_with_the_reviews():
-    plots = tasks.load_movie_plots()
-    assert plots == tasks.movie_plots_in_carrier() and len(plots) == 1083
-    reviews = {t.strip().lower() for t in tasks.load_rotten_tomatoes()[0]}
+    plots = offline_data.load_movie_plots()
+    assert plots == offline_data.movie_plots_in_carrier() and len(plots) == 1083
+    reviews = {t.strip().lower() for t in offline_data.load_rotten_tomatoes()[0]}
     assert not reviews & {p.lower() for p in plots}
 
 

@@ -14,14 +14,16 @@ import torch
 
 import post.artifacts as artifacts
 import post.config as config
+import post.offline_data as offline_data
+import post.public_data as public_data
 import post.tasks as tasks
 import post.transfer as transfer
 from post.config import TransferConfig, load_config
 from post.cost import plateaued
 from post.models import load_model, load_tokenizer, model_name
-from post.prompt import SoftPrompt, encode, next_token_logits
+from post.prompt import SoftPrompt, Verbalizer, encode, next_token_logits
 
-TASK = transfer.provider_view(tasks.get_task("rotten_tomatoes"))
+TASK = public_data.provider_view(tasks.get_task("rotten_tomatoes"))
 TEXTS = ["Great blender, works every time.", "Broke after two days. Avoid.", "It is fine, I guess.",
          "The battery life is shorter than promised but the screen is lovely and bright.", "Meh."]
 
@@ -53,8 +55,8 @@ def source_prompt(model, tok, epsilon=math.inf, seed=3):
 
 
 def data_for(source, target, tok, prompt, texts=TEXTS):
-    plain = transfer.unprompted(source, target, tok, TASK, texts, batch_size=2, max_text_tokens=32)
-    return transfer.public_data(source, tok, TASK, prompt, plain, temperature=2.0, batch_size=2, max_text_tokens=32)
+    plain = public_data.unprompted(source, target, tok, TASK, texts, batch_size=2, max_text_tokens=32)
+    return public_data.public_data(source, tok, TASK, prompt, plain, temperature=2.0, batch_size=2, max_text_tokens=32)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
@@ -104,7 +106,7 @@ def test_gradients_flow_only_to_the_target_prompt(models):
 def test_transfer_lowers_the_held_out_loss_and_selects_on_it(models):
     source, target, tok = models
     prompt = source_prompt(source, tok)
-    texts, held = transfer.public_sample("amazon_reviews", 32, 8)
+    texts, held = tasks.public_sample("amazon_reviews", 32, 8)
     data, holdout = (data_for(source, target, tok, prompt, t) for t in (texts, held))
     settings = TransferConfig(steps=12, batch_size=8, lr=0.05, eval_every=4, max_text_tokens=32, init="instruction",
                               precision="fp32")
@@ -123,18 +125,19 @@ def test_transfer_lowers_the_held_out_loss_and_selects_on_it(models):
 def test_label_space_loss_compares_class_distributions(models):
     source, target, tok = models
     prompt = source_prompt(source, tok)
-    plain = transfer.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
-    data = transfer.public_data(source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32, space="labels")
+    plain = public_data.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
+    data = public_data.public_data(source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32, space="labels")
     assert data.teacher.shape == data.teacher_shift.shape == data.target_plain.shape == (len(TEXTS), 2)
-    verbalizer = transfer.Verbalizer.for_task(TASK, tok)
+    verbalizer = Verbalizer.for_task(TASK, tok)
     weight = SoftPrompt.from_vocab(target, 4, seed=5).weight
     loss, parts, _ = transfer.batch_loss(target, tok, TASK, weight, data, [0, 1], 0.0, max_text_tokens=32)
     batch = encode(TASK, tok, TEXTS[:2], 32)
     with torch.no_grad():
         classes = verbalizer.scores(next_token_logits(target, batch["input_ids"], batch["attention_mask"], weight))
     assert loss.item() == pytest.approx(transfer.kl(data.teacher[:2], classes, 2.0).item(), rel=1e-5)
-    same = transfer.public_data(target, tok, TASK, prompt, transfer.unprompted(target, target, tok, TASK, TEXTS, 2, 32),
-                                batch_size=2, max_text_tokens=32, space="labels")
+    same = public_data.public_data(target, tok, TASK, prompt,
+                                   public_data.unprompted(target, target, tok, TASK, TEXTS, 2, 32),
+                                   batch_size=2, max_text_tokens=32, space="labels")
     assert transfer.batch_loss(target, tok, TASK, prompt.weight, same, [0, 1, 2], 0.5, max_text_tokens=32)[0].item() \
         == pytest.approx(0.0, abs=1e-6)
 
@@ -145,9 +148,9 @@ def test_anchor_is_the_drift_from_direct_and_zero_at_the_pasted_prompt(models, s
     prompt (where a transfer from the source prompt starts), the drift's weight times the drift elsewhere."""
     source, target, tok = models
     prompt = source_prompt(source, tok)
-    plain = transfer.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
-    data = transfer.public_data(source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32, space=space,
-                                target=target)
+    plain = public_data.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
+    data = public_data.public_data(source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32, space=space,
+                                   target=target)
     idx = [0, 2, 4]
     loss = functools.partial(transfer.batch_loss, target, tok, TASK, data=data, idx=idx, alpha=0.5,
                              max_text_tokens=32)
@@ -176,11 +179,11 @@ def test_anchor_on_agree_holds_only_the_texts_where_direct_picks_the_sources_cla
     source pick the same class, and the drift is the batch mean of each text's KL times its mark."""
     source, target, tok = models
     prompt = source_prompt(source, tok)
-    plain = transfer.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
-    build = functools.partial(transfer.public_data, source, tok, TASK, prompt, plain, batch_size=2, max_text_tokens=32,
-                              target=target)
+    plain = public_data.unprompted(source, target, tok, TASK, TEXTS, batch_size=2, max_text_tokens=32)
+    build = functools.partial(public_data.public_data, source, tok, TASK, prompt, plain, batch_size=2,
+                              max_text_tokens=32, target=target)
     everywhere, gated = build(), build(anchor_on="agree")
-    verbalizer = transfer.Verbalizer.for_task(TASK, tok)
+    verbalizer = Verbalizer.for_task(TASK, tok)
     batch = encode(TASK, tok, TEXTS, 32)
     with torch.no_grad():  # the marks recomputed from their definition
         direct, prompted = (next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt.weight)
@@ -203,7 +206,7 @@ def test_anchor_on_agree_holds_only_the_texts_where_direct_picks_the_sources_cla
 def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
     source, target, tok = models
     prompt = source_prompt(source, tok)
-    texts, held = transfer.public_sample("amazon_reviews", 16, 8)
+    texts, held = tasks.public_sample("amazon_reviews", 16, 8)
     data, holdout = (data_for(source, source, tok, prompt, t) for t in (texts, held))
     # the target is the source and starts at the source prompt: step 0 is already optimal, nothing improves it
     settings = TransferConfig(steps=40, batch_size=8, lr=0.05, eval_every=2, max_text_tokens=32, precision="fp32",
@@ -227,7 +230,7 @@ def test_transfer_stops_once_the_held_out_loss_stops_improving(models):
 def test_replaying_the_stopping_rule_on_a_longer_run_gives_what_a_capped_run_keeps(models):
     source, target, tok = models
     prompt = source_prompt(source, tok)
-    texts, held = transfer.public_sample("amazon_reviews", 16, 8)
+    texts, held = tasks.public_sample("amazon_reviews", 16, 8)
     settings = TransferConfig(steps=24, batch_size=8, lr=0.5, eval_every=2, max_text_tokens=32, precision="fp32")
     stopped = set()
     # onto the target from its instruction text the held-out loss keeps falling; onto the source itself from the
@@ -246,11 +249,11 @@ def test_replaying_the_stopping_rule_on_a_longer_run_gives_what_a_capped_run_kee
 
 
 def test_public_samples_are_nested_and_held_out_fixed():
-    small_train, small_held = transfer.public_sample("amazon_reviews", 16, 8, seed=1)
-    big_train, big_held = transfer.public_sample("amazon_reviews", 64, 8, seed=1)
+    small_train, small_held = tasks.public_sample("amazon_reviews", 16, 8, seed=1)
+    big_train, big_held = tasks.public_sample("amazon_reviews", 64, 8, seed=1)
     assert small_held == big_held and big_train[:16] == small_train and not set(big_train) & set(big_held)
     with pytest.raises(ValueError, match="distinct texts"):
-        transfer.public_sample("amazon_reviews", 10**6, 8)
+        tasks.public_sample("amazon_reviews", 10**6, 8)
 
 
 def test_transfers_are_reused_across_sweep_changes_but_not_transfer_changes():
@@ -281,10 +284,10 @@ def test_ptfer_recovers_the_prompt_direction_when_the_embeddings_are_shared(mode
 
 
 def test_alpha_proxy_is_chance_corrected_agreement():
-    data = transfer.PublicData([], *(torch.zeros(0),) * 3, agreement=0.75)
-    assert transfer.alpha_proxy(data, 2) == pytest.approx(0.5)
-    assert transfer.alpha_proxy(dataclasses.replace(data, agreement=0.2), 2) == 0.0
-    assert transfer.alpha_proxy(dataclasses.replace(data, agreement=1.0), 6) == 1.0
+    data = public_data.PublicData([], *(torch.zeros(0),) * 3, agreement=0.75)
+    assert public_data.alpha_proxy(data, 2) == pytest.approx(0.5)
+    assert public_data.alpha_proxy(dataclasses.replace(data, agreement=0.2), 2) == 0.0
+    assert public_data.alpha_proxy(dataclasses.replace(data, agreement=1.0), 6) == 1.0
 
 
 def test_default_public_pools_share_no_text_with_their_tasks():
@@ -302,14 +305,15 @@ def test_default_public_pools_share_no_text_with_their_tasks():
 
 
 def test_the_transfer_api_takes_no_private_data():
-    for name, func in inspect.getmembers(transfer, inspect.isfunction):
-        if func.__module__ != transfer.__name__:
-            continue
-        for param in inspect.signature(func).parameters.values():
-            assert "Split" not in str(param.annotation), f"{name}({param.name}) accepts a Split"
-            assert param.name not in ("split", "labels", "train", "test", "validation"), f"{name}({param.name})"
-    assert not hasattr(transfer, "load_split") and not hasattr(transfer, "Split")
-    with pytest.raises(transfer.ProviderBoundary):
+    for module in (transfer, public_data):  # the transfer and the public data it trains on
+        for name, func in inspect.getmembers(module, inspect.isfunction):
+            if func.__module__ != module.__name__:
+                continue
+            for param in inspect.signature(func).parameters.values():
+                assert "Split" not in str(param.annotation), f"{name}({param.name}) accepts a Split"
+                assert param.name not in ("split", "labels", "train", "test", "validation"), f"{name}({param.name})"
+        assert not hasattr(module, "load_split") and not hasattr(module, "Split")
+    with pytest.raises(public_data.ProviderBoundary):
         TASK.load()
 
 
@@ -432,7 +436,7 @@ def test_transfer_stage_runs_without_touching_private_data(tmp_path, monkeypatch
     plots = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, task_pools=("rotten_tomatoes=movie_plots",)))
     with watch() as opened:
         moved = transfer.run_transfer(plots, progress=False)
-    assert not private_files & set(opened) and str(tasks.MOVIE_PLOTS.resolve()) in opened
+    assert not private_files & set(opened) and str(offline_data.MOVIE_PLOTS.resolve()) in opened
     assert len(runs) == 4 + 5 + 1 + 1 + 2
     pools = {(r["task"], r["epsilon"]): r["public_pool"] for r in moved if r["method"] == "post"}
     assert pools == {("rotten_tomatoes", "inf"): "movie_plots", ("rotten_tomatoes", "8"): "movie_plots",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import post.models
-from post import artifacts, dp, files, plots, tables, transfer, tune
+from post import artifacts, dp, files, plots, public_data, tables, transfer, tune
 from post.config import load_config
 from post.models import load_model
 from post.prompt import PROVIDER_DP_KEYS, PROVIDER_KEYS, NotReleasable, SoftPrompt, read_record
@@ -141,7 +141,7 @@ def test_the_provider_file_is_whitelisted_and_transfers(tiny, data, tmp_path):
     assert {"curve", "validation", "cost", "batch_size", "seed"} <= set(record) and record["dp"] == meta["dp"]
 
     prompt = SoftPrompt.load(path, model)
-    prepared = transfer.prepare(cfg, model, model, tok, TASK.name)
+    prepared = public_data.prepare(cfg, model, model, tok, TASK.name)
     result, _ = transfer.post_transfer(cfg, model, model, tok, prepared, prompt, progress=False)
     moved = result.prompt.meta
     assert moved["dp"] == meta["dp"] and moved["task"] == TASK.name
