@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import re
 import statistics
 import time
 from pathlib import Path
+from typing import Callable, NoReturn
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -49,8 +51,9 @@ import torch
 from common import as_stored, unseen_validation, variant
 from post import distill, objectives
 from post.artifacts import artifact_dir, source_model_dir
-from post.config import load_config
+from post.config import Config, TransferConfig, TuneConfig, load_config
 from post.cost import Cost
+from post.declarations import Task
 from post.evaluate import class_scores, majority_accuracy, owner_validation
 from post.files import atomic_dir, read_json, relative, write_json
 from post.hardware import autocast
@@ -63,7 +66,7 @@ from post.public_data import Prepared, Unprompted, all_logits, provider_view, pu
 from post.reuse import content_key, reuse
 from post.student import end_layers
 from post.tables import recovery_share
-from post.tasks import PUBLIC_POOLS, get_task, load_split, public_sample
+from post.tasks import PUBLIC_POOLS, Split, get_task, load_split, public_sample
 from post.transfer import post_transfer
 from post.tune import example_losses, run_settings, tune_prompt
 
@@ -125,7 +128,40 @@ def step_seconds(model, tokenizer, task, texts, labels, length: int, repeats: in
     return statistics.median(times)
 
 
-def main() -> None:
+@dataclasses.dataclass
+class Sweep:
+    """What every step of one run reads, passed to each instead of closed over: the command line, the settings the
+    points are made with, the JSON so far, the task's data and the target."""
+
+    args: argparse.Namespace
+    error: Callable[[str], NoReturn]  # the parser's: stops with the usage, as a bad flag does
+    out: Path
+    cfg: Config  # the profile with the sweep's transfer settings
+    tune: TuneConfig  # FullPT's tuning (and the owner's without --owner-plateau)
+    result: dict
+    work: Path  # sources, owner prompts and the teacher's read-outs, kept between runs
+    task: Task
+    view: Task  # the provider's view of the task
+    train: Split
+    validation: Split
+    target: torch.nn.Module
+    tokenizer: object
+    owner_tune: TuneConfig  # the owner's non-DP tuning (owner_recipe)
+    owner_steps: int
+    owner_held: Split | None  # with --owner-plateau: 02's validation examples, which choose the owner's step
+    target_public: dict = dataclasses.field(default_factory=dict)  # per public pool: texts and the target's logits
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.validation.labels)
+
+    @property
+    def n_layers(self) -> int:
+        return self.target.config.num_hidden_layers
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The sweep's command line (the module docstring shows it in use)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--task", default="rotten_tomatoes")
@@ -151,9 +187,15 @@ def main() -> None:
     parser.add_argument("--owner-seeds", type=int, nargs="*",
                         help="seeds of the owner's prompt tuning (its batch order); several give the spread of one "
                              "source's CompPT, Direct and POST. Default: the profile's seed")
-    parser.add_argument("--prompt-length", type=int, help="soft-prompt tokens; default: the profile's tune.prompt_length")
+    parser.add_argument("--prompt-length", type=int,
+                        help="soft-prompt tokens; default: the profile's tune.prompt_length")
     parser.add_argument("--out", default=str(OUT), help="one JSON per prompt length; its figure is named after it")
     parser.add_argument("--plot", action="store_true", help="only draw the figure from --out")
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
     args = parser.parse_args()
     for mode in args.modes:  # a misspelt mode stops here, before any model is loaded
         distillation(mode, args)
@@ -161,265 +203,426 @@ def main() -> None:
     if args.plot:
         plot(read_json(out), args.profile, out.stem)
         return
+    sweep = start(args, out, parser.error)
+    print("reference", reference(sweep), flush=True)
+    target_step = prompt_step_seconds(sweep, sweep.target)
+    # the transfer's public pool for the task (a lever may name another): the target's logits on it are made once
+    pool = public_pool(sweep.cfg, sweep.task.name)
+    # the held-out read-out agreement of each map point (the teacher's read-outs take minutes; levers need none)
+    readout = readout_objective(sweep) if args.shapes else None
+    map_points(sweep, pool, target_step, readout)
+    if args.levers:
+        lever_runs(sweep, pool)
+    if sweep.result["points"]:  # levers alone (--shapes with none) make no map
+        plot(sweep.result, args.profile, out.stem)
 
+
+# --- the run's settings, data and target ------------------------------------------------------------------------
+
+
+def start(args: argparse.Namespace, out: Path, error: Callable[[str], NoReturn]) -> Sweep:
+    """What every point shares, made once a run: the settings, the JSON so far (resumed where its settings are
+    these), the task's data, the target and the owner's tuning recipe."""
+    cfg, tune = configure(args, error)
+    result = resumed(out, sweep_settings(args, cfg, tune), tune.prompt_length, error)
+    work = artifact_dir(args.profile, "source_sweep")
+    task = get_task(args.task)
+    view = provider_view(task)
+    train, validation = task_data(args, cfg, task, error)
+    target, tokenizer = load(cfg.model)
+    return Sweep(args, error, out, cfg, tune, result, work, task, view, train, validation, target, tokenizer,
+                 *owner_recipe(args, cfg, tune, task))
+
+
+def configure(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> tuple[Config, TuneConfig]:
+    """The profile with the sweep's transfer settings, and FullPT's tuning: the profile's at the asked prompt
+    length, scored only at its end."""
     cfg = load_config(args.profile, {"data": {"tasks": [args.task]}})
     if args.prompt_length is not None and args.prompt_length < 1:
-        parser.error("--prompt-length must be at least 1")
+        error("--prompt-length must be at least 1")
     tune = dataclasses.replace(cfg.tune, eval_every=0, prompt_length=args.prompt_length or cfg.tune.prompt_length)
     cfg = cfg.with_changes("transfer", steps=args.transfer_steps, eval_every=args.transfer_eval_every,
                            space=args.transfer_space or cfg.transfer.space)
-    transfer = cfg.transfer
-    settings = {"task": args.task, "steps": "plateau" if args.owner_plateau else args.steps,
-                "validation": f"unseen:{args.validation}" if args.unseen else args.validation,
-                "tune": dataclasses.asdict(tune),
-                "transfer": dataclasses.asdict(transfer), "readout_examples": args.readout_examples,
-                "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
-                "distill": dataclasses.asdict(cfg.distill), "model": cfg.model, "seed": cfg.seed}
+    return cfg, tune
+
+
+def sweep_settings(args: argparse.Namespace, cfg: Config, tune: TuneConfig) -> dict:
+    """The settings the JSON keeps with its points; their SWEEP_KEYS decide whether a rerun resumes it."""
+    return {"task": args.task, "steps": "plateau" if args.owner_plateau else args.steps,
+            "validation": f"unseen:{args.validation}" if args.unseen else args.validation,
+            "tune": dataclasses.asdict(tune),
+            "transfer": dataclasses.asdict(cfg.transfer), "readout_examples": args.readout_examples,
+            "readout_epochs": args.readout_epochs, "generic_sequences": args.generic_sequences,
+            "distill": dataclasses.asdict(cfg.distill), "model": cfg.model, "seed": cfg.seed}
+
+
+def resumed(out: Path, settings: dict, prompt_length: int, error: Callable[[str], NoReturn]) -> dict:
+    """The JSON at ``out`` where it was made with these settings, else a fresh one. A JSON of another prompt
+    length is refused: points of two prompt lengths are not one map."""
     result = read_json(out) if out.exists() else {}
-    made = result.get("settings", {}).get("tune", {}).get("prompt_length", tune.prompt_length)
-    if made != tune.prompt_length:  # points of two prompt lengths are not one map
-        parser.error(f"{out} holds prompts of {made} tokens, not {tune.prompt_length}: pass another --out")
+    made = result.get("settings", {}).get("tune", {}).get("prompt_length", prompt_length)
+    if made != prompt_length:
+        error(f"{out} holds prompts of {made} tokens, not {prompt_length}: pass another --out")
     if {k: result.get("settings", {}).get(k) for k in SWEEP_KEYS} != {k: settings[k] for k in SWEEP_KEYS}:
         result = {"settings": as_stored(settings), "points": []}
-    work = artifact_dir(args.profile, "source_sweep")
+    return result
 
-    task = get_task(args.task)
-    view = provider_view(task)
+
+def task_data(args: argparse.Namespace, cfg: Config, task: Task,
+              error: Callable[[str], NoReturn]) -> tuple[Split, Split]:
+    """The owner's training split and the validation examples scored (with --unseen, those 02's selection never
+    reads); the test split is never read."""
     train, validation = load_split(task.name, "train", 0), load_split(task.name, "validation", args.validation)
     if args.unseen:
         try:
             validation = unseen_validation(cfg, task.name, args.validation)
-        except ValueError as error:
-            parser.error(str(error))
-    target, tokenizer = load(cfg.model)
-    n_layers = target.config.num_hidden_layers
-    context = lambda: autocast(tune.precision, "cpu", "tune.precision")  # noqa: E731
-    labels = np.asarray(validation.labels)
-    timing_batch = train.texts[:tune.batch_size], torch.tensor(train.labels[:tune.batch_size])
+        except ValueError as problem:
+            error(str(problem))
+    return train, validation
 
-    # the owner's non-DP tuning: --steps fixed steps, or (--owner-plateau) as 02 tunes, on 02's validation examples
-    owner_settings, owner_steps, owner_held = (
-        (*run_settings(dataclasses.replace(cfg.tune, prompt_length=tune.prompt_length), math.inf, cfg.tune.steps),
-         owner_validation(cfg, task.name)) if args.owner_plateau else (tune, args.steps, None))
 
-    def tuned(model, seed: int) -> SoftPrompt:
-        return tune_prompt(model, tokenizer, task, train, owner_settings, math.inf, owner_steps, owner_held, seed,
-                           cfg.data.max_text_tokens, cfg.eval.batch_size, True)
+def owner_recipe(args: argparse.Namespace, cfg: Config, tune: TuneConfig,
+                 task: Task) -> tuple[TuneConfig, int, Split | None]:
+    """The owner's non-DP tuning: --steps fixed steps, or (--owner-plateau) as 02 tunes, its step chosen on 02's
+    validation examples."""
+    if args.owner_plateau:
+        return (*run_settings(dataclasses.replace(cfg.tune, prompt_length=tune.prompt_length), math.inf,
+                              cfg.tune.steps),
+                owner_validation(cfg, task.name))
+    return tune, args.steps, None
 
-    def owner_tuning(model, seed: int, source: str, record: dict | None) -> SoftPrompt:
-        """The owner's prompt on ``source`` (its name and distillation record), kept under ``work``: reruns and
-        later lever runs on the same source reuse it instead of retuning (minutes a seed)."""
-        key = content_key({"source": source, "record": record, "task": task.name, "seed": seed,
-                           "tune": dataclasses.asdict(owner_settings), "steps": owner_steps,
-                           "held": len(owner_held.texts) if owner_held else 0,
-                           "max_text_tokens": cfg.data.max_text_tokens})
-        path = work / "owner_prompts" / f"{task.name}-{source}-seed{seed}-{key}.pt"
-        # the key names the source; its model name does not (a source distilled in this run is named apart
-        # from the same one reloaded)
-        return reuse(path, lambda p: SoftPrompt.load(p, model, same_model=False), lambda: tuned(model, seed),
-                     SoftPrompt.save)
 
-    def validation_scores(model, prompt=None) -> np.ndarray:
-        """(N, C) class scores on the validation examples, scored as every method is."""
-        with autocast(cfg.eval.precision, "cpu", "eval.precision"):
-            return class_scores(model, tokenizer, task, validation.texts, prompt, cfg.eval.batch_size,
-                                cfg.data.max_text_tokens, False)
+def save(sweep: Sweep) -> None:
+    """Write the JSON so far, with the machine's state at the time: step times depend on it."""
+    sweep.result.update(threads=torch.get_num_threads(), avx512_bf16=avx512_bf16(),
+                        load_average_1min=os.getloadavg()[0])
+    write_json(sweep.out, sweep.result)
 
-    def rate(s: np.ndarray) -> tuple[float, float | None]:
-        """Validation accuracy of class scores ``s`` and, for two classes, the ROC AUC of their margin: how well
-        they order the examples whatever the threshold. A source that answers one class throughout can still
-        order them, and the transfer carries score changes, not answers."""
-        return float((s.argmax(1) == labels).mean()), auc(s[:, 1] - s[:, 0], labels == 1) if s.shape[1] == 2 else None
 
-    def measure(model, prompt=None) -> tuple[float, float | None]:
-        return rate(validation_scores(model, prompt))
+# --- scoring on the validation examples ---------------------------------------------------------------------
 
-    score = lambda model, prompt=None: measure(model, prompt)[0]  # noqa: E731
 
-    def threshold_only(s: np.ndarray) -> dict:
-        """What moving only the threshold of class scores ``s`` reaches (two classes): the best threshold on their
-        margin, an oracle that reads the validation labels (a diagnostic, never a choice), and the scores centred
-        on the unlabelled validation inputs. On the target's zero-shot scores: how far a prompt that only shifts
-        the threshold gets; on POST's: what a better-placed threshold would add to its ordering."""
-        margin = s[:, 1] - s[:, 0]
-        cuts = np.r_[-np.inf, np.unique(margin)]  # -inf: every example in class 1; the largest margin: none
-        return {"zero_shot_auc": auc(margin, labels == 1),
-                "threshold_oracle": max(float(((margin > t) == labels).mean()) for t in cuts),
-                "threshold_centred": float(((s - s.mean(0)).argmax(1) == labels).mean())}
+def validation_scores(sweep: Sweep, model, prompt: SoftPrompt | None = None) -> np.ndarray:
+    """(N, C) class scores on the validation examples, scored as every method is."""
+    with autocast(sweep.cfg.eval.precision, "cpu", "eval.precision"):
+        return class_scores(model, sweep.tokenizer, sweep.task, sweep.validation.texts, prompt,
+                            sweep.cfg.eval.batch_size, sweep.cfg.data.max_text_tokens, False)
 
-    def save():
-        result.update(threads=torch.get_num_threads(), avx512_bf16=avx512_bf16(), load_average_1min=os.getloadavg()[0])
-        write_json(out, result)
 
+def rate(s: np.ndarray, labels: np.ndarray) -> tuple[float, float | None]:
+    """Validation accuracy of class scores ``s`` and, for two classes, the ROC AUC of their margin: how well
+    they order the examples whatever the threshold. A source that answers one class throughout can still
+    order them, and the transfer carries score changes, not answers. (post.evaluate.accuracy runs the model
+    itself and keeps no scores, which the AUC and threshold_only read.)"""
+    return float((s.argmax(1) == labels).mean()), auc(s[:, 1] - s[:, 0], labels == 1) if s.shape[1] == 2 else None
+
+
+def measure(sweep: Sweep, model, prompt: SoftPrompt | None = None) -> tuple[float, float | None]:
+    """Validation accuracy and (two classes) ROC AUC of ``model`` with ``prompt`` (None: zero-shot)."""
+    return rate(validation_scores(sweep, model, prompt), sweep.labels)
+
+
+def score(sweep: Sweep, model, prompt: SoftPrompt | None = None) -> float:
+    """Validation accuracy alone, where the ordering is not reported."""
+    return measure(sweep, model, prompt)[0]
+
+
+def threshold_only(s: np.ndarray, labels: np.ndarray) -> dict:
+    """What moving only the threshold of class scores ``s`` reaches (two classes): the best threshold on their
+    margin, an oracle that reads the validation labels (a diagnostic, never a choice), and the scores centred
+    on the unlabelled validation inputs. On the target's zero-shot scores: how far a prompt that only shifts
+    the threshold gets; on POST's: what a better-placed threshold would add to its ordering."""
+    margin = s[:, 1] - s[:, 0]
+    cuts = np.r_[-np.inf, np.unique(margin)]  # -inf: every example in class 1; the largest margin: none
+    return {"zero_shot_auc": auc(margin, labels == 1),
+            "threshold_oracle": max(float(((margin > t) == labels).mean()) for t in cuts),
+            "threshold_centred": float(((s - s.mean(0)).argmax(1) == labels).mean())}
+
+
+def recovery(ref: dict, accuracy: float) -> float:
+    """The share of FullPT's gain over zero-shot that ``accuracy`` recovers. Not post.tables.recovery_share,
+    which answers nan where FullPT does not beat zero-shot: the sweep's JSON keeps the plain ratio."""
+    return (accuracy - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
+
+
+def reference(sweep: Sweep) -> dict:
+    """The target's zero-shot and FullPT accuracy, the majority class and (two classes) what moving only the
+    zero-shot threshold reaches: made once a JSON (FullPT takes minutes), the threshold added to one made
+    before it was measured."""
+    result, two_classes = sweep.result, len(sweep.task.classes) == 2
     if "reference" not in result:
         begin = time.perf_counter()
-        full = tuned(target, cfg.seed)  # FullPT, timed: never from the cache
-        zero_shot = validation_scores(target)  # one pass for the accuracy and, two classes, the threshold
-        result["reference"] = {"layers": n_layers, "zero_shot": rate(zero_shot)[0], "fullpt": score(target, full),
+        full = owner_tuned(sweep, sweep.target, sweep.cfg.seed)  # FullPT, timed: never from the cache
+        zero_shot = validation_scores(sweep, sweep.target)  # one pass for the accuracy and, two classes, the threshold
+        result["reference"] = {"layers": sweep.n_layers, "zero_shot": rate(zero_shot, sweep.labels)[0],
+                               "fullpt": score(sweep, sweep.target, full),
                                "fullpt_seconds": time.perf_counter() - begin,
-                               "majority": majority_accuracy(validation),
-                               **(threshold_only(zero_shot) if len(task.classes) == 2 else {})}
-        save()
+                               "majority": majority_accuracy(sweep.validation),
+                               **(threshold_only(zero_shot, sweep.labels) if two_classes else {})}
+        save(sweep)
     ref = result["reference"]
-    if "zero_shot_auc" not in ref and len(task.classes) == 2:  # added after the first maps: no FullPT rerun
-        ref.update(threshold_only(validation_scores(target)))
-        save()
-    print("reference", ref, flush=True)
-    target_step = step_seconds(target, tokenizer, task, *timing_batch, tune.prompt_length, 3, context)
+    if "zero_shot_auc" not in ref and two_classes:  # added after the first maps: no FullPT rerun
+        ref.update(threshold_only(validation_scores(sweep, sweep.target), sweep.labels))
+        save(sweep)
+    return ref
 
-    # public data for the transfer (the profile's pool for the task; a lever may name another) and the target's
-    # logits on it: the same for every point
-    pool = public_pool(cfg, task.name)
-    public = {}
 
-    def public_data(name: str) -> dict:
-        if name not in public:
-            texts, held = public_sample(name, transfer.public_examples, transfer.holdout_examples, cfg.seed)
-            public[name] = {part: (x, all_logits(target, tokenizer, view, x, None, cfg.eval.batch_size,
-                                                 transfer.max_text_tokens))
-                            for part, x in (("train", texts), ("holdout", held))}
-        return public[name]
+def prompt_step_seconds(sweep: Sweep, model) -> float:
+    """A prompt-tuning step's time on ``model`` (step_seconds on the owner's first batch, at the tuning's
+    precision): the source's over the target's, both measured in this run, is a point's step cost."""
+    texts, labels = sweep.train.texts[:sweep.tune.batch_size], torch.tensor(sweep.train.labels[:sweep.tune.batch_size])
+    precision = functools.partial(autocast, sweep.tune.precision, "cpu", "tune.precision")
+    return step_seconds(model, sweep.tokenizer, sweep.task, texts, labels, sweep.tune.prompt_length, 3, precision)
 
+
+# --- the owner's prompt ----------------------------------------------------------------------------------------
+
+
+def owner_tuned(sweep: Sweep, model, seed: int) -> SoftPrompt:
+    """The owner's tuning (owner_recipe) of a prompt on ``model`` from ``seed``; on the target it is FullPT."""
+    return tune_prompt(model, sweep.tokenizer, sweep.task, sweep.train, sweep.owner_tune, math.inf, sweep.owner_steps,
+                       sweep.owner_held, seed, sweep.cfg.data.max_text_tokens, sweep.cfg.eval.batch_size, True)
+
+
+def owner_prompt(sweep: Sweep, model, seed: int, source: str, record: dict | None) -> SoftPrompt:
+    """The owner's prompt on ``source`` (its name and distillation record), kept under ``work``: reruns and
+    later lever runs on the same source reuse it instead of retuning (minutes a seed)."""
+    key = content_key({"source": source, "record": record, "task": sweep.task.name, "seed": seed,
+                       "tune": dataclasses.asdict(sweep.owner_tune), "steps": sweep.owner_steps,
+                       "held": len(sweep.owner_held.texts) if sweep.owner_held else 0,
+                       "max_text_tokens": sweep.cfg.data.max_text_tokens})
+    path = sweep.work / "owner_prompts" / f"{sweep.task.name}-{source}-seed{seed}-{key}.pt"
+    # the key names the source; its model name does not (a source distilled in this run is named apart
+    # from the same one reloaded)
+    return reuse(path, lambda p: SoftPrompt.load(p, model, same_model=False), lambda: owner_tuned(sweep, model, seed),
+                 SoftPrompt.save)
+
+
+def owner_seeds(sweep: Sweep) -> list[int]:
+    """The owner's tuning seeds asked for (the profile's by default), each once, in order."""
+    return list(dict.fromkeys(sweep.args.owner_seeds or [sweep.cfg.seed]))
+
+
+def owner_scores(sweep: Sweep, source, prompt: SoftPrompt, seed: int) -> dict:
+    """The owner's prompt on validation: on its source (CompPT) and pasted onto the target (Direct)."""
+    return {"owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(sweep, source, prompt))),
+            **dict(zip(("direct", "direct_auc"), measure(sweep, sweep.target, prompt)))}
+
+
+# --- sources -----------------------------------------------------------------------------------------------------
+
+
+def make_source(sweep: Sweep, text: str, mode: str, objective: str,
+                settings: dict) -> tuple[torch.nn.Module, dict | None]:
+    """The undistilled cut, or the distilled source (kept under ``work`` so reruns and levers reuse it)."""
+    first, last = shape(text)
+    if objective == "undistilled":
+        return distill.make_student(sweep.target, end_layers(sweep.n_layers, first + last, last)), None
+    if objective == "profile":
+        return profile_source(sweep, first, last)
+    saved = sweep.work / f"{text}-{mode.replace(':', '-')}"
+    if (saved / "distill.json").exists():
+        return load(saved)[0], read_json(saved / "distill.json")
+    return distilled(sweep, first, last, objective, settings, saved)
+
+
+def profile_source(sweep: Sweep, first: int, last: int) -> tuple[torch.nn.Module, dict]:
+    """The profile's own source, as 01 or make source made it (all its tasks), refused unless it is this cut."""
+    directory = source_model_dir(sweep.args.profile)
+    if not (directory / "distill.json").exists():
+        raise SystemExit(f"mode 'profile': no {relative(directory)}: run make source or 01 first")
+    record = read_json(directory / "distill.json")
+    if record["student_layers"] != list(end_layers(sweep.n_layers, first + last, last)):
+        raise SystemExit(f"mode 'profile': the profile's source has layers {record['student_layers']}, "
+                         f"not the first {first} + last {last}")
+    return load(directory)[0], record
+
+
+def distilled(sweep: Sweep, first: int, last: int, objective: str, settings: dict,
+              saved: Path) -> tuple[torch.nn.Module, dict]:
+    """Distil the first-``first`` + last-``last`` cut with ``objective`` (``generic``: packed public text; the
+    read-out objectives: ``settings``' budget) and keep it, with its record, in ``saved``."""
+    cfg = sweep.cfg
+    common = {"num_student_layers": first + last, "keep_last": last, "objective": objective}
+    dc = dataclasses.replace(cfg.distill, **common, **settings, batch_size=16, lr=3e-4) \
+        if objective != "generic" else \
+        dataclasses.replace(cfg.distill, **common, train_sequences=sweep.args.generic_sequences,
+                            train_layers=settings["train_layers"])
+    source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), sweep.target, sweep.tokenizer,
+                                             sweep.work, True)
+    with atomic_dir(saved) as tmp:
+        source.save_pretrained(tmp)
+        sweep.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "distill.json", record)
+    return source, record
+
+
+def readout_objective(sweep: Sweep):
+    """The read-out objective at the sweep's read-out budget: a source's held-out agreement with the target."""
+    cfg = sweep.cfg
     rcfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, objective="readout",
-                                                                readout_examples=args.readout_examples))
-    # the held-out read-out agreement of each map point (the teacher's read-outs take minutes; levers need none)
-    readout = objectives.objective_for(rcfg, target, tokenizer, work, True)[0] if args.shapes else None
+                                                                readout_examples=sweep.args.readout_examples))
+    return objectives.objective_for(rcfg, sweep.target, sweep.tokenizer, sweep.work, True)[0]
 
-    def recovery(accuracy: float) -> float:
-        return (accuracy - ref["zero_shot"]) / (ref["fullpt"] - ref["zero_shot"])
 
-    def make_source(text: str, mode: str, objective: str, settings: dict) -> tuple[torch.nn.Module, dict | None]:
-        """The undistilled cut, or the distilled source (kept under ``work`` so reruns and levers reuse it)."""
-        first, last = shape(text)
-        if objective == "undistilled":
-            return distill.make_student(target, end_layers(n_layers, first + last, last)), None
-        if objective == "profile":  # the profile's own source, as 01 or make source made it (all its tasks)
-            directory = source_model_dir(args.profile)
-            if not (directory / "distill.json").exists():
-                raise SystemExit(f"mode 'profile': no {relative(directory)}: run make source or 01 first")
-            record = read_json(directory / "distill.json")
-            if record["student_layers"] != list(end_layers(n_layers, first + last, last)):
-                raise SystemExit(f"mode 'profile': the profile's source has layers {record['student_layers']}, "
-                                 f"not the first {first} + last {last}")
-            return load(directory)[0], record
-        saved = work / f"{text}-{mode.replace(':', '-')}"
-        if (saved / "distill.json").exists():
-            return load(saved)[0], read_json(saved / "distill.json")
-        common = {"num_student_layers": first + last, "keep_last": last, "objective": objective}
-        dc = dataclasses.replace(cfg.distill, **common, **settings, batch_size=16, lr=3e-4) \
-            if objective != "generic" else \
-            dataclasses.replace(cfg.distill, **common, train_sequences=args.generic_sequences,
-                                train_layers=settings["train_layers"])
-        source, record = distill.distill_student(dataclasses.replace(cfg, distill=dc), target, tokenizer, work, True)
-        with atomic_dir(saved) as tmp:
-            source.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / "distill.json", record)
-        return source, record
+def distill_facts(objective: str, settings: dict, record: dict | None) -> dict:
+    """How a distilled source was made and what its distillation cost; nothing for an undistilled cut."""
+    if not record:
+        return {}
+    facts = {}
+    if objective == "profile":
+        facts.update(distill_hash=record["distill_hash"], train_layers=record.get("train_layers"),
+                     readout_pools=record.get("readout_pools"), readout_prefixes=record.get("readout_prefixes"))
+    elif objective != "generic":
+        facts.update(readout_examples=settings["readout_examples"], readout_epochs=settings["epochs"],
+                     **{k: settings[k] for k in ("readout_pools", "readout_prefixes") if settings[k]})
+    if settings["train_layers"]:
+        facts["train_layers"] = settings["train_layers"]
+    facts.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
+                 distill_seconds=record["cost"]["total"]["wall_seconds"])
+    return facts
 
-    def prepare(source, name: str = pool) -> Prepared:
-        """The unprompted source's and target's logits on a pool's public texts: once a source and pool, for all
-        its transfers."""
-        return Prepared(view, name,
-                        *(Unprompted(x, all_logits(source, tokenizer, view, x, None, cfg.eval.batch_size,
-                                                   transfer.max_text_tokens), plain)
-                          for x, plain in public_data(name).values()), cost=Cost())
 
-    def transferred(source, prepared: Prepared, prompt, settings) -> dict:
-        """POST with ``settings``, scored on validation: held-out-selected and last step."""
+# --- the transfer ------------------------------------------------------------------------------------------------
+
+
+def public_logits(sweep: Sweep, name: str) -> dict:
+    """A public pool's training and held-out texts with the target's logits on them, made once a pool for every
+    source (post.public_data.prepare gives the same numbers but runs the target again for each source)."""
+    if name not in sweep.target_public:
+        transfer = sweep.cfg.transfer
+        texts, held = public_sample(name, transfer.public_examples, transfer.holdout_examples, sweep.cfg.seed)
+        sweep.target_public[name] = {part: (x, all_logits(sweep.target, sweep.tokenizer, sweep.view, x, None,
+                                                          sweep.cfg.eval.batch_size, transfer.max_text_tokens))
+                                     for part, x in (("train", texts), ("holdout", held))}
+    return sweep.target_public[name]
+
+
+def prepare(sweep: Sweep, source, name: str) -> Prepared:
+    """The unprompted source's and target's logits on a pool's public texts: once a source and pool, for all
+    its transfers."""
+    return Prepared(sweep.view, name,
+                    *(Unprompted(x, all_logits(source, sweep.tokenizer, sweep.view, x, None, sweep.cfg.eval.batch_size,
+                                               sweep.cfg.transfer.max_text_tokens), plain)
+                      for x, plain in public_logits(sweep, name).values()), cost=Cost())
+
+
+def transfer_settings(settings: TransferConfig) -> dict:
+    """A transfer's settings as a point or lever run keeps them: what tells one transfer from another."""
+    return {f"transfer_{k}": getattr(settings, k) for k in TRANSFER_KEYS}
+
+
+def transferred(sweep: Sweep, source, prepared: Prepared, prompt: SoftPrompt, settings: TransferConfig) -> dict:
+    """POST with ``settings``, scored on validation: held-out-selected and last step."""
+    begin = time.perf_counter()
+    run, row = post_transfer(sweep.cfg, source, sweep.target, sweep.tokenizer, prepared, prompt, settings, True)
+    scores = validation_scores(sweep, sweep.target, run.prompt)
+    post, post_auc = rate(scores, sweep.labels)
+    last = score(sweep, sweep.target, SoftPrompt(run.snapshots[max(run.snapshots)]))
+    # how much of what POST misses is its threshold (diagnostics: the oracle reads the validation labels)
+    ceiling = {f"post_{k}": v for k, v in threshold_only(scores, sweep.labels).items() if k != "zero_shot_auc"} \
+        if post_auc is not None else {}
+    ref = sweep.result["reference"]
+    return {"post": post, "post_auc": post_auc, **ceiling, "post_last": last, "recovery": recovery(ref, post),
+            "recovery_last": recovery(ref, last), "post_selected_step": run.selected_step,
+            "post_last_step": max(run.snapshots), "alpha": row["alpha"],
+            "direct_agreement": row["direct_agreement"], "transfer_seconds": time.perf_counter() - begin}
+
+
+def control(sweep: Sweep, source, prepared: Prepared) -> dict:
+    """POST of the owner's starting prompt (the task instruction's embeddings, no private step): what the
+    transfer gives without the owner's data, so the part of POST's gain the tuned prompt carries shows."""
+    start = SoftPrompt.from_text(source, sweep.tokenizer, sweep.task.instruction, sweep.tune.prompt_length,
+                                 task=sweep.task.name)
+    run = transferred(sweep, source, prepared, start, sweep.cfg.transfer)
+    return dict(zip(CONTROL_KEYS, (score(sweep, sweep.target, start), run["post"], run["recovery"],
+                                   run["post_selected_step"])))
+
+
+# --- the map and the levers --------------------------------------------------------------------------------------
+
+
+def map_points(sweep: Sweep, pool: str, target_step: float, readout) -> None:
+    """Every (shape, mode) point of --shapes x --modes, shape by shape, on each owner seed the JSON lacks."""
+    space = sweep.cfg.transfer.space
+    done = {(p["shape"], p["mode"], p["transfer_space"], p.get("owner_seed", sweep.cfg.seed))
+            for p in sweep.result["points"]}
+    for text, mode in [(t, m) for t in sweep.args.shapes for m in sweep.args.modes]:  # shape by shape
+        seeds = [s for s in owner_seeds(sweep) if (text, mode, space, s) not in done]
+        if seeds:  # another transfer or owner seed makes another point on the same source
+            source_points(sweep, text, mode, seeds, pool, target_step, readout)
+
+
+def source_facts(sweep: Sweep, text: str, mode: str, pool: str, objective: str, settings: dict,
+                 record: dict | None) -> dict:
+    """What names a source's points: its cut and share of the target's layers, the public pool, the transfer's
+    settings and how the source was distilled."""
+    first, last = shape(text)
+    return {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
+            "public_pool": pool, "layer_fraction": (first + last) / sweep.n_layers, "threads": torch.get_num_threads(),
+            **transfer_settings(sweep.cfg.transfer), **distill_facts(objective, settings, record)}
+
+
+def source_points(sweep: Sweep, text: str, mode: str, seeds: list[int], pool: str, target_step: float,
+                  readout) -> None:
+    """One source's points, one per owner seed, each saved as it finishes. What is measured on the source alone is
+    shared; its step cost and control are taken from the JSON where already measured. ``seconds``: since the
+    last point."""
+    begin = time.perf_counter()
+    objective, settings = distillation(mode, sweep.args)
+    source, record = make_source(sweep, text, mode, objective, settings)
+    common = source_facts(sweep, text, mode, pool, objective, settings, record)
+    common["readout_agreement"] = readout.evaluate(source)[0]
+    common["source_zero_shot"], common["source_auc"] = measure(sweep, source)
+    stored = [p for p in sweep.result["points"]  # this source's step cost and control, where already measured
+              if (p["shape"], p["mode"], p["transfer_space"]) == (text, mode, sweep.cfg.transfer.space)]
+    common["step_ratio"] = stored[0]["step_ratio"] if stored else prompt_step_seconds(sweep, source) / target_step
+    control_run = {k: stored[0][k] for k in CONTROL_KEYS} if stored and "control_post" in stored[0] else None
+    prepared = prepare(sweep, source, pool)
+    for seed in seeds:
+        prompt = owner_prompt(sweep, source, seed, f"{text}-{mode}", record)
+        point = {**common, **owner_scores(sweep, source, prompt, seed)}
+        point.update(transferred(sweep, source, prepared, prompt, sweep.cfg.transfer))
+        control_run = control_run or control(sweep, source, prepared)  # the same for every owner seed: made once
+        point.update(control_run, seconds=time.perf_counter() - begin)
         begin = time.perf_counter()
-        run, row = post_transfer(cfg, source, target, tokenizer, prepared, prompt, settings, True)
-        scores = validation_scores(target, run.prompt)
-        post, post_auc = rate(scores)
-        last = score(target, SoftPrompt(run.snapshots[max(run.snapshots)]))
-        # how much of what POST misses is its threshold (diagnostics: the oracle reads the validation labels)
-        ceiling = {f"post_{k}": v for k, v in threshold_only(scores).items() if k != "zero_shot_auc"} \
-            if post_auc is not None else {}
-        return {"post": post, "post_auc": post_auc, **ceiling, "post_last": last, "recovery": recovery(post),
-                "recovery_last": recovery(last), "post_selected_step": run.selected_step,
-                "post_last_step": max(run.snapshots), "alpha": row["alpha"],
-                "direct_agreement": row["direct_agreement"], "transfer_seconds": time.perf_counter() - begin}
+        sweep.result["points"].append(point)
+        save(sweep)
+        print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
 
-    def control(source, prepared: Prepared) -> dict:
-        """POST of the owner's starting prompt (the task instruction's embeddings, no private step): what the
-        transfer gives without the owner's data, so the part of POST's gain the tuned prompt carries shows."""
-        start = SoftPrompt.from_text(source, tokenizer, task.instruction, tune.prompt_length, task=task.name)
-        run = transferred(source, prepared, start, transfer)
-        return dict(zip(CONTROL_KEYS, (score(target, start), run["post"], run["recovery"], run["post_selected_step"])))
 
-    def owner_scores(source, prompt, seed: int) -> dict:
-        """The owner's prompt on validation: on its source (CompPT) and pasted onto the target (Direct)."""
-        return {"owner_seed": seed, **dict(zip(("compt", "compt_auc"), measure(source, prompt))),
-                **dict(zip(("direct", "direct_auc"), measure(target, prompt)))}
-
-    owner_seeds = list(dict.fromkeys(args.owner_seeds or [cfg.seed]))
-    done = {(p["shape"], p["mode"], p["transfer_space"], p.get("owner_seed", cfg.seed)) for p in result["points"]}
-    for text, mode in [(t, m) for t in args.shapes for m in args.modes]:  # shape by shape
-        seeds = [s for s in owner_seeds if (text, mode, transfer.space, s) not in done]
-        if not seeds:  # another transfer or owner seed makes another point on the same source
+def lever_runs(sweep: Sweep, pool: str) -> None:
+    """Each --levers variant on each owner seed's prompt at --lever-point, saved run by run: a lever is judged
+    against the seeds' spread. A variant the JSON has on a seed is not run again."""
+    args = sweep.args
+    text, mode = args.lever_point.rsplit("-", 1)
+    (source, record), prepared = make_source(sweep, text, mode, *distillation(mode, args)), {}
+    levers = sweep.result.setdefault("levers", {"point": args.lever_point, "runs": []})
+    if levers["point"] != args.lever_point:
+        sweep.error(f"{sweep.out} holds levers on {levers['point']}, not {args.lever_point}: pass another --out")
+    seed_of = lambda run: run.get("owner_seed", sweep.cfg.seed)  # noqa: E731  (runs before seeds: the profile's)
+    for seed in owner_seeds(sweep):
+        todo = [v for v in args.levers if not any((r["variant"], seed_of(r)) == (v, seed) for r in levers["runs"])]
+        if not todo:
             continue
-        first, last = shape(text)
-        begin = time.perf_counter()
-        objective, settings = distillation(mode, args)
-        source, record = make_source(text, mode, objective, settings)
-        common = {"shape": text, "mode": mode, "layers": first + last, "first": first, "last": last,
-                  "public_pool": pool, "layer_fraction": (first + last) / n_layers, "threads": torch.get_num_threads(),
-                  **{f"transfer_{k}": getattr(transfer, k) for k in TRANSFER_KEYS}}
-        if record:
-            if objective == "profile":
-                common.update(distill_hash=record["distill_hash"], train_layers=record.get("train_layers"),
-                              readout_pools=record.get("readout_pools"), readout_prefixes=record.get("readout_prefixes"))
-            elif objective != "generic":
-                common.update(readout_examples=settings["readout_examples"], readout_epochs=settings["epochs"],
-                              **{k: settings[k] for k in ("readout_pools", "readout_prefixes") if settings[k]})
-            if settings["train_layers"]:
-                common["train_layers"] = settings["train_layers"]
-            common.update(distill_tokens=record["train_tokens"], distill_after=record["after"],
-                          distill_seconds=record["cost"]["total"]["wall_seconds"])
-        common["readout_agreement"] = readout.evaluate(source)[0]
-        common["source_zero_shot"], common["source_auc"] = measure(source)
-        stored = [p for p in result["points"]  # this source's step cost and control, where already measured
-                  if (p["shape"], p["mode"], p["transfer_space"]) == (text, mode, transfer.space)]
-        common["step_ratio"] = stored[0]["step_ratio"] if stored else step_seconds(
-            source, tokenizer, task, *timing_batch, tune.prompt_length, 3, context) / target_step
-        control_run = {k: stored[0][k] for k in CONTROL_KEYS} if stored and "control_post" in stored[0] else None
-        prepared = prepare(source)
-        for seed in seeds:  # the source's own measurements are shared; seconds: since the last point
-            prompt = owner_tuning(source, seed, f"{text}-{mode}", record)
-            point = {**common, **owner_scores(source, prompt, seed)}
-            point.update(transferred(source, prepared, prompt, transfer))
-            control_run = control_run or control(source, prepared)  # the same for every owner seed: made once
-            point.update(control_run, seconds=time.perf_counter() - begin)
-            begin = time.perf_counter()
-            result["points"].append(point)
-            save()
-            print({k: v for k, v in point.items() if k != "distill_after"}, flush=True)
+        prompt = owner_prompt(sweep, source, seed, args.lever_point, record)
+        owner = owner_scores(sweep, source, prompt, seed)
+        for lever in todo:
+            levers["runs"].append({"variant": lever, **owner,
+                                   **lever_run(sweep, source, prepared, prompt, lever, pool)})
+            save(sweep)
+            print(levers["runs"][-1], flush=True)
 
-    if args.levers:  # each variant on each owner seed's prompt: a lever is judged against the seeds' spread
-        text, mode = args.lever_point.rsplit("-", 1)
-        (source, record), prepared = make_source(text, mode, *distillation(mode, args)), {}
-        levers = result.setdefault("levers", {"point": args.lever_point, "runs": []})
-        if levers["point"] != args.lever_point:
-            parser.error(f"{out} holds levers on {levers['point']}, not {args.lever_point}: pass another --out")
-        seed_of = lambda run: run.get("owner_seed", cfg.seed)  # noqa: E731  (runs before seeds: the profile's)
-        for seed in owner_seeds:
-            todo = [v for v in args.levers if not any((r["variant"], seed_of(r)) == (v, seed) for r in levers["runs"])]
-            if not todo:
-                continue
-            prompt = owner_tuning(source, seed, args.lever_point, record)
-            owner = owner_scores(source, prompt, seed)
-            for lever in todo:  # public_pool=... transfers with that pool instead of the profile's
-                settings = cfg.with_changes("transfer", **variant(lever)).transfer
-                name = settings.public_pool if settings.public_pool != transfer.public_pool else pool
-                if name not in prepared:
-                    prepared[name] = prepare(source, name)
-                levers["runs"].append({"variant": lever, **owner, "public_pool": name,
-                                       **{f"transfer_{k}": getattr(settings, k) for k in TRANSFER_KEYS},
-                                       **transferred(source, prepared[name], prompt, settings)})
-                save()
-                print(levers["runs"][-1], flush=True)
-    if result["points"]:  # levers alone (--shapes with none) make no map
-        plot(result, args.profile, out.stem)
+
+def lever_run(sweep: Sweep, source, prepared: dict, prompt: SoftPrompt, lever: str, pool: str) -> dict:
+    """One transfer variant (``public_pool=...`` transfers with that pool instead of the profile's); ``prepared``
+    keeps each pool's public logits for the variants after it."""
+    settings = sweep.cfg.with_changes("transfer", **variant(lever)).transfer
+    name = settings.public_pool if settings.public_pool != sweep.cfg.transfer.public_pool else pool
+    if name not in prepared:
+        prepared[name] = prepare(sweep, source, name)
+    return {"public_pool": name, **transfer_settings(settings),
+            **transferred(sweep, source, prepared[name], prompt, settings)}
 
 
 def avx512_bf16() -> bool:
@@ -476,7 +679,8 @@ def plot(result: dict, profile: str, name: str = OUT.stem):
     if "threshold_oracle" in ref:  # the target's zero-shot with only its threshold moved, at best
         right.axhline(recovery_share(ref["zero_shot"], ref["fullpt"], ref["threshold_oracle"]), color="grey",
                       ls=(0, (1, 3)), lw=1.2, label="target: best threshold on its zero-shot scores (oracle)")
-    fig.suptitle(f"{result['settings']['task']} validation, soft prompts of {result['settings']['tune']['prompt_length']} tokens",
+    settings = result["settings"]
+    fig.suptitle(f"{settings['task']} validation, soft prompts of {settings['tune']['prompt_length']} tokens",
                  fontsize=10)
     left.set_ylabel("validation accuracy (source)")
     right.set_ylabel("POST recovery (POST-ZS)/(FullPT-ZS)")

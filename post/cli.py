@@ -15,7 +15,6 @@ the stages are imported by the commands that use them, so ``--help`` answers at 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import textwrap
@@ -198,14 +197,13 @@ def tune(args) -> None:
     task = _task(args.task)
     cfg = _config(args, task.name)
     _check_task(task, cfg, owner=True)
-    cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, epsilons=(args.epsilon,)))
     if not math.isinf(args.epsilon):
         try:
             stage.stage_plan(cfg, task.name, args.epsilon)  # calibrates the noise: an unreachable epsilon says so
         except ValueError as err:
             raise UsageError(f"--epsilon {args.epsilon:g}: {err}") from None
     with _lock(cfg, "post tune"):
-        (row,) = stage.tune_method(cfg, "compt", not args.quiet)
+        (row,) = stage.tune_method(cfg, "compt", not args.quiet, epsilons=(args.epsilon,))
     path = ROOT / row["prompt"]
     privacy = ("no DP" if math.isinf(args.epsilon) else
                f"(epsilon {row['epsilon']}, delta {row['delta']:.0e})-DP, {row['prv_epsilon']:.2f} spent")

@@ -196,19 +196,24 @@ def spent(accountant: PRVAccountant, delta: float) -> dict:
         return {"prv_epsilon": epsilon, "rdp_epsilon": epsilon, "steps_taken": taken}
     rdp = RDPAccountant()
     rdp.history = list(accountant.history)
-    with _quiet_prv_domain():
-        prv = accountant.get_epsilon(delta)
-    return {"prv_epsilon": float(prv), "rdp_epsilon": float(rdp.get_epsilon(delta, alphas=RDP_ORDERS)),
+    return {"prv_epsilon": _prv(accountant, delta), "rdp_epsilon": float(rdp.get_epsilon(delta, alphas=RDP_ORDERS)),
             "steps_taken": taken}
+
+
+def _prv(accountant: PRVAccountant, delta: float) -> float:
+    with _quiet_prv_domain():
+        return float(accountant.get_epsilon(delta))
 
 
 @functools.lru_cache(maxsize=256)  # prompts are checked each time they are loaded; the accountant costs ~0.3 s
 def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon of ``steps`` Poisson-sampled steps at (sigma, q) and ``delta`` by the PRV accountant, as ``spent``
     reports it: how a prompt's stated guarantee is checked against its own DP record."""
+    if not steps or not noise_multiplier:  # as spent(): nothing spent, or nothing guaranteed
+        return math.inf if steps else 0.0
     accountant = PRVAccountant()
     accountant.history = [(noise_multiplier, sample_rate, steps)]
-    return spent(accountant, delta)["prv_epsilon"]
+    return _prv(accountant, delta)  # without spent()'s RDP cross-check, which costs several times more
 
 
 def clipped_norms(optimizer: DPOptimizer, param: torch.nn.Parameter, grad_sample: torch.Tensor) -> torch.Tensor:

@@ -256,8 +256,10 @@ def stage_plan(cfg: Config, task: str, epsilon: float) -> dp.DPPlan:
     return dp.plan(epsilon, len(train), min(settings.batch_size, len(train)), steps, settings.max_grad_norm)
 
 
-def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | None = None) -> list[dict]:
-    """Tune (or reuse) every prompt of ``method`` and score it on the test split with the model it was tuned on.
+def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | None = None,
+                epsilons: tuple[float, ...] = ()) -> list[dict]:
+    """Tune (or reuse) every prompt of ``method`` (at ``epsilons``, else the profile's grid for it) and score it
+    on the test split with the model it was tuned on.
 
     ``compt`` loads only the distilled source model; ``fullpt`` loads the target. A prompt file whose owner
     record has the current run key is not retrained (a DP prompt is released once, not again at every rerun),
@@ -268,7 +270,8 @@ def tune_method(cfg: Config, method: str, progress: bool = True, cached: dict | 
              "fullpt": (cfg.tune.full_pt_epsilons, cfg.tune.full_pt_steps)}
     if method not in grids:
         raise KeyError(f"tune methods are {sorted(grids)}, not {method!r}")
-    epsilons, steps = grids[method]
+    grid, steps = grids[method]
+    epsilons = epsilons or grid
     name = str(source_model(cfg.profile)) \
         if METHODS[method].model == "source" else cfg.model
     cached = cached or {}

@@ -213,3 +213,12 @@ def test_plan_rejects_bad_input():
         args = dict(epsilon=8.0, n=100, batch_size=10, steps=10, max_grad_norm=1.0) | kwargs
         with pytest.raises(ValueError):
             dp.plan(**args)
+
+
+def test_the_claim_check_reads_the_same_epsilon_that_spent_reports():
+    """prv_epsilon (checked at every prompt load) skips spent()'s RDP cross-check but not its answer."""
+    dp.prv_epsilon.cache_clear()
+    for sigma, q, steps in ((0.9, 0.02, 40), (0.0, 0.02, 5), (0.9, 0.02, 0)):
+        accountant = PRVAccountant()
+        accountant.history = [(sigma, q, steps)] if steps else []
+        assert dp.prv_epsilon(sigma, q, steps, 1e-5) == dp.spent(accountant, 1e-5)["prv_epsilon"]
