@@ -153,3 +153,22 @@ def test_every_bench_script_imports_what_it_uses_and_explains_itself(bench, name
         bench(name, "--help")
     assert stopped.value.code == 0
     assert name in NO_PROFILE or "--profile" in capsys.readouterr().out
+
+
+def test_stage_profile_times_every_kind_of_stage_work_against_the_peak(bench, tiny, tmp_path):
+    model, tok = tiny
+    source = artifacts.source_model_dir("smoke")  # the tiny model stands in for the source
+    model.save_pretrained(source)
+    tok.save_pretrained(source)
+    out = tmp_path / "profile.json"
+    bench("stage_profile", "--profile", "smoke", "--task", "rotten_tomatoes", "--steps", "2", "--test", "16",
+          "--pool", "16", "--canaries", "16", "--peak-size", "128", "--peak-repeats", "2", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["kinds"]) == {"compt_step", "dp_step", "fullpt_step", "transfer_prepare", "transfer_step",
+                                    "validation_eval", "test_scoring", "lira_shadow", "canary_step"}
+    for name, kind in result["kinds"].items():
+        assert kind["wall_seconds"] > 0 and kind["flops"] > 0, name
+        assert 0 < kind["fraction_of_peak"] < 10 and 0 <= kind["padding_share"] < 1, name
+    for name in ("compt_step", "dp_step", "fullpt_step", "transfer_step", "lira_shadow"):
+        assert result["kinds"][name]["per_step"]["gflops_per_s"] > 0, name
+    assert result["precisions"]["tune"] in ("fp32", "bf16") and result["machine"]["threads"] >= 1
