@@ -48,7 +48,7 @@ from post.audit import audit_data, canary_run, shadow_run, shadow_settings, with
 from post.config import Config, load_config
 from post.cost import Cost, Timer
 from post.evaluate import accuracy, owner_validation
-from post.files import write_json
+from post.files import relative, write_json
 from post.hardware import autocast
 from post.models import load
 from post.prompt import SoftPrompt, encode
@@ -355,7 +355,8 @@ def main() -> None:
         kinds[name] = summary(measured, precision, [before, after])
         print(f"{name}: {measured.seconds:.2f} s", flush=True)
     result = {"profile": cfg.profile, "task": args.task, "steps": args.steps,
-              "command": shlex.join(["python", *sys.argv]), "source_model": str(source_dir), "target_model": cfg.model,
+              "command": shlex.join(["python", *sys.argv]), "source_model": relative(source_dir),
+              "target_model": cfg.model,
               "precisions": {name: getattr(cfg, name).precision for name in ("tune", "transfer", "eval")},
               "machine": {"avx512_bf16": avx512_bf16(), "threads": torch.get_num_threads(), "device": str(device),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
