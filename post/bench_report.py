@@ -53,6 +53,16 @@ def benchmarks(bench: Path) -> list[str]:
                      f"prompt tuned for {d['steps']} steps (majority class {d['validation_majority']:.3f}): "
                      + "; ".join(f"{r['model']} {r['validation_zero_shot']:.3f} -> {r['validation_prompted']:.3f}"
                                  for r in d["rows"]) + ".")
+    if (bench / "stage_profile.json").exists():
+        s = read_json(bench / "stage_profile.json")
+        cpu = "avx512_bf16" if s["machine"]["avx512_bf16"] else f"{s['machine']['cpu_capability']}, no avx512_bf16"
+        kinds = s["kinds"]
+        lines.append(f"- `{s['command']}` ({cpu}, {s['machine']['threads']} threads): each kind of stage work as a "
+                     "fraction of the matmul peak measured in the same run, in its precision (FLOPs by post.cost's "
+                     "count, which charges the embedding lookup as a matmul: 1.3x too many on the target, 1.6x on "
+                     "the source; and the share of padding tokens): " + "; ".join(
+                         f"{name} {(k.get('per_step') or k)['fraction_of_peak']:.2f} ({k['precision']}, "
+                         f"{k['padding_share']:.0%} padding)" for name, k in kinds.items()) + ".")
     return ["### Benchmarks", "Speed targets, and what bounds POST here, are checked by benchmarks that write JSON "
             "to `bench/results/`:", "\n".join(lines)] if lines else []
 
