@@ -172,3 +172,16 @@ def test_stage_profile_times_every_kind_of_stage_work_against_the_peak(bench, ti
     for name in ("compt_step", "dp_step", "fullpt_step", "transfer_step", "lira_shadow"):
         assert result["kinds"][name]["per_step"]["gflops_per_s"] > 0, name
     assert result["precisions"]["tune"] in ("fp32", "bf16") and result["machine"]["threads"] >= 1
+
+
+def test_length_groups_compute_the_whole_batch_s_losses_and_gradients(bench, tiny, tmp_path):
+    model, tok = tiny
+    source = artifacts.source_model_dir("smoke")  # the tiny model stands in for the source
+    model.save_pretrained(source)
+    tok.save_pretrained(source)
+    out = tmp_path / "groups.json"
+    bench("length_groups", "--profile", "smoke", "--batch", "8", "--per-example", "--repeats", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["median_seconds"]) == {"1", "2", "4"} and 0 <= result["padding_share"] < 1
+    for groups, differs in result["largest_difference"].items():
+        assert differs["loss"] < 1e-4 and differs["gradient_relative"] < 1e-4, groups
