@@ -120,11 +120,18 @@ def test_tune_patience_replays_the_shorter_patiences_and_starts_afresh_for_other
 
 
 
-def test_dp_repeats_resumes_and_starts_afresh_when_the_source_changes(bench, tiny, tmp_path):
+@pytest.fixture
+def tiny_source(bench, tiny):  # after bench, which moves artifacts/ under tmp
+    """The smoke profile's source model: the tiny model stands in for it."""
     model, tok = tiny
-    source = artifacts.source_model_dir("smoke")  # the tiny model stands in for the source
+    source = artifacts.source_model_dir("smoke")
     model.save_pretrained(source)
     tok.save_pretrained(source)
+    return source
+
+
+def test_dp_repeats_resumes_and_starts_afresh_when_the_source_changes(bench, tiny_source, tmp_path):
+    source = tiny_source
     (source / "distill.json").write_text('{"distill_hash": "tiny"}')
     published = {"task": "rotten_tomatoes", "method": "CompPT", "epsilon": "8", "accuracy": 0.5}
     (artifacts.results_dir("smoke") / "tune.json").write_text(json.dumps([published]))
@@ -155,11 +162,7 @@ def test_every_bench_script_imports_what_it_uses_and_explains_itself(bench, name
     assert name in NO_PROFILE or "--profile" in capsys.readouterr().out
 
 
-def test_stage_profile_times_every_kind_of_stage_work_against_the_peak(bench, tiny, tmp_path):
-    model, tok = tiny
-    source = artifacts.source_model_dir("smoke")  # the tiny model stands in for the source
-    model.save_pretrained(source)
-    tok.save_pretrained(source)
+def test_stage_profile_times_every_kind_of_stage_work_against_the_peak(bench, tiny_source, tmp_path):
     out = tmp_path / "profile.json"
     bench("stage_profile", "--profile", "smoke", "--task", "rotten_tomatoes", "--steps", "2", "--test", "16",
           "--pool", "16", "--canaries", "16", "--peak-size", "128", "--peak-repeats", "2", "--out", str(out))
@@ -174,11 +177,7 @@ def test_stage_profile_times_every_kind_of_stage_work_against_the_peak(bench, ti
     assert result["precisions"]["tune"] in ("fp32", "bf16") and result["machine"]["threads"] >= 1
 
 
-def test_length_groups_compute_the_whole_batch_s_losses_and_gradients(bench, tiny, tmp_path):
-    model, tok = tiny
-    source = artifacts.source_model_dir("smoke")  # the tiny model stands in for the source
-    model.save_pretrained(source)
-    tok.save_pretrained(source)
+def test_length_groups_compute_the_whole_batch_s_losses_and_gradients(bench, tiny_source, tmp_path):
     out = tmp_path / "groups.json"
     bench("length_groups", "--profile", "smoke", "--batch", "8", "--per-example", "--repeats", "1", "--out", str(out))
     result = json.loads(out.read_text())
