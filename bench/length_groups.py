@@ -7,7 +7,9 @@ the attention mask; the groups' results are put back in the batch's order), up t
 fewer tokens. Each step here is a forward and backward of the real source (or target) on a batch of the task's
 training texts: shared prompt (a CompPT / FullPT / transfer step) or one prompt copy per example (a DP step's
 per-sample gradients). Groups 1 (today), 2 and 4 are timed interleaved on the same batches; the largest
-difference of losses and gradients to the whole batch is recorded. Writes bench/results/length_groups.json.
+difference of losses and gradients to the whole batch is recorded. The stages' training steps run in groups of
+about ``post.prompt.GROUP_SIZE`` examples (``post.prompt.grouped_logits``, timed here). Writes
+bench/results/length_groups.json.
 
     python bench/length_groups.py [--profile cpu] [--model source|target] [--batch 32] [--per-example]
 """
@@ -27,32 +29,18 @@ from post.config import load_config
 from post.files import relative, write_json
 from post.hardware import autocast
 from post.models import load
-from post.prompt import SoftPrompt, Verbalizer, encode, next_token_logits
+from post.prompt import SoftPrompt, Verbalizer, encode, grouped_logits
 from post.tasks import get_task, load_split
 
 GROUPS = (1, 2, 4)
-
-
-def grouped_logits(model, batch: dict, prompt: torch.Tensor, groups: int) -> torch.Tensor:
-    """``next_token_logits`` of the batch computed in ``groups`` length-sorted groups, in the batch's order."""
-    mask, ids = batch["attention_mask"], batch["input_ids"]
-    order = mask.sum(1).argsort()
-    parts = []
-    for idx in order.chunk(groups):
-        keep = mask[idx].any(0)  # left padding: columns that are padding in every row of the group
-        shared = prompt if prompt.dim() == 2 else prompt[idx]
-        parts.append(next_token_logits(model, ids[idx][:, keep], mask[idx][:, keep], shared))
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order))
-    return torch.cat(parts)[inverse]
 
 
 def step(model, verbalizer, batch, labels, weight, groups: int, per_example: bool):
     """Loss and gradient of one step: the whole batch's summed cross-entropy, backward to the prompt."""
     w = weight.detach().clone().requires_grad_()
     prompt = w.unsqueeze(0).repeat(len(labels), 1, 1) if per_example else w
-    losses = F.cross_entropy(verbalizer.scores(grouped_logits(model, batch, prompt, groups)), labels,
-                             reduction="none")
+    logits = grouped_logits(model, batch["input_ids"], batch["attention_mask"], prompt, -(-len(labels) // groups))
+    losses = F.cross_entropy(verbalizer.scores(logits), labels, reduction="none")
     losses.sum().backward()
     return losses.detach(), w.grad
 

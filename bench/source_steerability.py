@@ -28,6 +28,7 @@ from post.student import default_layers, make_student
 from post.tasks import get_task, load_split
 from post.tune import tune_prompt
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")

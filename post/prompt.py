@@ -58,6 +58,7 @@ class FalseClaim(UnreadableArtifact):
 
 CLAIM_KEYS = ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps_taken", "prv_epsilon")
 CLAIM_TOLERANCE = 1e-3  # relative: the accountant is deterministic, so only rounding may differ
+GROUP_SIZE = 16  # training steps run length-sorted groups of about this many examples (bench/length_groups.py)
 
 
 def check_claim(meta: dict, where: str) -> None:
@@ -278,6 +279,25 @@ def next_token_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, logits_to_keep=1,
                 use_cache=False)
     return out.logits[:, -1].float()
+
+
+def grouped_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   prompt: torch.Tensor | None = None, size: int = GROUP_SIZE) -> torch.Tensor:
+    """``next_token_logits`` of a training batch run in length-sorted groups of about ``size`` examples, each
+    without the padding columns all its rows share: the same logits (positions come from the mask; up to the
+    order of float sums) on fewer tokens. A random batch of texts of mixed lengths is ~45% padding."""
+    groups = max(1, round(len(input_ids) / size))
+    if groups == 1:
+        return next_token_logits(model, input_ids, attention_mask, prompt)
+    order = attention_mask.sum(1).argsort()
+    parts = []
+    for idx in order.chunk(groups):
+        keep = attention_mask[idx].any(0)  # left padding: the columns every row of the group pads
+        own = prompt if prompt is None or prompt.dim() == 2 else prompt[idx]
+        parts.append(next_token_logits(model, input_ids[idx][:, keep], attention_mask[idx][:, keep], own))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    return torch.cat(parts)[inverse]
 
 
 @torch.inference_mode()

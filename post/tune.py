@@ -36,14 +36,15 @@ from .evaluate import accuracy, owner_validation
 from .files import read_json, readable, relative, write_json
 from .hardware import autocast, resolve_precision
 from .models import load, model_name
-from .prompt import SoftPrompt, Verbalizer, encode, next_token_logits, provider_meta, read_record, record_path
+from .prompt import SoftPrompt, Verbalizer, encode, grouped_logits, provider_meta, read_record, record_path
 from .reuse import content_key, reuse
 from .tasks import BUILTIN, Split, fingerprint, get_task, load_split
+
 
 def example_losses(model, verbalizer: Verbalizer, batch: dict, labels: torch.Tensor,
                    prompt: torch.Tensor) -> torch.Tensor:
     """(B,) cross-entropy of the class scores; ``prompt`` is (P, D) shared or (B, P, D) per example."""
-    logits = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
+    logits = grouped_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
     return F.cross_entropy(verbalizer.scores(logits), labels.to(logits.device), reduction="none")
 
 

@@ -171,3 +171,23 @@ def test_the_owner_record_is_saved_next_to_the_prompt_and_never_loaded_with_it(t
     SoftPrompt(prompt.weight).save(tmp_path / "bare.pt")  # no record, no record file
     with pytest.raises(FileNotFoundError, match="bare.owner.json"):
         read_record(tmp_path / "bare.pt")
+
+
+def test_length_grouped_logits_are_the_whole_batch_s_in_its_order(tiny):
+    """Training steps run a batch in length-sorted groups without the padding each group shares: the same logits
+    and prompt gradients (shared or one copy per example), row for row, on fewer tokens."""
+    from post.prompt import grouped_logits
+
+    model, tok = tiny
+    texts = [SHORT, *LONGER, SHORT + " and then some more words", *reversed(LONGER)]
+    batch = encode(TASK, tok, texts)
+    weight = SoftPrompt.from_text(model, tok, TASK.instruction, 4).weight
+    for prompt in (weight.detach().clone().requires_grad_(),
+                   weight.detach().unsqueeze(0).repeat(len(texts), 1, 1).requires_grad_()):
+        whole = next_token_logits(model, batch["input_ids"], batch["attention_mask"], prompt)
+        (whole_grad,) = torch.autograd.grad(whole.sum(), prompt)
+        for size in (1, 2, 3):  # groups of about this many examples: 8, 4 or 3 groups (some unpadded)
+            grouped = grouped_logits(model, batch["input_ids"], batch["attention_mask"], prompt, size)
+            (grad,) = torch.autograd.grad(grouped.sum(), prompt)
+            assert (grouped - whole).abs().max() < 1e-4, size
+            assert (grad - whole_grad).abs().max() < 1e-5 * whole_grad.abs().max(), size  # float sums' order
