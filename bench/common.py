@@ -53,3 +53,10 @@ def unseen_validation(cfg: Config, task: str, limit: int = 0) -> Split:
         raise ValueError(f"{task} has {len(unseen.texts)} validation examples beyond the {skip} the owner selects "
                          "on: too few to judge the selection")
     return unseen
+
+
+def has_avx512_bf16() -> bool:
+    """Whether the CPU has native bf16 instructions, without which bf16 autocast is far slower than fp32: every
+    bench records it beside its timings."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text().split()

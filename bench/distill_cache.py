@@ -27,17 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import has_avx512_bf16
 from post import corpus, distill, objectives, teacher_outputs
 from post.config import CHOICES, load_config
 from post.hardware import resolve_precision
 from post.models import load
 from post.student import forward
-
-
-def has_avx512_bf16() -> bool:
-    """Whether the CPU has native bf16 instructions, without which bf16 autocast is slower than fp32."""
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text().split()
 
 
 class Clock:

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common import as_stored, unseen_validation, variant
+from common import as_stored, has_avx512_bf16, unseen_validation, variant
 from post import distill, objectives
 from post.artifacts import artifact_dir, source_model_dir
 from post.config import Config, TransferConfig, TuneConfig, load_config
@@ -294,7 +294,7 @@ def owner_recipe(args: argparse.Namespace, cfg: Config, tune: TuneConfig,
 
 def save(sweep: Sweep) -> None:
     """Write the JSON so far, with the machine's state at the time: step times depend on it."""
-    sweep.result.update(threads=torch.get_num_threads(), avx512_bf16=avx512_bf16(),
+    sweep.result.update(threads=torch.get_num_threads(), avx512_bf16=has_avx512_bf16(),
                         load_average_1min=os.getloadavg()[0])
     write_json(sweep.out, sweep.result)
 
@@ -623,10 +623,6 @@ def lever_run(sweep: Sweep, source, prepared: dict, prompt: SoftPrompt, lever: s
         prepared[name] = prepare(sweep, source, name)
     return {"public_pool": name, **transfer_settings(settings),
             **transferred(sweep, source, prepared[name], prompt, settings)}
-
-
-def avx512_bf16() -> bool:
-    return "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
 
 
 def plot(result: dict, profile: str, name: str = OUT.stem):

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import RESULTS
+from common import RESULTS, has_avx512_bf16
 from post.artifacts import require, source_model_dir
 from post.audit import audit_data, canary_run, shadow_run, shadow_settings, without_validation
 from post.config import Config, load_config
@@ -305,11 +305,6 @@ KINDS = {"compt_step": compt_step, "dp_step": dp_step, "fullpt_step": fullpt_ste
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
-def avx512_bf16() -> bool:
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text()
-
-
 def table(kinds: dict[str, dict]) -> str:
     lines = [f"{'kind':<17}{'prec':>5}{'wall s':>9}{'GFLOP':>10}{'GFLOP/s':>9}{'of peak':>8}{'pad':>6}"
              f"{'step GFLOP/s':>13}{'s/step':>8}"]
@@ -358,7 +353,7 @@ def main() -> None:
               "command": shlex.join(["python", *sys.argv]), "source_model": relative(source_dir),
               "target_model": cfg.model,
               "precisions": {name: getattr(cfg, name).precision for name in ("tune", "transfer", "eval")},
-              "machine": {"avx512_bf16": avx512_bf16(), "threads": torch.get_num_threads(), "device": str(device),
+              "machine": {"avx512_bf16": has_avx512_bf16(), "threads": torch.get_num_threads(), "device": str(device),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
                           "load_average_before": load_before, "load_average_after": os.getloadavg()[0]},
               "kinds": kinds}

@@ -191,13 +191,21 @@ def spent(accountant: PRVAccountant, delta: float) -> dict:
     No steps spend nothing; a step without noise (sigma = 0) guarantees nothing, so epsilon is infinite.
     """
     taken = sum(steps for _, _, steps in accountant.history)
-    if not taken or any(sigma == 0 for sigma, _, _ in accountant.history):
-        epsilon = math.inf if taken else 0.0
+    epsilon = _without_accountant(accountant.history)
+    if epsilon is not None:
         return {"prv_epsilon": epsilon, "rdp_epsilon": epsilon, "steps_taken": taken}
     rdp = RDPAccountant()
     rdp.history = list(accountant.history)
     return {"prv_epsilon": _prv(accountant, delta), "rdp_epsilon": float(rdp.get_epsilon(delta, alphas=RDP_ORDERS)),
             "steps_taken": taken}
+
+
+def _without_accountant(history: list[tuple[float, float, int]]) -> float | None:
+    """Epsilon where no accountant is needed: 0 after no steps, inf after a step without noise; else None."""
+    taken = sum(steps for _, _, steps in history)
+    if not taken or any(sigma == 0 for sigma, _, _ in history):
+        return math.inf if taken else 0.0
+    return None
 
 
 def _prv(accountant: PRVAccountant, delta: float) -> float:
@@ -209,10 +217,12 @@ def _prv(accountant: PRVAccountant, delta: float) -> float:
 def prv_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon of ``steps`` Poisson-sampled steps at (sigma, q) and ``delta`` by the PRV accountant, as ``spent``
     reports it: how a prompt's stated guarantee is checked against its own DP record."""
-    if not steps or not noise_multiplier:  # as spent(): nothing spent, or nothing guaranteed
-        return math.inf if steps else 0.0
+    history = [(noise_multiplier, sample_rate, steps)]
+    epsilon = _without_accountant(history)
+    if epsilon is not None:
+        return epsilon
     accountant = PRVAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, steps)]
+    accountant.history = history
     return _prv(accountant, delta)  # without spent()'s RDP cross-check, which costs several times more
 
 

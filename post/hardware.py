@@ -129,9 +129,9 @@ def resolved(cfg):
     release is the same model wherever "auto" means something else (post.release)."""
     device = resolve_device(cfg.device).type
     changes, said_auto = {"device": device}, set(cfg.auto_settings)
-    for name in ("eval", "distill", "tune", "transfer"):
+    for name in (f.name for f in dataclasses.fields(cfg)):  # every section with a precision setting
         section = getattr(cfg, name)
-        if section.precision == "auto":
+        if getattr(section, "precision", None) == "auto":
             changes[name] = dataclasses.replace(section, precision=resolve_precision("auto", device))
             said_auto.add(f"{name}.precision")
     return dataclasses.replace(cfg, auto_settings=tuple(sorted(said_auto)), **changes)
