@@ -375,8 +375,10 @@ def run_audit(cfg: Config, progress: bool = True) -> dict:
                 path = keyed_path(artifact_dir(cfg.profile, "audit"), "transfer", ".json", {
                     **identity, "prompts": hashlib.sha256(weights.tobytes()).hexdigest(), "texts": part.pool.texts,
                     "transfer": transfer.settings_hash(cfg), "pool": public_data.public_pool(cfg, name)})
-                def score(prompts=run.prompts, texts=part.pool.texts) -> dict:
-                    scores, cost = transferred_scores(cfg, source, target, tokenizer, name, prompts, texts, progress)
+
+                def score() -> dict:  # reuse calls it at once, so this iteration's run and part
+                    scores, cost = transferred_scores(cfg, source, target, tokenizer, name, run.prompts,
+                                                      part.pool.texts, progress)
                     return {"class_scores": scores.tolist(), "cost": cost.to_dict()}
 
                 scored = reuse(path, read_json, score, save_json)
